@@ -1,0 +1,134 @@
+"""The benchmark dataset as a zip, written as a stream so memory stays flat however large it is.
+
+Re-running an export on the same data gives the same bytes: entries are written in a fixed
+order with fixed timestamps and permissions, and PNGs are stored as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+EPOCH = (1980, 1, 1, 0, 0, 0)
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    image_id: int
+    image_name: str  # the arcname stem
+    image_path: str  # local file of the original image
+    image_ext: str
+    mask_path: str | None
+    image_class: str
+    patient_id: str
+    source: str
+    width: int
+    height: int
+    sha256: str
+    mask_source: str
+    round: int | None
+    stage: str
+    decision_id: int | None
+    reviewer: str
+    model: str
+    agreement: float | None
+    fold: int
+
+
+METADATA_COLUMNS = [
+    "image",
+    "mask",
+    "class",
+    "patient_id",
+    "source_dataset",
+    "width",
+    "height",
+    "image_sha256",
+    "mask_source",
+    "round",
+    "stage",
+    "decision",
+    "reviewer",
+    "model",
+    "agreement",
+]
+
+
+def _info(name: str, compress: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=EPOCH)
+    info.compress_type = compress
+    info.external_attr = 0o644 << 16
+    info.create_system = 3
+    return info
+
+
+def _write_file(zf: zipfile.ZipFile, name: str, path: str, compress: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src, zf.open(_info(name, compress), "w", force_zip64=True) as dst:
+        for chunk in iter(lambda: src.read(CHUNK), b""):
+            digest.update(chunk)
+            dst.write(chunk)
+    return digest.hexdigest()
+
+
+def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> str:
+    zf.writestr(_info(name, zipfile.ZIP_DEFLATED), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _csv(rows: Iterable[Sequence[object]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def write_zip(
+    rows: Sequence[ExportRow],
+    out: BinaryIO,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, str]:
+    """Writes images/, masks/, metadata.csv, folds.csv and manifest.json to `out`.
+
+    Returns:
+        The manifest: archive name → sha256 of the file's bytes.
+    """
+    manifest: dict[str, str] = {}
+    meta: list[list[object]] = [METADATA_COLUMNS]
+    folds: list[list[object]] = [["image", "fold", "class", "patient_id"]]
+    with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
+        for i, row in enumerate(sorted(rows, key=lambda r: r.image_id)):
+            image_name = f"images/{row.image_name}.{row.image_ext}"
+            mask_name = f"masks/{row.image_name}.png" if row.mask_path else ""
+            manifest[image_name] = _write_file(zf, image_name, row.image_path, zipfile.ZIP_STORED)
+            if row.mask_path:
+                manifest[mask_name] = _write_file(zf, mask_name, row.mask_path, zipfile.ZIP_STORED)
+            meta.append([
+                image_name, mask_name, row.image_class, row.patient_id, row.source, row.width,
+                row.height, row.sha256, row.mask_source, row.round or "", row.stage,
+                row.decision_id or "", row.reviewer, row.model,
+                "" if row.agreement is None else f"{row.agreement:.3f}",
+            ])
+            folds.append([image_name, row.fold, row.image_class, row.patient_id])
+            if on_progress and (i % 25 == 0 or i == len(rows) - 1):
+                on_progress(i + 1, len(rows))
+        manifest["metadata.csv"] = _write_bytes(zf, "metadata.csv", _csv(meta))
+        manifest["folds.csv"] = _write_bytes(zf, "folds.csv", _csv(folds))
+        body = {
+            "format": "maskloop-export/1",
+            "images": len(rows),
+            "files": dict(sorted(manifest.items())),
+        }
+        zf.writestr(
+            _info("manifest.json", zipfile.ZIP_DEFLATED),
+            json.dumps(body, indent=2, sort_keys=True).encode(),
+        )
+    return manifest

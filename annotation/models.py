@@ -1,0 +1,293 @@
+"""Images, mask versions, rounds, blind review items, decisions and ground truth.
+
+Nothing here is ever overwritten: a mask is a new version, a decision is a new row, and the
+ground truth of an image is its newest GroundTruth row.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Role(models.TextChoices):
+    MD = "md", "MD"
+    ADMIN = "admin", "Admin"
+    DATA = "data", "Data team"
+
+
+class ImageClass(models.TextChoices):
+    COVID = "covid19", "COVID-19"
+    NON_COVID = "non_covid", "Non-COVID"
+    NORMAL = "normal", "Normal"
+
+    @classmethod
+    def controls(cls) -> list[str]:
+        return [cls.NON_COVID, cls.NORMAL]
+
+
+class Image(models.Model):
+    class Status(models.TextChoices):
+        UNANNOTATED = "unannotated", "Needs a first mask"
+        MANUAL = "manual", "Has a manual mask"
+        IN_ROUND = "in_round", "Candidates being made"
+        IN_REVIEW = "in_review", "In blind review"
+        REDRAW = "redraw", "Waiting for a redraw"
+        ACCEPTED = "accepted", "Ground truth accepted"
+
+    name = models.CharField(max_length=255)
+    original = models.FileField(upload_to="originals/", max_length=255)
+    display = models.FileField(upload_to="display/", max_length=255)
+    lung_mask = models.FileField(upload_to="lungs/", max_length=255, blank=True)
+    sha256 = models.CharField(max_length=64, unique=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    source = models.CharField(max_length=100)
+    image_class = models.CharField(max_length=20, choices=ImageClass.choices)
+    patient_id = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UNANNOTATED)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["status"]), models.Index(fields=["image_class"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_control(self) -> bool:
+        return self.image_class in ImageClass.controls()
+
+
+class Mask(models.Model):
+    """One immutable version of an image's mask: a binary PNG at the image's own resolution."""
+
+    class Source(models.TextChoices):
+        DRAWN = "drawn", "Drawn by an MD"
+        PREDICTED = "predicted", "Predicted by a network"
+        IMPORTED = "imported", "Imported"
+        CONTROL = "control", "Empty (control class)"
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="masks")
+    version = models.PositiveIntegerField()
+    file = models.FileField(upload_to="masks/", max_length=255)
+    sha256 = models.CharField(max_length=64)
+    area = models.PositiveIntegerField(help_text="Foreground pixels.")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    model_version = models.ForeignKey(
+        "training.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="masks",
+    )
+    round = models.ForeignKey(
+        "annotation.Round", null=True, blank=True, on_delete=models.PROTECT, related_name="masks"
+    )
+    based_on = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["image_id", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "version"], name="mask_version_unique"),
+            # A model predicts an image once per round: a re-run task cannot duplicate it.
+            models.UniqueConstraint(
+                fields=["image", "model_version", "round"],
+                condition=Q(source="predicted"),
+                name="mask_one_prediction_per_model_round",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.image} mask v{self.version} ({self.source})"
+
+    @property
+    def is_manual(self) -> bool:
+        return self.source in (self.Source.DRAWN, self.Source.IMPORTED)
+
+
+class Round(models.Model):
+    class Stage(models.TextChoices):
+        STAGE_I = "I", "Stage I"
+        STAGE_II = "II", "Stage II"
+        FINAL = "final", "Final networks"
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "Training"
+        REVIEWING = "reviewing", "In review"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.TRAINING, Status.REVIEWING)
+
+    number = models.PositiveIntegerField(unique=True)
+    stage = models.CharField(max_length=10, choices=Stage.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.TRAINING)
+    config = models.JSONField(default=dict)
+    reviewers_per_item = models.PositiveSmallIntegerField(default=1)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rounds_started"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reviewers_per_item__gte=1), name="round_reviewers_at_least_one"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Round {self.number} ({self.get_stage_display()})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+
+class ReviewItem(models.Model):
+    """The candidate masks offered for one image in one round.
+
+    `uuid` is the only identifier the reviewer ever sees; candidates are known to them only by
+    their shuffled labels.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for candidates"
+        OPEN = "open", "Open for review"
+        ADJUDICATION = "adjudication", "Tie: waiting for an admin"
+        ACCEPTED = "accepted", "A candidate was accepted"
+        REDRAW = "redraw", "None accepted: waiting for a redraw"
+        REDRAWN = "redrawn", "Redrawn"
+        CANCELLED = "cancelled", "Cancelled"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    round = models.ForeignKey(Round, on_delete=models.PROTECT, related_name="items")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="review_items")
+    fold = models.PositiveSmallIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    agreement = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["round_id", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["round", "image"], name="item_one_per_image_round"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.round}: {self.image}"
+
+
+class Candidate(models.Model):
+    item = models.ForeignKey(ReviewItem, on_delete=models.PROTECT, related_name="candidates")
+    mask = models.ForeignKey(Mask, on_delete=models.PROTECT, related_name="candidacies")
+    label = models.CharField(max_length=2, blank=True, help_text="Shuffled when the item opens.")
+
+    class Meta:
+        ordering = ["item_id", "label"]
+        constraints = [
+            models.UniqueConstraint(fields=["item", "mask"], name="candidate_mask_once_per_item"),
+            models.UniqueConstraint(
+                fields=["item", "label"], condition=~Q(label=""), name="candidate_label_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.item} candidate {self.label or '?'}"
+
+
+class Decision(models.Model):
+    """One reviewer's pick for one item: a candidate, or none (redraw)."""
+
+    item = models.ForeignKey(ReviewItem, on_delete=models.PROTECT, related_name="decisions")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="decisions"
+    )
+    candidate = models.ForeignKey(
+        Candidate, null=True, blank=True, on_delete=models.PROTECT, related_name="decisions"
+    )
+    seconds = models.FloatField()
+    is_adjudication = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["item", "reviewer"], name="decision_one_per_reviewer_per_item"
+            ),
+            models.CheckConstraint(condition=Q(seconds__gte=0), name="decision_seconds_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        pick = self.candidate.label if self.candidate else "none"
+        return f"{self.reviewer} picked {pick} on {self.item}"
+
+
+class GroundTruth(models.Model):
+    """An accepted mask for an image. The newest row per image is the current ground truth."""
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="ground_truths")
+    mask = models.ForeignKey(Mask, on_delete=models.PROTECT, related_name="ground_truths")
+    item = models.ForeignKey(
+        ReviewItem, null=True, blank=True, on_delete=models.PROTECT, related_name="ground_truths"
+    )
+    decision = models.ForeignKey(
+        Decision, null=True, blank=True, on_delete=models.PROTECT, related_name="ground_truths"
+    )
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["image_id", "-id"]
+        get_latest_by = "id"
+
+    def __str__(self) -> str:
+        return f"ground truth of {self.image}: {self.mask}"
+
+
+class Export(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Building"
+        DONE = "done", "Ready"
+        FAILED = "failed", "Failed"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="exports"
+    )
+    filters = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)
+    file = models.FileField(upload_to="exports/", blank=True, max_length=255)
+    sha256 = models.CharField(max_length=64, blank=True)
+    size = models.PositiveBigIntegerField(default=0)
+    image_count = models.PositiveIntegerField(default=0)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"export {self.uuid} ({self.status})"

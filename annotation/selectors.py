@@ -1,0 +1,219 @@
+"""Reads: what the pages and the API show. Nothing here changes a row."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet
+
+from annotation import storage
+from annotation.exporting import ExportRow
+from annotation.models import (
+    Candidate,
+    Decision,
+    GroundTruth,
+    Image,
+    Mask,
+    ReviewItem,
+    Role,
+    Round,
+)
+
+
+def user_roles(user: Any) -> set[str]:
+    if not user.is_authenticated:
+        return set()
+    cached = getattr(user, "_maskloop_roles", None)
+    if cached is None:
+        cached = set(user.groups.filter(name__in=Role.values).values_list("name", flat=True))
+        user._maskloop_roles = cached
+    return cached
+
+
+def user_has_role(user: Any, *roles: str) -> bool:
+    return bool(user_roles(user) & set(roles))
+
+
+def current_ground_truths() -> dict[int, GroundTruth]:
+    """The newest ground truth of every image that has one, keyed by image id."""
+    current: dict[int, GroundTruth] = {}
+    rows = GroundTruth.objects.select_related(
+        "mask__model_version", "mask__author", "item__round", "decision__reviewer", "accepted_by"
+    ).order_by("image_id", "-id")
+    for gt in rows:
+        current.setdefault(gt.image_id, gt)
+    return current
+
+
+# ---------------------------------------------------------------- MD queue
+
+
+def open_items_for(user: Any) -> QuerySet[ReviewItem]:
+    """Items this MD can still review: open, in a round under review, not yet decided by them."""
+    return (
+        ReviewItem.objects.filter(status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING)
+        .exclude(decisions__reviewer=user)
+        .order_by("round__number", "id")
+    )
+
+
+def redraw_items() -> QuerySet[ReviewItem]:
+    return ReviewItem.objects.filter(status=ReviewItem.Status.REDRAW).select_related("image", "round")
+
+
+def images_to_draw() -> QuerySet[Image]:
+    return Image.objects.filter(status=Image.Status.UNANNOTATED, image_class="covid19")
+
+
+def adjudication_items() -> QuerySet[ReviewItem]:
+    return ReviewItem.objects.filter(status=ReviewItem.Status.ADJUDICATION).select_related("round")
+
+
+@dataclass(frozen=True)
+class MdQueue:
+    review: list[ReviewItem]
+    redraw: list[ReviewItem]
+    draw: list[Image]
+    review_count: int
+    redraw_count: int
+    draw_count: int
+    decided_in_round: int
+    round: Round | None
+
+
+def md_queue(user: Any, *, limit: int = 50) -> MdQueue:
+    active = Round.objects.filter(status__in=Round.ACTIVE).order_by("-number").first()
+    review = open_items_for(user)
+    decided = (
+        Decision.objects.filter(reviewer=user, item__round=active).count() if active else 0
+    )
+    return MdQueue(
+        review=list(review[:limit]),
+        redraw=list(redraw_items()[:limit]),
+        draw=list(images_to_draw()[:limit]),
+        review_count=review.count(),
+        redraw_count=redraw_items().count(),
+        draw_count=images_to_draw().count(),
+        decided_in_round=decided,
+        round=active,
+    )
+
+
+def next_item_for(user: Any, *, after: ReviewItem | None = None) -> ReviewItem | None:
+    items = open_items_for(user)
+    if after is not None:
+        items = items.exclude(pk=after.pk)
+    return items.first()
+
+
+def item_candidates(item: ReviewItem) -> list[Candidate]:
+    """Candidates in label order: the only order a reviewer ever sees."""
+    return list(item.candidates.exclude(label="").order_by("label"))
+
+
+# ---------------------------------------------------------------- rounds
+
+
+def round_statistics(rnd: Round) -> dict[str, Any]:
+    """How a round went: machine-vs-manual preference, redraw rate, time per decision."""
+    decisions = list(
+        Decision.objects.filter(item__round=rnd).select_related("candidate__mask", "reviewer")
+    )
+    seconds = [d.seconds for d in decisions if not d.is_adjudication]
+    items = rnd.items.aggregate(
+        total=Count("id"),
+        open=Count("id", filter=Q(status=ReviewItem.Status.OPEN)),
+        accepted=Count("id", filter=Q(status=ReviewItem.Status.ACCEPTED)),
+        redraw=Count("id", filter=Q(status=ReviewItem.Status.REDRAW)),
+        redrawn=Count("id", filter=Q(status=ReviewItem.Status.REDRAWN)),
+        adjudication=Count("id", filter=Q(status=ReviewItem.Status.ADJUDICATION)),
+    )
+    accepted = GroundTruth.objects.filter(item__round=rnd, decision__isnull=False).select_related(
+        "mask"
+    )
+    with_manual = [gt for gt in accepted if rnd.items.filter(
+        pk=gt.item_id, candidates__mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
+    ).exists()]
+    machine_preferred = sum(1 for gt in with_manual if gt.mask.source == Mask.Source.PREDICTED)
+    resolved = items["accepted"] + items["redraw"] + items["redrawn"]
+    per_md: dict[str, int] = {}
+    for d in decisions:
+        per_md[d.reviewer.get_username()] = per_md.get(d.reviewer.get_username(), 0) + 1
+    agreements = [a for a in rnd.items.exclude(agreement=None).values_list("agreement", flat=True)]
+    return {
+        "items": items,
+        "decisions": len(decisions),
+        "decisions_per_md": dict(sorted(per_md.items())),
+        "machine_preferred": machine_preferred,
+        "manual_compared": len(with_manual),
+        "machine_preferred_rate": machine_preferred / len(with_manual) if with_manual else None,
+        "redraw_rate": (items["redraw"] + items["redrawn"]) / resolved if resolved else None,
+        "median_seconds": statistics.median(seconds) if seconds else None,
+        "mean_seconds": statistics.fmean(seconds) if seconds else None,
+        "mean_agreement": statistics.fmean(agreements) if agreements else None,
+    }
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
+    """One row per exported image with the provenance of its accepted mask."""
+    from training.nets.folds import grouped_stratified_folds
+
+    images = Image.objects.order_by("id")
+    if filters.get("classes"):
+        images = images.filter(image_class__in=filters["classes"])
+    gts = current_ground_truths()
+    if filters.get("round") is not None:
+        gts = {
+            k: gt for k, gt in gts.items()
+            if gt.item is not None and gt.item.round.number == filters["round"]
+        }
+        images = images.filter(pk__in=list(gts))
+    if filters.get("accepted_only", True):
+        images = images.filter(pk__in=list(gts))
+    images = list(images)
+    if not images:
+        return []
+    fold_of = grouped_stratified_folds(
+        [img.pk for img in images],
+        [img.image_class for img in images],
+        [img.patient_id or f"image-{img.pk}" for img in images],
+        n_folds=min(5, len(images)) if len(images) >= 2 else 2,
+        seed=0,
+    ) if len(images) >= 2 else {images[0].pk: 0}
+    rows = []
+    for img in images:
+        gt = gts.get(img.pk)
+        mask = gt.mask if gt else None
+        mv = mask.model_version if mask else None
+        reviewer = ""
+        if gt is not None:
+            who = gt.decision.reviewer if gt.decision else (gt.accepted_by or (mask and mask.author))
+            reviewer = who.get_username() if who else ""
+        stem = img.name.rsplit(".", 1)[0].replace("/", "_")
+        rows.append(ExportRow(
+            image_id=img.pk,
+            image_name=f"{img.pk:06d}_{stem}",
+            image_path=storage.local_path(img.original.name),
+            image_ext=img.original.name.rsplit(".", 1)[-1],
+            mask_path=storage.local_path(mask.file.name) if mask else None,
+            image_class=img.image_class,
+            patient_id=img.patient_id,
+            source=img.source,
+            width=img.width,
+            height=img.height,
+            sha256=img.sha256,
+            mask_source=mask.source if mask else "",
+            round=gt.item.round.number if gt and gt.item else None,
+            stage=gt.item.round.stage if gt and gt.item else "",
+            decision_id=gt.decision_id if gt else None,
+            reviewer=reviewer,
+            model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
+            agreement=gt.item.agreement if gt and gt.item else None,
+            fold=fold_of[img.pk],
+        ))
+    return rows

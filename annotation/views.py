@@ -1,0 +1,143 @@
+"""Server-rendered pages. Each one reads through selectors and writes through services."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+
+from annotation import selectors, services
+from annotation.errors import DomainError
+from annotation.forms import ExportForm, RoundStartForm
+from annotation.models import Export, Image, ReviewItem, Role, Round
+from annotation.permissions import role_required
+
+
+@login_required
+def home(request):
+    roles = selectors.user_roles(request.user)
+    if Role.MD in roles:
+        return redirect("queue")
+    if Role.ADMIN in roles:
+        return redirect("rounds")
+    if Role.DATA in roles:
+        return redirect("exports")
+    return render(request, "annotation/no_role.html", status=403)
+
+
+@role_required(Role.MD)
+def queue(request):
+    return render(request, "annotation/queue.html", {"queue": selectors.md_queue(request.user)})
+
+
+@role_required(Role.MD)
+def draw(request, image_id: int):
+    image = get_object_or_404(Image, pk=image_id)
+    if image.status not in services.DRAWABLE:
+        messages.error(request, f"{image.name} cannot be drawn now: {image.get_status_display().lower()}.")
+        return redirect("queue")
+    start_masks = []
+    item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
+    if item is not None:
+        start_masks = [
+            {"label": f"Candidate {c.label}", "url": reverse("api:item-candidate", args=[item.uuid, c.label])}
+            for c in selectors.item_candidates(item)
+        ]
+    return render(request, "annotation/draw.html", {
+        "image": image,
+        "display_url": reverse("api:image-display", args=[image.pk]),
+        "save_url": reverse("api:image-masks", args=[image.pk]),
+        "start_masks": start_masks,
+        "purpose": "redraw" if item is not None else "draw",
+        "next_url": reverse("queue"),
+    })
+
+
+@role_required(Role.MD)
+def review_next(request):
+    item = selectors.next_item_for(request.user)
+    if item is None:
+        messages.info(request, "Nothing left to review. Thank you!")
+        return redirect("queue")
+    return redirect("review", item_uuid=item.uuid)
+
+
+@role_required(Role.MD, Role.ADMIN)
+def review(request, item_uuid):
+    item = get_object_or_404(ReviewItem, uuid=item_uuid)
+    adjudicating = item.status == ReviewItem.Status.ADJUDICATION
+    if adjudicating and not selectors.user_has_role(request.user, Role.ADMIN):
+        messages.error(request, "This item is waiting for an admin to break a tie.")
+        return redirect("queue")
+    if not adjudicating and (item.status != ReviewItem.Status.OPEN
+                             or not selectors.user_has_role(request.user, Role.MD)):
+        messages.info(request, "That item is no longer open for review.")
+        return redirect("review-next" if selectors.user_has_role(request.user, Role.MD) else "rounds")
+    return render(request, "annotation/review.html", {
+        "item_url": reverse("api:item-detail", args=[item.uuid]),
+        "decision_url": reverse("api:item-adjudicate" if adjudicating else "api:item-decision",
+                                args=[item.uuid]),
+        "next_api_url": reverse("api:item-next"),
+        "queue_url": reverse("rounds" if adjudicating else "queue"),
+        "adjudicating": adjudicating,
+    })
+
+
+@role_required(Role.ADMIN)
+def rounds(request):
+    form = RoundStartForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        d = form.cleaned_data
+        try:
+            rnd = services.round_start(
+                stage=d["stage"], started_by=request.user, networks=form.networks_list(),
+                folds=d["folds"], preset=d["preset"],
+                overrides={"epochs": d["epochs"]} if d.get("epochs") else None,
+                reviewers_per_item=d["reviewers_per_item"],
+            )
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Round {rnd.number} started.")
+            return redirect("round-detail", number=rnd.number)
+    counts = {s.label: Image.objects.filter(status=s.value).count() for s in Image.Status}
+    return render(request, "annotation/rounds.html", {
+        "form": form,
+        "rounds": Round.objects.select_related("started_by"),
+        "image_counts": counts,
+    })
+
+
+@role_required(Role.ADMIN)
+def round_detail(request, number: int):
+    rnd = get_object_or_404(Round, number=number)
+    if request.method == "POST" and request.POST.get("action") == "cancel":
+        try:
+            services.round_cancel(round=rnd, by=request.user)
+            messages.success(request, f"Round {rnd.number} cancelled.")
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        return redirect("round-detail", number=number)
+    return render(request, "annotation/round_detail.html", {
+        "round": rnd,
+        "api_url": reverse("api:round-detail", args=[rnd.number]),
+    })
+
+
+@role_required(Role.DATA)
+def exports(request):
+    form = ExportForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.export_request(requested_by=request.user, filters=form.cleaned_data)
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, "Export queued; it appears below when it is ready.")
+            return redirect("exports")
+    return render(request, "annotation/exports.html", {
+        "form": form,
+        "exports": Export.objects.select_related("requested_by")[:50],
+        "list_api": reverse("api:export-list"),
+    })

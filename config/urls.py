@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from annotation import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("queue/", views.queue, name="queue"),
+    path("draw/<int:image_id>/", views.draw, name="draw"),
+    path("review/next/", views.review_next, name="review-next"),
+    path("review/<uuid:item_uuid>/", views.review, name="review"),
+    path("rounds/", views.rounds, name="rounds"),
+    path("rounds/<int:number>/", views.round_detail, name="round-detail"),
+    path("exports/", views.exports, name="exports"),
+    path("api/", include("annotation.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("django-admin/", admin.site.urls),
+]

@@ -1,0 +1,83 @@
+"""Training runs (jobs on the `training` queue) and the model versions they produce."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        TRAINING = "training", "Training"
+        PREDICTING = "predicting", "Predicting"
+        SUCCEEDED = "succeeded", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    round = models.ForeignKey(
+        "annotation.Round", on_delete=models.PROTECT, related_name="training_runs"
+    )
+    arch = models.CharField(max_length=20)
+    encoder = models.CharField(max_length=20)
+    fold = models.PositiveSmallIntegerField(null=True, blank=True)
+    config = models.JSONField(default=dict)
+    train_image_ids = models.JSONField(default=list)
+    target_image_ids = models.JSONField(default=list)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    epoch = models.PositiveIntegerField(default=0)
+    epochs = models.PositiveIntegerField(default=0)
+    step = models.PositiveIntegerField(default=0)
+    steps = models.PositiveIntegerField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    loss_history = models.JSONField(default=list)
+    predicted = models.PositiveIntegerField(default=0)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["round_id", "id"]
+
+    def __str__(self) -> str:
+        fold = f" fold {self.fold}" if self.fold is not None else ""
+        return f"{self.arch}/{self.encoder}{fold} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def progress(self) -> float:
+        """Share of the whole job done: training is 80 %, predicting the held-out images 20 %."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        total = max(self.epochs * max(self.steps, 1), 1)
+        done = max(self.epoch - 1, 0) * max(self.steps, 1) + self.step
+        trained = min(done / total, 1.0) if self.status != self.Status.QUEUED else 0.0
+        if self.status == self.Status.PREDICTING:
+            targets = max(len(self.target_image_ids), 1)
+            return 0.8 + 0.2 * min(self.predicted / targets, 1.0)
+        return 0.8 * trained
+
+
+class ModelVersion(models.Model):
+    """Trained weights with everything needed to reproduce them."""
+
+    run = models.OneToOneField(TrainingRun, on_delete=models.PROTECT, related_name="model_version")
+    arch = models.CharField(max_length=20)
+    encoder = models.CharField(max_length=20)
+    config = models.JSONField(default=dict)
+    weights = models.FileField(upload_to="models/", max_length=255)
+    metrics = models.JSONField(default=dict)
+    data_version = models.CharField(max_length=64)
+    code_version = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"model v{self.pk} {self.arch}/{self.encoder}"

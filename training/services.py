@@ -1,0 +1,167 @@
+"""Training runs: planning, executing through the Django-free core, failing, progress."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+
+from annotation import storage
+from annotation.models import Image, Mask, Round
+from training.models import ModelVersion, TrainingRun
+
+
+def training_run_create(
+    *,
+    round: Round,
+    arch: str,
+    encoder: str,
+    fold: int | None,
+    config: Any,
+    train_set: Sequence[tuple[int, int]],
+    targets: Sequence[int],
+) -> TrainingRun:
+    """Plans one network's training and enqueues it once the round is committed."""
+    from training import tasks
+
+    run = TrainingRun.objects.create(
+        round=round,
+        arch=arch,
+        encoder=encoder,
+        fold=fold,
+        config=config.replace(arch=arch, encoder=encoder).to_dict(),
+        train_image_ids=[list(pair) for pair in train_set],
+        target_image_ids=list(targets),
+        epochs=config.epochs,
+    )
+    transaction.on_commit(lambda: tasks.train.delay(run.pk))
+    return run
+
+
+@functools.cache
+def code_version() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True,
+            timeout=5, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_version(pairs: Sequence[tuple[Image, Mask]]) -> str:
+    """A hash of exactly what a network was trained on: the images' and masks' bytes."""
+    digest = hashlib.sha256()
+    for image, mask in sorted(pairs, key=lambda p: (p[0].sha256, p[1].sha256)):
+        digest.update(f"{image.sha256}:{mask.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+class RunCancelled(Exception):
+    pass
+
+
+def _still_wanted(run_id: int) -> bool:
+    status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
+    return status in (TrainingRun.Status.TRAINING, TrainingRun.Status.PREDICTING)
+
+
+def training_run_execute(*, run_id: int) -> str:
+    """Trains one run and records its model version; predicting follows on the inference queue.
+
+    Idempotent: a run that already has weights is not trained again.
+
+    Returns:
+        What happened, for the task's log.
+    """
+    from inference import tasks as inference_tasks
+    from training.nets.config import TrainConfig
+    from training.nets.fit import TrainingStopped, fit
+
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.is_terminal:
+            return f"run {run_id} is already {run.status}"
+        if ModelVersion.objects.filter(run=run).exists():
+            run.status = TrainingRun.Status.PREDICTING
+            run.save(update_fields=["status"])
+            transaction.on_commit(lambda: inference_tasks.predict.delay(run_id))
+            return f"run {run_id} was trained before; predicting"
+        run.status = TrainingRun.Status.TRAINING
+        run.started_at = timezone.now()
+        run.save(update_fields=["status", "started_at"])
+
+    config = TrainConfig.from_dict(run.config)
+    images = {i.pk: i for i in Image.objects.filter(pk__in=[p[0] for p in run.train_image_ids])}
+    masks = {m.pk: m for m in Mask.objects.filter(pk__in=[p[1] for p in run.train_image_ids])}
+    pairs = [(images[i], masks[m]) for i, m in run.train_image_ids]
+    version = data_version(pairs)
+    history: list[float] = []
+
+    def on_progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> bool:
+        if step == steps:
+            history.append(loss)
+        TrainingRun.objects.filter(pk=run_id).update(
+            epoch=epoch, epochs=epochs, step=step, steps=steps, loss=loss, loss_history=history
+        )
+        return _still_wanted(run_id)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            result = fit(
+                config,
+                [storage.local_path(img.display.name) for img, _ in pairs],
+                [storage.local_path(mask.file.name) for _, mask in pairs],
+                out_dir=tmp,
+                on_progress=on_progress,
+                extra={"data_version": version, "code_version": code_version(),
+                       "train_set": run.train_image_ids},
+            )
+        except TrainingStopped:
+            return f"run {run_id} was cancelled while training"
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update().get(pk=run_id)
+            if run.status != TrainingRun.Status.TRAINING:
+                return f"run {run_id} is {run.status}; weights discarded"
+            mv = ModelVersion(
+                run=run, arch=run.arch, encoder=run.encoder, config=run.config,
+                data_version=version, code_version=code_version(),
+                metrics={"train_loss": result.loss_history, "train_seconds": result.seconds},
+            )
+            with open(result.weights_path, "rb") as fh:
+                mv.weights.save(f"run-{run.pk}.weights.h5", File(fh), save=False)
+            mv.save()
+            run.status = TrainingRun.Status.PREDICTING
+            run.loss_history = result.loss_history
+            run.save(update_fields=["status", "loss_history"])
+            transaction.on_commit(lambda: inference_tasks.predict.delay(run_id))
+    return f"run {run_id} trained"
+
+
+def training_run_fail(*, run_id: int, reason: str) -> None:
+    """Records why a run failed and fails its round (which says so on the dashboard)."""
+    from annotation.services import round_advance
+
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.is_terminal:
+            return
+        run.status = TrainingRun.Status.FAILED
+        run.failure_reason = reason[:2000]
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "failure_reason", "finished_at"])
+        round_advance(round_id=run.round_id)
+
+
+def weights_path(model_version: ModelVersion) -> Path:
+    return Path(storage.local_path(model_version.weights.name))

@@ -1,0 +1,23 @@
+"""Celery tasks of the `training` queue: thin wrappers that call one service."""
+
+from celery import shared_task
+from django.db import OperationalError
+
+from training import services
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=5,
+    max_retries=3,
+)
+def train(self, run_id: int) -> str:
+    try:
+        return services.training_run_execute(run_id=run_id)
+    except OperationalError:
+        raise
+    except Exception as exc:
+        services.training_run_fail(run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
+        return f"run {run_id} failed: {exc}"
