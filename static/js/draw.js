@@ -1074,10 +1074,13 @@ function bindControls() {
     option.textContent = entry.label;
     controls.start.append(option);
   }
-  controls.start.disabled = startMasks.length === 0;
+  // The select is an action: it replaces the mask (one undoable step), then shows its prompt
+  // again, so it never claims a state that undo has since changed.
   controls.start.addEventListener("change", () => {
-    loadStartMask(Number(controls.start.value));
+    const value = controls.start.value;
+    controls.start.value = "";
     controls.start.blur();
+    if (value !== "") loadStartMask(Number(value));
   });
 
   uiLayer.addEventListener("pointerdown", onPointerDown);
