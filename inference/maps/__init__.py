@@ -66,7 +66,8 @@ def ensemble(probs: Sequence[np.ndarray]) -> np.ndarray:
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(f"ensemble members differ in shape: {sorted(shapes)}")
-    return np.mean(np.stack(arrays), axis=0, dtype=np.float64).astype(np.float32)
+    mean = np.stack(arrays).mean(axis=0, dtype=np.float64)
+    return np.asarray(mean, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
