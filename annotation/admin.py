@@ -1,6 +1,15 @@
 from django.contrib import admin
 
-from annotation.models import Candidate, Decision, Export, GroundTruth, Image, Mask, ReviewItem, Round
+from annotation.models import (
+    Candidate,
+    Decision,
+    Export,
+    GroundTruth,
+    Image,
+    Mask,
+    ReviewItem,
+    Round,
+)
 
 
 @admin.register(Image)

@@ -43,8 +43,19 @@ class ImageOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Image
-        fields = ["id", "name", "sha256", "width", "height", "source", "image_class",
-                  "patient_id", "status", "created_at", "display_url"]
+        fields = [
+            "id",
+            "name",
+            "sha256",
+            "width",
+            "height",
+            "source",
+            "image_class",
+            "patient_id",
+            "status",
+            "created_at",
+            "display_url",
+        ]
 
     def get_display_url(self, obj: Image) -> str:
         return reverse("api:image-display", args=[obj.pk])
@@ -114,8 +125,20 @@ class MaskOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Mask
-        fields = ["id", "image", "version", "source", "author", "model_version", "round",
-                  "based_on", "area", "sha256", "created_at", "file_url"]
+        fields = [
+            "id",
+            "image",
+            "version",
+            "source",
+            "author",
+            "model_version",
+            "round",
+            "based_on",
+            "area",
+            "sha256",
+            "created_at",
+            "file_url",
+        ]
 
     def get_model_version(self, obj: Mask) -> str | None:
         mv = obj.model_version
@@ -159,7 +182,9 @@ class ImageMasksApi(APIView):
             if based_on is None:
                 raise DomainError("the mask to start from does not exist")
         mask = services.mask_draw(
-            image=image, author=request.user, data=data.validated_data["mask"].read(),
+            image=image,
+            author=request.user,
+            data=data.validated_data["mask"].read(),
             based_on=based_on,
         )
         body = {"id": mask.pk, "version": mask.version, "image_status": image.status}
@@ -213,9 +238,19 @@ class RoundOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Round
-        fields = ["number", "stage", "stage_display", "status", "status_display", "config",
-                  "reviewers_per_item", "started_by", "created_at", "finished_at",
-                  "failure_reason"]
+        fields = [
+            "number",
+            "stage",
+            "stage_display",
+            "status",
+            "status_display",
+            "config",
+            "reviewers_per_item",
+            "started_by",
+            "created_at",
+            "finished_at",
+            "failure_reason",
+        ]
 
 
 class RoundListApi(APIView):
@@ -245,9 +280,14 @@ class RoundListApi(APIView):
         v = data.validated_data
         overrides = {k: v[k] for k in ("epochs", "input_size") if k in v}
         rnd = services.round_start(
-            stage=v["stage"], started_by=request.user, networks=v.get("networks"),
-            folds=v["folds"], preset=v["preset"], overrides=overrides,
-            reviewers_per_item=v["reviewers_per_item"], seed=v["seed"],
+            stage=v["stage"],
+            started_by=request.user,
+            networks=v.get("networks"),
+            folds=v["folds"],
+            preset=v["preset"],
+            overrides=overrides,
+            reviewers_per_item=v["reviewers_per_item"],
+            seed=v["seed"],
         )
         return Response(RoundOutput(rnd).data, status=status.HTTP_201_CREATED)
 
@@ -295,8 +335,10 @@ def blind_item_payload(item: ReviewItem) -> dict:
             for c in selectors.item_candidates(item)
         ],
         "decision_url": reverse(
-            "api:item-adjudicate" if item.status == ReviewItem.Status.ADJUDICATION
-            else "api:item-decision", args=[item.uuid]
+            "api:item-adjudicate"
+            if item.status == ReviewItem.Status.ADJUDICATION
+            else "api:item-decision",
+            args=[item.uuid],
         ),
         "page_url": reverse("review", args=[item.uuid]),
     }
@@ -309,8 +351,11 @@ def _visible_item(request, item_uuid) -> ReviewItem:
         ),
         uuid=item_uuid,
     )
-    if item.status not in (ReviewItem.Status.OPEN, ReviewItem.Status.ADJUDICATION,
-                           ReviewItem.Status.REDRAW):
+    if item.status not in (
+        ReviewItem.Status.OPEN,
+        ReviewItem.Status.ADJUDICATION,
+        ReviewItem.Status.REDRAW,
+    ):
         raise DomainError(f"this item is {item.get_status_display().lower()}")
     return item
 
@@ -371,7 +416,10 @@ class ReviewDecisionApi(APIView):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         services.decision_create(
-            item=item, reviewer=request.user, choice=v["choice"], seconds=v["seconds"],
+            item=item,
+            reviewer=request.user,
+            choice=v["choice"],
+            seconds=v["seconds"],
             round_number=v.get("round"),
         )
         nxt = selectors.next_item_for(request.user)
@@ -391,7 +439,9 @@ class ReviewAdjudicateApi(APIView):
         data = DecisionInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.decision_adjudicate(
-            item=item, admin=request.user, choice=data.validated_data["choice"],
+            item=item,
+            admin=request.user,
+            choice=data.validated_data["choice"],
             seconds=data.validated_data["seconds"],
         )
         return Response({"next_url": reverse("rounds")}, status=status.HTTP_201_CREATED)
@@ -406,8 +456,20 @@ class ExportOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Export
-        fields = ["uuid", "status", "progress", "filters", "image_count", "size", "sha256",
-                  "requested_by", "created_at", "finished_at", "failure_reason", "download_url"]
+        fields = [
+            "uuid",
+            "status",
+            "progress",
+            "filters",
+            "image_count",
+            "size",
+            "sha256",
+            "requested_by",
+            "created_at",
+            "finished_at",
+            "failure_reason",
+            "download_url",
+        ]
 
     def get_download_url(self, obj: Export) -> str | None:
         if obj.status != Export.Status.DONE:
@@ -425,8 +487,9 @@ class ExportListApi(APIView):
 
     @extend_schema(responses=ExportOutput(many=True))
     def get(self, request):
-        return Response(ExportOutput(Export.objects.select_related("requested_by")[:100],
-                                     many=True).data)
+        return Response(
+            ExportOutput(Export.objects.select_related("requested_by")[:100], many=True).data
+        )
 
     @extend_schema(request=InputSerializer, responses={201: ExportOutput})
     def post(self, request):
@@ -452,7 +515,8 @@ class ExportDownloadApi(APIView):
         if export.status != Export.Status.DONE:
             raise DomainError(f"the export is {export.get_status_display().lower()}, not ready")
         return FileResponse(
-            storage.open_file(export.file.name), as_attachment=True,
+            storage.open_file(export.file.name),
+            as_attachment=True,
             filename=f"maskloop-export-{export.created_at:%Y%m%d}-{str(export.uuid)[:8]}.zip",
             content_type="application/zip",
         )

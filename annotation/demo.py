@@ -88,8 +88,9 @@ def demo_accounts() -> list[tuple[str, str, list[str]]]:
 
 
 @transaction.atomic
-def demo_seed(folder: Path, *, n_covid: int = 24, n_control: int = 6, md_masks: int = 12,
-              size: int = 256) -> IngestReport:
+def demo_seed(
+    folder: Path, *, n_covid: int = 24, n_control: int = 6, md_masks: int = 12, size: int = 256
+) -> IngestReport:
     demo_accounts()
     cases = demo_dataset_write(folder, n_covid=n_covid, n_control=n_control, size=size)
     report = ingest_folder(folder, source="maskloop-phantoms")

@@ -111,12 +111,25 @@ def write_zip(
             manifest[image_name] = _write_file(zf, image_name, row.image_path, zipfile.ZIP_STORED)
             if row.mask_path:
                 manifest[mask_name] = _write_file(zf, mask_name, row.mask_path, zipfile.ZIP_STORED)
-            meta.append([
-                image_name, mask_name, row.image_class, row.patient_id, row.source, row.width,
-                row.height, row.sha256, row.mask_source, row.round or "", row.stage,
-                row.decision_id or "", row.reviewer, row.model,
-                "" if row.agreement is None else f"{row.agreement:.3f}",
-            ])
+            meta.append(
+                [
+                    image_name,
+                    mask_name,
+                    row.image_class,
+                    row.patient_id,
+                    row.source,
+                    row.width,
+                    row.height,
+                    row.sha256,
+                    row.mask_source,
+                    row.round or "",
+                    row.stage,
+                    row.decision_id or "",
+                    row.reviewer,
+                    row.model,
+                    "" if row.agreement is None else f"{row.agreement:.3f}",
+                ]
+            )
             folds.append([image_name, row.fold, row.image_class, row.patient_id])
             if on_progress and (i % 25 == 0 or i == len(rows) - 1):
                 on_progress(i + 1, len(rows))

@@ -7,16 +7,29 @@ NETWORK_CHOICES = [(f"{a}/{e}", f"{a} · {e}") for a in ARCHITECTURES for e in E
 
 
 class RoundStartForm(forms.Form):
-    stage = forms.ChoiceField(choices=[(Round.Stage.STAGE_I, "Stage I — cross-validated, vs the MD's masks"),
-                                       (Round.Stage.STAGE_II, "Stage II — predict the unannotated images")])
+    stage = forms.ChoiceField(
+        choices=[
+            (Round.Stage.STAGE_I, "Stage I — cross-validated, vs the MD's masks"),
+            (Round.Stage.STAGE_II, "Stage II — predict the unannotated images"),
+        ]
+    )
     networks = forms.MultipleChoiceField(
-        choices=NETWORK_CHOICES, required=False, widget=forms.CheckboxSelectMultiple,
-        help_text="Leave empty for the stage's defaults (Stage I: U-Net, UNet++, DLA; Stage II: five networks).",
+        choices=NETWORK_CHOICES,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=(
+            "Leave empty for the stage's defaults "
+            "(Stage I: U-Net, UNet++, DLA; Stage II: five networks)."
+        ),
     )
     folds = forms.IntegerField(min_value=2, max_value=10, initial=5)
-    preset = forms.ChoiceField(choices=[("tiny", "tiny — 32 px, 1 epoch (CPU demo)"),
-                                        ("small", "small — 64 px, 2 epochs"),
-                                        ("paper", "paper — 224 px, batch 32, 50 epochs (GPU)")])
+    preset = forms.ChoiceField(
+        choices=[
+            ("tiny", "tiny — 32 px, 1 epoch (CPU demo)"),
+            ("small", "small — 64 px, 2 epochs"),
+            ("paper", "paper — 224 px, batch 32, 50 epochs (GPU)"),
+        ]
+    )
     epochs = forms.IntegerField(min_value=1, max_value=500, required=False)
     reviewers_per_item = forms.IntegerField(min_value=1, max_value=9, initial=1)
 
@@ -26,8 +39,12 @@ class RoundStartForm(forms.Form):
 
 
 class ExportForm(forms.Form):
-    round = forms.IntegerField(required=False, min_value=1, help_text="Only masks accepted in this round.")
-    classes = forms.MultipleChoiceField(choices=ImageClass.choices, required=False,
-                                        widget=forms.CheckboxSelectMultiple)
-    accepted_only = forms.BooleanField(required=False, initial=True,
-                                       label="Only images with an accepted mask")
+    round = forms.IntegerField(
+        required=False, min_value=1, help_text="Only masks accepted in this round."
+    )
+    classes = forms.MultipleChoiceField(
+        choices=ImageClass.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    accepted_only = forms.BooleanField(
+        required=False, initial=True, label="Only images with an accepted mask"
+    )

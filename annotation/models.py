@@ -232,7 +232,9 @@ class Decision(models.Model):
             models.UniqueConstraint(
                 fields=["item", "reviewer"], name="decision_one_per_reviewer_per_item"
             ),
-            models.CheckConstraint(condition=Q(seconds__gte=0), name="decision_seconds_not_negative"),
+            models.CheckConstraint(
+                condition=Q(seconds__gte=0), name="decision_seconds_not_negative"
+            ),
         ]
 
     def __str__(self) -> str:

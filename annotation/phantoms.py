@@ -73,9 +73,13 @@ def md_drawing(truth: np.ndarray, seed: int) -> np.ndarray:
     grow = int(rng.integers(-2, 4))
     for _ in range(abs(grow)):
         shifted = [np.roll(mask, s, axis=a) for a in (0, 1) for s in (-1, 1)]
-        mask = np.logical_or.reduce([mask, *shifted]) if grow > 0 else np.logical_and.reduce(
-            [mask, *shifted]
+        mask = (
+            np.logical_or.reduce([mask, *shifted])
+            if grow > 0
+            else np.logical_and.reduce([mask, *shifted])
         )
-    edge = mask ^ np.logical_and.reduce([mask] + [np.roll(mask, s, a) for a in (0, 1) for s in (-1, 1)])
+    edge = mask ^ np.logical_and.reduce(
+        [mask] + [np.roll(mask, s, a) for a in (0, 1) for s in (-1, 1)]
+    )
     mask[edge & (rng.random(mask.shape) < 0.5)] = False
     return mask

@@ -53,14 +53,18 @@ def current_ground_truths() -> dict[int, GroundTruth]:
 def open_items_for(user: Any) -> QuerySet[ReviewItem]:
     """Items this MD can still review: open, in a round under review, not yet decided by them."""
     return (
-        ReviewItem.objects.filter(status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING)
+        ReviewItem.objects.filter(
+            status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING
+        )
         .exclude(decisions__reviewer=user)
         .order_by("round__number", "id")
     )
 
 
 def redraw_items() -> QuerySet[ReviewItem]:
-    return ReviewItem.objects.filter(status=ReviewItem.Status.REDRAW).select_related("image", "round")
+    return ReviewItem.objects.filter(status=ReviewItem.Status.REDRAW).select_related(
+        "image", "round"
+    )
 
 
 def images_to_draw() -> QuerySet[Image]:
@@ -86,9 +90,7 @@ class MdQueue:
 def md_queue(user: Any, *, limit: int = 50) -> MdQueue:
     active = Round.objects.filter(status__in=Round.ACTIVE).order_by("-number").first()
     review = open_items_for(user)
-    decided = (
-        Decision.objects.filter(reviewer=user, item__round=active).count() if active else 0
-    )
+    decided = Decision.objects.filter(reviewer=user, item__round=active).count() if active else 0
     return MdQueue(
         review=list(review[:limit]),
         redraw=list(redraw_items()[:limit]),
@@ -133,9 +135,13 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
     accepted = GroundTruth.objects.filter(item__round=rnd, decision__isnull=False).select_related(
         "mask"
     )
-    with_manual = [gt for gt in accepted if rnd.items.filter(
-        pk=gt.item_id, candidates__mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
-    ).exists()]
+    with_manual = [
+        gt
+        for gt in accepted
+        if rnd.items.filter(
+            pk=gt.item_id, candidates__mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
+        ).exists()
+    ]
     machine_preferred = sum(1 for gt in with_manual if gt.mask.source == Mask.Source.PREDICTED)
     resolved = items["accepted"] + items["redraw"] + items["redrawn"]
     per_md: dict[str, int] = {}
@@ -169,7 +175,8 @@ def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
     gts = current_ground_truths()
     if filters.get("round") is not None:
         gts = {
-            k: gt for k, gt in gts.items()
+            k: gt
+            for k, gt in gts.items()
             if gt.item is not None and gt.item.round.number == filters["round"]
         }
         images = images.filter(pk__in=list(gts))
@@ -178,13 +185,17 @@ def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
     images = list(images)
     if not images:
         return []
-    fold_of = grouped_stratified_folds(
-        [img.pk for img in images],
-        [img.image_class for img in images],
-        [img.patient_id or f"image-{img.pk}" for img in images],
-        n_folds=min(5, len(images)) if len(images) >= 2 else 2,
-        seed=0,
-    ) if len(images) >= 2 else {images[0].pk: 0}
+    fold_of = (
+        grouped_stratified_folds(
+            [img.pk for img in images],
+            [img.image_class for img in images],
+            [img.patient_id or f"image-{img.pk}" for img in images],
+            n_folds=min(5, len(images)) if len(images) >= 2 else 2,
+            seed=0,
+        )
+        if len(images) >= 2
+        else {images[0].pk: 0}
+    )
     rows = []
     for img in images:
         gt = gts.get(img.pk)
@@ -192,28 +203,32 @@ def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
         mv = mask.model_version if mask else None
         reviewer = ""
         if gt is not None:
-            who = gt.decision.reviewer if gt.decision else (gt.accepted_by or (mask and mask.author))
+            who = (
+                gt.decision.reviewer if gt.decision else (gt.accepted_by or (mask and mask.author))
+            )
             reviewer = who.get_username() if who else ""
         stem = img.name.rsplit(".", 1)[0].replace("/", "_")
-        rows.append(ExportRow(
-            image_id=img.pk,
-            image_name=f"{img.pk:06d}_{stem}",
-            image_path=storage.local_path(img.original.name),
-            image_ext=img.original.name.rsplit(".", 1)[-1],
-            mask_path=storage.local_path(mask.file.name) if mask else None,
-            image_class=img.image_class,
-            patient_id=img.patient_id,
-            source=img.source,
-            width=img.width,
-            height=img.height,
-            sha256=img.sha256,
-            mask_source=mask.source if mask else "",
-            round=gt.item.round.number if gt and gt.item else None,
-            stage=gt.item.round.stage if gt and gt.item else "",
-            decision_id=gt.decision_id if gt else None,
-            reviewer=reviewer,
-            model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
-            agreement=gt.item.agreement if gt and gt.item else None,
-            fold=fold_of[img.pk],
-        ))
+        rows.append(
+            ExportRow(
+                image_id=img.pk,
+                image_name=f"{img.pk:06d}_{stem}",
+                image_path=storage.local_path(img.original.name),
+                image_ext=img.original.name.rsplit(".", 1)[-1],
+                mask_path=storage.local_path(mask.file.name) if mask else None,
+                image_class=img.image_class,
+                patient_id=img.patient_id,
+                source=img.source,
+                width=img.width,
+                height=img.height,
+                sha256=img.sha256,
+                mask_source=mask.source if mask else "",
+                round=gt.item.round.number if gt and gt.item else None,
+                stage=gt.item.round.stage if gt and gt.item else "",
+                decision_id=gt.decision_id if gt else None,
+                reviewer=reviewer,
+                model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
+                agreement=gt.item.agreement if gt and gt.item else None,
+                fold=fold_of[img.pk],
+            )
+        )
     return rows

@@ -88,20 +88,28 @@ def image_create(
         raise DuplicateImage(existing)
     decoded = imaging.decode_image(data, what=name)
     w, h = decoded.width, decoded.height
-    mask = imaging.decode_mask(mask_data, width=w, height=h, what=f"the mask of {name}") if (
-        mask_data is not None
-    ) else None
-    lungs = imaging.decode_mask(
-        lung_mask_data, width=w, height=h, what=f"the lung mask of {name}"
-    ) if lung_mask_data is not None else None
+    mask = (
+        imaging.decode_mask(mask_data, width=w, height=h, what=f"the mask of {name}")
+        if (mask_data is not None)
+        else None
+    )
+    lungs = (
+        imaging.decode_mask(lung_mask_data, width=w, height=h, what=f"the lung mask of {name}")
+        if lung_mask_data is not None
+        else None
+    )
 
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else decoded.format.lower()
     written: list[str] = []
     try:
         written.append(storage.store(f"originals/{digest[:2]}/{digest}.{ext}", data))
-        written.append(storage.store(f"display/{digest[:2]}/{digest}.png", imaging.encode_png(decoded.gray)))
+        written.append(
+            storage.store(f"display/{digest[:2]}/{digest}.png", imaging.encode_png(decoded.gray))
+        )
         if lungs is not None:
-            written.append(storage.store(f"lungs/{digest[:2]}/{digest}.png", imaging.encode_mask(lungs)))
+            written.append(
+                storage.store(f"lungs/{digest[:2]}/{digest}.png", imaging.encode_mask(lungs))
+            )
         image = Image.objects.create(
             name=name,
             original=written[0],
@@ -188,8 +196,9 @@ def mask_draw(*, image: Image, author: Any, data: bytes, based_on: Mask | None =
     if based_on is not None and based_on.image_id != image.pk:
         raise DomainError("the mask to start from belongs to another image")
     pixels = imaging.decode_mask(data, width=image.width, height=image.height)
-    mask = mask_create(image=image, mask=pixels, source=Mask.Source.DRAWN, author=author,
-                       based_on=based_on)
+    mask = mask_create(
+        image=image, mask=pixels, source=Mask.Source.DRAWN, author=author, based_on=based_on
+    )
     item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
     if item is not None:
         item.status = ReviewItem.Status.REDRAWN
@@ -290,9 +299,12 @@ def round_start(
         raise DomainError(f"stage must be I or II, not {stage!r}")
     if reviewers_per_item < 1:
         raise DomainError("each item needs at least one reviewer")
-    networks = [tuple(n) for n in (networks or (
-        DEFAULT_STAGE_I if stage == Round.Stage.STAGE_I else DEFAULT_STAGE_II
-    ))]
+    networks = [
+        tuple(n)
+        for n in (
+            networks or (DEFAULT_STAGE_I if stage == Round.Stage.STAGE_I else DEFAULT_STAGE_II)
+        )
+    ]
     config = make_preset(preset, **(overrides or {}), seed=seed)  # validates the options
     _check_networks(networks)
 
@@ -316,9 +328,7 @@ def round_start(
         )
     else:
         trained = list(covid.filter(status=Image.Status.ACCEPTED))
-        targets = list(
-            covid.filter(status__in=[Image.Status.UNANNOTATED, Image.Status.MANUAL])
-        )
+        targets = list(covid.filter(status__in=[Image.Status.UNANNOTATED, Image.Status.MANUAL]))
         if len(trained) < 2:
             raise DomainError(
                 "Stage II trains on accepted masks; there are "
@@ -357,8 +367,13 @@ def round_start(
             train = [(img.pk, manual[img.pk].pk) for img in targets if fold_of[img.pk] != fold]
             for arch, encoder in networks:
                 training_services.training_run_create(
-                    round=rnd, arch=arch, encoder=encoder, fold=fold, config=config,
-                    train_set=train, targets=[img.pk for img in held_out],
+                    round=rnd,
+                    arch=arch,
+                    encoder=encoder,
+                    fold=fold,
+                    config=config,
+                    train_set=train,
+                    targets=[img.pk for img in held_out],
                 )
     else:
         train = []
@@ -368,8 +383,13 @@ def round_start(
             train.append((img.pk, gt.mask_id))
         for arch, encoder in networks:
             training_services.training_run_create(
-                round=rnd, arch=arch, encoder=encoder, fold=None, config=config,
-                train_set=train, targets=[img.pk for img in targets],
+                round=rnd,
+                arch=arch,
+                encoder=encoder,
+                fold=None,
+                config=config,
+                train_set=train,
+                targets=[img.pk for img in targets],
             )
     return rnd
 
@@ -384,7 +404,9 @@ def _check_networks(networks: Sequence[tuple[str, ...]]) -> None:
             raise DomainError(f"a network is an (architecture, encoder) pair, not {net!r}")
         arch, encoder = net
         if arch not in ARCHITECTURES:
-            raise DomainError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+            raise DomainError(
+                f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}"
+            )
         if encoder not in ENCODERS:
             raise DomainError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
 
@@ -442,7 +464,11 @@ def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:
         status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
     )
     for item in rnd.items.filter(
-        status__in=[ReviewItem.Status.PENDING, ReviewItem.Status.OPEN, ReviewItem.Status.ADJUDICATION]
+        status__in=[
+            ReviewItem.Status.PENDING,
+            ReviewItem.Status.OPEN,
+            ReviewItem.Status.ADJUDICATION,
+        ]
     ):
         item.status = ReviewItem.Status.CANCELLED
         item.save(update_fields=["status"])
@@ -458,13 +484,19 @@ def round_cancel(*, round: Round, by: Any) -> Round:
     """
     rnd = Round.objects.select_for_update().get(pk=round.pk)
     if not rnd.is_active:
-        raise Conflict(f"round {rnd.number} is {rnd.get_status_display().lower()}; nothing to cancel")
+        raise Conflict(
+            f"round {rnd.number} is {rnd.get_status_display().lower()}; nothing to cancel"
+        )
     return _round_close(rnd, Round.Status.CANCELLED, reason=f"cancelled by {by}")
 
 
 def _round_complete_if_done(rnd: Round) -> Round:
     waiting = rnd.items.filter(
-        status__in=[ReviewItem.Status.PENDING, ReviewItem.Status.OPEN, ReviewItem.Status.ADJUDICATION]
+        status__in=[
+            ReviewItem.Status.PENDING,
+            ReviewItem.Status.OPEN,
+            ReviewItem.Status.ADJUDICATION,
+        ]
     )
     if rnd.status == Round.Status.REVIEWING and not waiting.exists():
         rnd.status = Round.Status.DONE
@@ -515,7 +547,9 @@ def decision_create(
 
 
 @transaction.atomic
-def decision_adjudicate(*, item: ReviewItem, admin: Any, choice: str, seconds: float = 0.0) -> Decision:
+def decision_adjudicate(
+    *, item: ReviewItem, admin: Any, choice: str, seconds: float = 0.0
+) -> Decision:
     """An admin settles a tie between reviewers."""
     item = ReviewItem.objects.select_for_update().get(pk=item.pk)
     if item.status != ReviewItem.Status.ADJUDICATION:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from django.core.files.base import ContentFile
@@ -26,10 +27,8 @@ def local_path(name: str) -> str:
 
 def delete_quietly(names: list[str]) -> None:
     for name in names:
-        try:
+        with contextlib.suppress(OSError):
             default_storage.delete(name)
-        except OSError:
-            pass
 
 
 def open_file(name: str):

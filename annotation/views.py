@@ -35,23 +35,32 @@ def queue(request):
 def draw(request, image_id: int):
     image = get_object_or_404(Image, pk=image_id)
     if image.status not in services.DRAWABLE:
-        messages.error(request, f"{image.name} cannot be drawn now: {image.get_status_display().lower()}.")
+        messages.error(
+            request, f"{image.name} cannot be drawn now: {image.get_status_display().lower()}."
+        )
         return redirect("queue")
     start_masks = []
     item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
     if item is not None:
         start_masks = [
-            {"label": f"Candidate {c.label}", "url": reverse("api:item-candidate", args=[item.uuid, c.label])}
+            {
+                "label": f"Candidate {c.label}",
+                "url": reverse("api:item-candidate", args=[item.uuid, c.label]),
+            }
             for c in selectors.item_candidates(item)
         ]
-    return render(request, "annotation/draw.html", {
-        "image": image,
-        "display_url": reverse("api:image-display", args=[image.pk]),
-        "save_url": reverse("api:image-masks", args=[image.pk]),
-        "start_masks": start_masks,
-        "purpose": "redraw" if item is not None else "draw",
-        "next_url": reverse("queue"),
-    })
+    return render(
+        request,
+        "annotation/draw.html",
+        {
+            "image": image,
+            "display_url": reverse("api:image-display", args=[image.pk]),
+            "save_url": reverse("api:image-masks", args=[image.pk]),
+            "start_masks": start_masks,
+            "purpose": "redraw" if item is not None else "draw",
+            "next_url": reverse("queue"),
+        },
+    )
 
 
 @role_required(Role.MD)
@@ -70,18 +79,26 @@ def review(request, item_uuid):
     if adjudicating and not selectors.user_has_role(request.user, Role.ADMIN):
         messages.error(request, "This item is waiting for an admin to break a tie.")
         return redirect("queue")
-    if not adjudicating and (item.status != ReviewItem.Status.OPEN
-                             or not selectors.user_has_role(request.user, Role.MD)):
+    if not adjudicating and (
+        item.status != ReviewItem.Status.OPEN or not selectors.user_has_role(request.user, Role.MD)
+    ):
         messages.info(request, "That item is no longer open for review.")
-        return redirect("review-next" if selectors.user_has_role(request.user, Role.MD) else "rounds")
-    return render(request, "annotation/review.html", {
-        "item_url": reverse("api:item-detail", args=[item.uuid]),
-        "decision_url": reverse("api:item-adjudicate" if adjudicating else "api:item-decision",
-                                args=[item.uuid]),
-        "next_api_url": reverse("api:item-next"),
-        "queue_url": reverse("rounds" if adjudicating else "queue"),
-        "adjudicating": adjudicating,
-    })
+        return redirect(
+            "review-next" if selectors.user_has_role(request.user, Role.MD) else "rounds"
+        )
+    return render(
+        request,
+        "annotation/review.html",
+        {
+            "item_url": reverse("api:item-detail", args=[item.uuid]),
+            "decision_url": reverse(
+                "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
+            ),
+            "next_api_url": reverse("api:item-next"),
+            "queue_url": reverse("rounds" if adjudicating else "queue"),
+            "adjudicating": adjudicating,
+        },
+    )
 
 
 @role_required(Role.ADMIN)
@@ -91,8 +108,11 @@ def rounds(request):
         d = form.cleaned_data
         try:
             rnd = services.round_start(
-                stage=d["stage"], started_by=request.user, networks=form.networks_list(),
-                folds=d["folds"], preset=d["preset"],
+                stage=d["stage"],
+                started_by=request.user,
+                networks=form.networks_list(),
+                folds=d["folds"],
+                preset=d["preset"],
                 overrides={"epochs": d["epochs"]} if d.get("epochs") else None,
                 reviewers_per_item=d["reviewers_per_item"],
             )
@@ -102,11 +122,15 @@ def rounds(request):
             messages.success(request, f"Round {rnd.number} started.")
             return redirect("round-detail", number=rnd.number)
     counts = {s.label: Image.objects.filter(status=s.value).count() for s in Image.Status}
-    return render(request, "annotation/rounds.html", {
-        "form": form,
-        "rounds": Round.objects.select_related("started_by"),
-        "image_counts": counts,
-    })
+    return render(
+        request,
+        "annotation/rounds.html",
+        {
+            "form": form,
+            "rounds": Round.objects.select_related("started_by"),
+            "image_counts": counts,
+        },
+    )
 
 
 @role_required(Role.ADMIN)
@@ -119,10 +143,14 @@ def round_detail(request, number: int):
         except DomainError as exc:
             messages.error(request, str(exc))
         return redirect("round-detail", number=number)
-    return render(request, "annotation/round_detail.html", {
-        "round": rnd,
-        "api_url": reverse("api:round-detail", args=[rnd.number]),
-    })
+    return render(
+        request,
+        "annotation/round_detail.html",
+        {
+            "round": rnd,
+            "api_url": reverse("api:round-detail", args=[rnd.number]),
+        },
+    )
 
 
 @role_required(Role.DATA)
@@ -136,8 +164,12 @@ def exports(request):
         else:
             messages.success(request, "Export queued; it appears below when it is ready.")
             return redirect("exports")
-    return render(request, "annotation/exports.html", {
-        "form": form,
-        "exports": Export.objects.select_related("requested_by")[:50],
-        "list_api": reverse("api:export-list"),
-    })
+    return render(
+        request,
+        "annotation/exports.html",
+        {
+            "form": form,
+            "exports": Export.objects.select_related("requested_by")[:50],
+            "list_api": reverse("api:export-list"),
+        },
+    )

@@ -41,17 +41,21 @@ def run_predict(*, run_id: int) -> str:
     config = TrainConfig.from_dict(mv.config)
     if todo:
         model = load_model(config, str(weights_path(mv)))
-        probs = predict_probabilities(
-            model, (_gray(img) for img in todo), size=config.input_size
-        )
+        probs = predict_probabilities(model, (_gray(img) for img in todo), size=config.input_size)
         for image, prob in zip(todo, probs, strict=True):
-            if TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PREDICTING).count() == 0:
+            if (
+                TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PREDICTING).count()
+                == 0
+            ):
                 return f"run {run_id} was cancelled while predicting"
             try:
                 with transaction.atomic():
                     mask = annotation_services.mask_create(
-                        image=image, mask=prob >= THRESHOLD, source=Mask.Source.PREDICTED,
-                        model_version=mv, round=run.round,
+                        image=image,
+                        mask=prob >= THRESHOLD,
+                        source=Mask.Source.PREDICTED,
+                        model_version=mv,
+                        round=run.round,
                     )
                     annotation_services.candidate_add(round=run.round, image_id=image.pk, mask=mask)
             except IntegrityError:
@@ -84,10 +88,16 @@ def _held_out_agreement(run: TrainingRun, mv: ModelVersion, dice) -> dict:
             continue
         from annotation.imaging import read_mask_png
 
-        scores.append(dice(read_mask_png(storage.read(mask.file.name)),
-                           read_mask_png(storage.read(manual.file.name))))
-    return {"held_out_dice_vs_manual": float(np.mean(scores)) if scores else None,
-            "held_out_images": len(scores)}
+        scores.append(
+            dice(
+                read_mask_png(storage.read(mask.file.name)),
+                read_mask_png(storage.read(manual.file.name)),
+            )
+        )
+    return {
+        "held_out_dice_vs_manual": float(np.mean(scores)) if scores else None,
+        "held_out_images": len(scores),
+    }
 
 
 def run_predict_fail(*, run_id: int, reason: str) -> None:

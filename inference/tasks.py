@@ -13,5 +13,7 @@ def predict(run_id: int) -> str:
     except OperationalError:
         raise
     except Exception as exc:
-        services.run_predict_fail(run_id=run_id, reason=f"prediction failed: {type(exc).__name__}: {exc}")
+        services.run_predict_fail(
+            run_id=run_id, reason=f"prediction failed: {type(exc).__name__}: {exc}"
+        )
         return f"run {run_id} failed while predicting: {exc}"

@@ -104,13 +104,20 @@ def finish_runs_with(rnd: Round, predict) -> None:
     inference task uses. Review logic is tested on its own; the real networks run in e2e."""
     for run in rnd.training_runs.all():
         mv = ModelVersion.objects.create(
-            run=run, arch=run.arch, encoder=run.encoder, config=run.config, weights="none.h5",
+            run=run,
+            arch=run.arch,
+            encoder=run.encoder,
+            config=run.config,
+            weights="none.h5",
             data_version="test",
         )
         for image in Image.objects.filter(pk__in=run.target_image_ids):
             mask = services.mask_create(
-                image=image, mask=predict(image, run), source=Mask.Source.PREDICTED,
-                model_version=mv, round=rnd,
+                image=image,
+                mask=predict(image, run),
+                source=Mask.Source.PREDICTED,
+                model_version=mv,
+                round=rnd,
             )
             services.candidate_add(round=rnd, image_id=image.pk, mask=mask)
         run.status = TrainingRun.Status.SUCCEEDED
@@ -134,9 +141,12 @@ def reviewing_round(make_image, md, admin_user):
         for _ in range(images):
             make_image(manual_by=md)
         rnd = services.round_start(
-            stage=Round.Stage.STAGE_I, started_by=admin_user,
+            stage=Round.Stage.STAGE_I,
+            started_by=admin_user,
             networks=networks or [("unet", "densenet121"), ("unetpp", "densenet121")],
-            folds=2, preset="tiny", reviewers_per_item=reviewers,
+            folds=2,
+            preset="tiny",
+            reviewers_per_item=reviewers,
         )
         finish_runs_with(rnd, shifted)
         rnd.refresh_from_db()

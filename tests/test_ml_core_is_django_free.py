@@ -6,10 +6,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = [
-    "training.nets.config", "training.nets.builders", "training.nets.losses",
-    "training.nets.data", "training.nets.folds", "training.nets.metrics",
-    "training.nets.fit", "training.nets.predict", "inference.maps",
-    "annotation.imaging", "annotation.phantoms", "annotation.exporting",
+    "training.nets.config",
+    "training.nets.builders",
+    "training.nets.losses",
+    "training.nets.data",
+    "training.nets.folds",
+    "training.nets.metrics",
+    "training.nets.fit",
+    "training.nets.predict",
+    "inference.maps",
+    "annotation.imaging",
+    "annotation.phantoms",
+    "annotation.exporting",
 ]
 
 
@@ -21,7 +29,8 @@ def test_core_modules_never_import_django():
         "print(','.join(leaked))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"Django imported by the ML core: {out.stdout}"

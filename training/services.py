@@ -51,8 +51,12 @@ def training_run_create(
 def code_version() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True,
-            timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -124,8 +128,11 @@ def training_run_execute(*, run_id: int) -> str:
                 [storage.local_path(mask.file.name) for _, mask in pairs],
                 out_dir=tmp,
                 on_progress=on_progress,
-                extra={"data_version": version, "code_version": code_version(),
-                       "train_set": run.train_image_ids},
+                extra={
+                    "data_version": version,
+                    "code_version": code_version(),
+                    "train_set": run.train_image_ids,
+                },
             )
         except TrainingStopped:
             return f"run {run_id} was cancelled while training"
@@ -134,8 +141,12 @@ def training_run_execute(*, run_id: int) -> str:
             if run.status != TrainingRun.Status.TRAINING:
                 return f"run {run_id} is {run.status}; weights discarded"
             mv = ModelVersion(
-                run=run, arch=run.arch, encoder=run.encoder, config=run.config,
-                data_version=version, code_version=code_version(),
+                run=run,
+                arch=run.arch,
+                encoder=run.encoder,
+                config=run.config,
+                data_version=version,
+                code_version=code_version(),
                 metrics={"train_loss": result.loss_history, "train_seconds": result.seconds},
             )
             with open(result.weights_path, "rb") as fh:

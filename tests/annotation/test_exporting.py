@@ -10,8 +10,8 @@ import pytest
 from PIL import Image as PILImage
 
 from annotation import services
-from annotation.selectors import export_rows
 from annotation.exporting import write_zip
+from annotation.selectors import export_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +22,9 @@ def build(rows) -> bytes:
     return out.getvalue()
 
 
-def test_export_has_images_masks_metadata_folds_and_a_valid_manifest(reviewing_round, md, make_image):
+def test_export_has_images_masks_metadata_folds_and_a_valid_manifest(
+    reviewing_round, md, make_image
+):
     rnd = reviewing_round(images=3)
     for item in rnd.items.all():
         services.decision_create(item=item, reviewer=md, choice="B", seconds=1)

@@ -76,10 +76,17 @@ def test_csv_layout_duplicates_and_rejects_are_reported_and_rerun_changes_nothin
         png(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 3)
     )
     (tmp_path / "rgba.png").write_bytes(png(np.full((40, 40, 4), 200, dtype=np.uint8)))
-    rows = [["file", "class", "patient"], ["a.png", "COVID-19", "P1"], ["a_copy.png", "COVID-19", "P1"],
-            ["b.jpg", "Normal", "P2"], ["truncated.png", "COVID-19", "P3"],
-            ["notes.png", "COVID-19", "P4"], ["missing.png", "COVID-19", "P5"],
-            ["sixteen.png", "COVID-19", "P6"], ["rgba.png", "Non-COVID", "P7"]]
+    rows = [
+        ["file", "class", "patient"],
+        ["a.png", "COVID-19", "P1"],
+        ["a_copy.png", "COVID-19", "P1"],
+        ["b.jpg", "Normal", "P2"],
+        ["truncated.png", "COVID-19", "P3"],
+        ["notes.png", "COVID-19", "P4"],
+        ["missing.png", "COVID-19", "P5"],
+        ["sixteen.png", "COVID-19", "P6"],
+        ["rgba.png", "Non-COVID", "P7"],
+    ]
     with (tmp_path / "labels.csv").open("w", newline="") as fh:
         csv.writer(fh).writerows(rows)
 

@@ -26,8 +26,9 @@ def test_stage_one_opens_items_with_manual_and_machine_candidates(reviewing_roun
 def test_stage_one_folds_never_split_a_patient(make_image, md, admin_user):
     for patient in ["A", "A", "B", "B", "C", "D"]:
         make_image(manual_by=md, patient=patient)
-    rnd = services.round_start(stage="I", started_by=admin_user, folds=3, preset="tiny",
-                               networks=[("unet", "densenet121")])
+    rnd = services.round_start(
+        stage="I", started_by=admin_user, folds=3, preset="tiny", networks=[("unet", "densenet121")]
+    )
     folds_of = {}
     for item in rnd.items.select_related("image"):
         folds_of.setdefault(item.image.patient_id, set()).add(item.fold)
@@ -56,8 +57,9 @@ def test_round_is_done_when_every_item_is_decided_and_statistics_add_up(reviewin
     for item in rnd.items.all():
         manual = item.candidates.get(mask__source="drawn").label
         machine = item.candidates.exclude(label=manual).first().label
-        services.decision_create(item=item, reviewer=md, choice=machine if item.pk % 2 else manual,
-                                 seconds=3.0)
+        services.decision_create(
+            item=item, reviewer=md, choice=machine if item.pk % 2 else manual, seconds=3.0
+        )
     rnd.refresh_from_db()
     assert rnd.status == Round.Status.DONE
     from annotation.selectors import round_statistics
@@ -125,18 +127,19 @@ def test_a_tie_goes_to_an_admin(reviewing_round, md, md2, admin_user):
     assert GroundTruth.objects.get(image=item.image).decision.is_adjudication
 
 
-def test_none_sends_the_image_to_redraw_and_the_drawing_becomes_ground_truth(
-    reviewing_round, md
-):
+def test_none_sends_the_image_to_redraw_and_the_drawing_becomes_ground_truth(reviewing_round, md):
     rnd = reviewing_round(images=2)
     item = rnd.items.first()
     services.decision_create(item=item, reviewer=md, choice="none", seconds=2)
     image = Image.objects.get(pk=item.image_id)
     assert image.status == Image.Status.REDRAW
     start = item.candidates.get(label="A").mask
-    drawing = imaging.read_mask_png(imaging.encode_mask(shifted(image, item.round.training_runs.first())))
-    mask = services.mask_draw(image=image, author=md, data=imaging.encode_mask(drawing),
-                              based_on=start)
+    drawing = imaging.read_mask_png(
+        imaging.encode_mask(shifted(image, item.round.training_runs.first()))
+    )
+    mask = services.mask_draw(
+        image=image, author=md, data=imaging.encode_mask(drawing), based_on=start
+    )
     item.refresh_from_db()
     image.refresh_from_db()
     assert item.status == ReviewItem.Status.REDRAWN
@@ -154,8 +157,12 @@ def test_stage_two_trains_on_accepted_masks_and_predicts_the_rest(
     for item in rnd.items.all():
         services.decision_create(item=item, reviewer=md, choice="A", seconds=1)
     fresh = [make_image() for _ in range(3)]
-    stage2 = services.round_start(stage="II", started_by=admin_user, preset="tiny",
-                                  networks=[("unet", "densenet121"), ("dla", "densenet121")])
+    stage2 = services.round_start(
+        stage="II",
+        started_by=admin_user,
+        preset="tiny",
+        networks=[("unet", "densenet121"), ("dla", "densenet121")],
+    )
     assert stage2.training_runs.count() == 2
     run = stage2.training_runs.first()
     assert len(run.train_image_ids) == 3

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 from PIL import Image as PILImage
 
-from annotation import imaging, services
+from annotation import imaging
 from annotation.demo import demo_dataset_write, demo_md_masks
 from annotation.ingest import ingest_folder
 from annotation.models import Export, GroundTruth, Image, Round
@@ -55,10 +55,30 @@ def worker(media_root):
     ARTIFACTS.mkdir(exist_ok=True)
     log = (ARTIFACTS / "e2e-worker.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q",
-         "training,inference,default", "--concurrency", "1", "--max-tasks-per-child", "1",
-         "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle", "-l", "info"],
-        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "training,inference,default",
+            "--concurrency",
+            "1",
+            "--max-tasks-per-child",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "info",
+        ],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     yield proc
     proc.send_signal(signal.SIGTERM)
@@ -113,8 +133,11 @@ def build_export(client) -> tuple[bytes, dict]:
 
 
 def test_two_stage_loop_to_export(worker, api, tmp_path):
-    md, admin, data_team = make_user("md1", "md"), make_user("boss", "admin"), make_user(
-        "analyst", "data")
+    md, admin, data_team = (
+        make_user("md1", "md"),
+        make_user("boss", "admin"),
+        make_user("analyst", "data"),
+    )
     cases = demo_dataset_write(tmp_path / "cxr", n_covid=24, n_control=6, size=64)
     report = ingest_folder(tmp_path / "cxr", source="phantoms")
     assert len(report.imported) == 30 and not report.rejected
@@ -122,10 +145,16 @@ def test_two_stage_loop_to_export(worker, api, tmp_path):
 
     md_client, admin_client = api(md), api(admin)
     started = time.monotonic()
-    response = admin_client.post("/api/rounds/", {
-        "stage": "I", "folds": 2, "preset": "tiny",
-        "networks": [["unet", "densenet121"], ["unetpp", "densenet121"]],
-    }, format="json")
+    response = admin_client.post(
+        "/api/rounds/",
+        {
+            "stage": "I",
+            "folds": 2,
+            "preset": "tiny",
+            "networks": [["unet", "densenet121"], ["unetpp", "densenet121"]],
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     stage1 = wait_for(Round.objects.get(number=response.json()["number"]), "reviewing", worker)
     assert stage1.training_runs.filter(status="succeeded").count() == 4
@@ -133,10 +162,15 @@ def test_two_stage_loop_to_export(worker, api, tmp_path):
     assert len(review_everything(md_client)) == 8
     assert wait_for(stage1, "done", worker)
 
-    response = admin_client.post("/api/rounds/", {
-        "stage": "II", "preset": "tiny",
-        "networks": [["unet", "densenet121"], ["dla", "densenet121"]],
-    }, format="json")
+    response = admin_client.post(
+        "/api/rounds/",
+        {
+            "stage": "II",
+            "preset": "tiny",
+            "networks": [["unet", "densenet121"], ["dla", "densenet121"]],
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     stage2 = wait_for(Round.objects.get(number=response.json()["number"]), "reviewing", worker)
     assert stage2.items.count() == 16
@@ -150,8 +184,9 @@ def test_two_stage_loop_to_export(worker, api, tmp_path):
     drawn[20:40, 12:30] = True
     upload = io.BytesIO(imaging.encode_mask(drawn))
     upload.name = "mask.png"
-    response = md_client.post(f"/api/images/{redraw.pk}/masks/", {"mask": upload},
-                              format="multipart")
+    response = md_client.post(
+        f"/api/images/{redraw.pk}/masks/", {"mask": upload}, format="multipart"
+    )
     assert response.status_code == 201, response.content
     loop_seconds = time.monotonic() - started
 

@@ -21,7 +21,7 @@ All three architectures share the segmentation_models backbones, their four skip
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import tempfile
 from typing import Any
 
 import h5py
@@ -45,6 +45,7 @@ _BACKBONE_OF_ENCODER: dict[str, str] = {
 # decoder BN channels × 2 moving statistics) are only reproduced with this layout.
 _NESTED_FILTERS: dict[int, int] = {0: 32, 1: 64, 2: 128, 3: 256, 4: 16}
 _N_LEVELS = 5  # upsampling steps from the 1/32 bottleneck to full resolution
+_MIN_INCEPTION_SIZE = 96  # smallest multiple of 32 above keras-applications' 75 px minimum
 
 # Name of the output convolution in every architecture; its presence in a weights file marks a
 # whole-model file rather than an encoder file.
@@ -60,7 +61,7 @@ def build_model(
     encoder: str = "densenet121",
     freeze_encoder: bool = False,
     input_size: int = 224,
-    weights: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
 ) -> tf.keras.Model:
     """Builds a one-channel sigmoid segmentation network.
 
@@ -93,10 +94,13 @@ def build_model(
     if input_size < 32 or input_size % 32:
         # Five halvings in the encoder and five doublings in the decoder must meet exactly.
         raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
+    if encoder == "inceptionv3" and input_size < _MIN_INCEPTION_SIZE:
+        # keras-applications refuses Inception-v3 inputs under 75 px.
+        raise ValueError(f"inceptionv3 needs input_size >= {_MIN_INCEPTION_SIZE}, got {input_size}")
 
     weights_file: str | None = None
     if weights is not None and weights != "imagenet":
-        weights_file = os.fspath(weights)
+        weights_file = str(os.fspath(weights))
         if not os.path.isfile(weights_file):
             raise FileNotFoundError(f"weights file not found: {weights_file}")
     elif weights == "imagenet" and encoder == "chexnet":
@@ -258,9 +262,8 @@ def _freeze(backbone: tf.keras.Model) -> None:
 def _encoder_of(model: tf.keras.Model) -> tf.keras.Model:
     """The encoder sub-graph of a built model, sharing its layers.
 
-    The bottleneck is the tensor entering the first decoder upsampling; a model from the input
-    to it lists its layers in the same order as a stand-alone backbone, which is what
-    order-based loading of encoder files needs.
+    A model from the input to the bottleneck lists its layers in the same order as a
+    stand-alone backbone, which is what position-based loading of encoder files needs.
     """
     # Several upsamplings read encoder features; only the first decoder step reads the 1/32
     # bottleneck, the smallest of them.
@@ -269,51 +272,93 @@ def _encoder_of(model: tf.keras.Model) -> tf.keras.Model:
     return tf.keras.Model(model.input, first_up.input, name="encoder")
 
 
-def _weighted_layer_names(path: str) -> set[str] | None:
-    """Names of the layers that carry weights in a Keras HDF5 weights file (None: not HDF5)."""
-    if not h5py.is_hdf5(path):
-        return None
+def _h5_layout(path: str) -> dict[str, tuple[int, ...]]:
+    """Every dataset in an HDF5 file with its shape."""
+    layout: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            layout[name] = tuple(obj.shape)
+
     with h5py.File(path, "r") as f:
-        group: Any = f["model_weights"] if "model_weights" in f else f
+        f.visititems(record)
+    return layout
+
+
+def _v3_layout_of(model: tf.keras.Model) -> dict[str, tuple[int, ...]]:
+    """The layout `model.save_weights` would give a ``.weights.h5`` file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = os.path.join(tmp, "probe.weights.h5")
+        model.save_weights(probe)
+        return _h5_layout(probe)
+
+
+def _weighted_layer_names(path: str) -> set[str]:
+    """Names of the layers that carry weights in a legacy Keras HDF5 weights or model file."""
+    with h5py.File(path, "r") as f:
+        group: Any = f.get("model_weights", f)
+        if "layer_names" not in group.attrs:
+            return set()
         names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
         return {n for n in names if len(group[n].attrs.get("weight_names", [])) > 0}
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load_weights_file(model: tf.keras.Model, path: str, arch: str, encoder: str) -> None:
     """Loads a whole-model file, else an encoder file, into `model`.
 
-    Order matters: a whole-model file also contains every encoder layer, so it is tried first.
-    Each attempt either loads everything or raises before assigning anything, so a failed
-    attempt leaves the model untouched.
+    A whole-model file also contains every encoder layer, so it is tried first. Nothing is
+    assigned unless a candidate fits completely: a failed attempt leaves the model untouched.
+
+    Raises:
+        ValueError: the file is not HDF5, or fits neither the model nor its encoder.
     """
-    attempts: list[tuple[str, Callable[[], Any]]] = [("whole model", lambda: model.load_weights(path))]
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"weights file {path} is not an HDF5 (.h5 / .weights.h5) weights file")
     encoder_model = _encoder_of(model)
-    # keras-applications "notop" files and files saved from a bare backbone load by position,
-    # which is robust to Inception-v3's counter-dependent layer names.
-    attempts.append(("encoder, by position", lambda: encoder_model.load_weights(path)))
-
-    errors: list[str] = []
-    for label, attempt in attempts:
-        try:
-            attempt()
-            return
-        except (ValueError, KeyError, OSError, tf.errors.OpError) as exc:
-            errors.append(f"{label}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-
-    # Files with extra layers (CheXNet's classifier head) only load by name.
-    names = _weighted_layer_names(path)
-    if names is not None and _HEAD_NAME in names:
-        errors.append("encoder, by name: the file holds a whole segmentation model of another "
-                      "configuration")
-    elif names is not None:
-        needed = {layer.name for layer in encoder_model.layers if layer.weights}
-        missing = needed - names
-        if not missing:
-            encoder_model.load_weights(path, by_name=True, skip_mismatch=False)
-            return
-        errors.append(f"encoder, by name: {len(missing)} of {len(needed)} encoder layers missing "
-                      f"(e.g. {sorted(missing)[0]!r})")
-    raise ValueError(
-        f"weights file {path} fits neither a {arch}/{encoder} model nor its {encoder} encoder "
-        f"({'; '.join(errors)})"
+    fit_error = (
+        f"weights file {path} fits neither a {arch}/{encoder} model "
+        f"nor its {_BACKBONE_OF_ENCODER[encoder]} encoder"
     )
+
+    if path.endswith(".weights.h5"):
+        # Keras-v3 weights files are matched by layer position and class, and a failed load can
+        # have assigned part of the weights already, so the layouts are compared up front.
+        layout = _h5_layout(path)
+        for target in (model, encoder_model):
+            if layout == _v3_layout_of(target):
+                target.load_weights(path)
+                return
+        raise ValueError(f"{fit_error} (variable names or shapes differ)")
+
+    # Legacy HDF5: loading by position checks layer count and every shape before assigning,
+    # and is immune to Inception-v3's counter-dependent layer names; it covers whole-model
+    # files and keras-applications "notop" / bare-backbone encoder files.
+    errors: list[str] = []
+    for label, target in (("whole model", model), ("encoder by position", encoder_model)):
+        try:
+            target.load_weights(path)
+            return
+        except (ValueError, KeyError) as exc:
+            errors.append(f"{label}: {_first_line(exc)}")
+
+    # Encoder files with extra layers (a CheXNet file keeps its classifier head) load by name,
+    # provided they cover every encoder layer: by-name loading would silently skip the others.
+    names = _weighted_layer_names(path)
+    needed = {layer.name for layer in encoder_model.layers if layer.weights}
+    missing = needed - names
+    if _HEAD_NAME in names:
+        errors.append("encoder by name: the file holds a segmentation model of another kind")
+    elif missing:
+        errors.append(
+            f"encoder by name: {len(missing)} of {len(needed)} encoder layers missing, "
+            f"e.g. {sorted(missing)[0]!r}"
+        )
+    else:
+        encoder_model.load_weights(path, by_name=True, skip_mismatch=False)
+        return
+    raise ValueError(f"{fit_error} ({'; '.join(errors)})")

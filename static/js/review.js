@@ -1,0 +1,819 @@
+// Blind review of candidate masks (templates/annotation/review.html).
+//
+// The candidates of one item are shown as translucent overlays on the same chest X-ray, either
+// side by side (one panel per label) or one at a time. Zoom and pan are shared by all panels.
+// The page knows candidates only by their label, in the order the server gives: nothing here
+// may hint at where a candidate came from.
+//
+// While the reader looks at one item, the next one is fetched and decoded, so after a pick it
+// is swapped in at once and the address bar follows with history.replaceState.
+//
+// Plain ES2020, no dependencies: the app runs offline.
+
+const MAX_ZOOM = 64;
+const CLICK_SLOP_PX = 4; // a press that moves less than this is a click, not a pan
+
+const root = document.getElementById("review-app");
+const config = {
+  itemUrl: root.dataset.itemUrl,
+  decisionUrl: root.dataset.decisionUrl,
+  nextApiUrl: root.dataset.nextApiUrl,
+  queueUrl: root.dataset.queueUrl || "/",
+};
+
+const $ = (selector) => root.querySelector(selector);
+const stage = $(".review-stage");
+const panelsBox = $(".review-panels");
+const loadingBox = $(".review-loading");
+const banner = $(".review-banner");
+const shortcuts = $(".review-shortcuts");
+const controls = {
+  modeButtons: Array.from(root.querySelectorAll("[data-mode]")),
+  picks: $(".pick-group"),
+  none: $("#pick-none"),
+  opacity: $("#overlay-opacity"),
+  status: $("#status"),
+  selection: $("#selection-readout"),
+  zoom: $("#zoom-readout"),
+  help: $("#shortcuts-toggle"),
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+function clamp(v, lo, hi) {
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+function csrfToken() {
+  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+  if (match) return decodeURIComponent(match[1]);
+  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+  return input ? input.value : "";
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body && typeof body.detail === "string") return body.detail;
+    if (body && typeof body === "object") {
+      return Object.entries(body)
+        .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : v}`)
+        .join("; ");
+    }
+  } catch (err) {
+    // not JSON
+  }
+  return `The server answered ${response.status} ${response.statusText || ""}`.trim() + ".";
+}
+
+function networkMessage(err) {
+  return err instanceof TypeError ? "Could not reach the server. Check the connection and try again." : err.message;
+}
+
+function parseHexColour(text, fallback) {
+  const m = /^#?([0-9a-f]{6})$/i.exec((text || "").trim());
+  if (!m) return fallback;
+  const n = parseInt(m[1], 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+function loadImage(url) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.decoding = "async";
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("An image of this item could not be loaded."));
+    img.src = url;
+  });
+}
+
+const [OR, OG, OB] = parseHexColour(getComputedStyle(root).getPropertyValue("--mask-color"), [255, 92, 56]);
+
+// ---------------------------------------------------------------------------------------------
+// Loading an item: JSON, then the image and every mask decoded into a coloured overlay bitmap.
+
+async function getJson(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  if (response.status === 204) return null;
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+/** The next item after `excludeId`, or null when the queue is empty. */
+function fetchNextItem(excludeId) {
+  const url = new URL(config.nextApiUrl, window.location.href);
+  if (excludeId) url.searchParams.set("exclude", excludeId);
+  return getJson(url.toString());
+}
+
+let scratch = null;
+
+async function overlayFromMask(url, width, height) {
+  const img = await loadImage(url);
+  if (img.naturalWidth !== width || img.naturalHeight !== height) {
+    throw new Error(`A candidate mask is ${img.naturalWidth}×${img.naturalHeight}, not ${width}×${height}.`);
+  }
+  if (!scratch) scratch = document.createElement("canvas");
+  scratch.width = width;
+  scratch.height = height;
+  const ctx = scratch.getContext("2d", { willReadFrequently: true });
+  ctx.clearRect(0, 0, width, height);
+  ctx.drawImage(img, 0, 0);
+  const data = ctx.getImageData(0, 0, width, height);
+  const px = data.data;
+  let on = 0;
+  for (let j = 0; j < px.length; j += 4) {
+    if (px[j] > 127) {
+      px[j] = OR;
+      px[j + 1] = OG;
+      px[j + 2] = OB;
+      px[j + 3] = 255;
+      on++;
+    } else {
+      px[j + 3] = 0;
+    }
+  }
+  const bitmap = typeof createImageBitmap === "function" ? await createImageBitmap(data) : null;
+  if (bitmap) return { bitmap, on };
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.getContext("2d").putImageData(data, 0, 0);
+  return { bitmap: canvas, on };
+}
+
+/** Load and decode everything an item needs; resolves to {item, image, overlays}. */
+async function prepareItem(item) {
+  const image = await loadImage(item.image_url);
+  if (image.decode) await image.decode().catch(() => {});
+  const width = item.width || image.naturalWidth;
+  const height = item.height || image.naturalHeight;
+  const overlays = [];
+  // One at a time keeps a single full-size scratch buffer alive instead of one per candidate.
+  for (const candidate of item.candidates) {
+    overlays.push(await overlayFromMask(candidate.mask_url, width, height));
+  }
+  return { item, image, overlays, width, height };
+}
+
+function releasePrepared(prepared) {
+  if (!prepared) return;
+  for (const overlay of prepared.overlays) {
+    if (overlay.bitmap && typeof overlay.bitmap.close === "function") overlay.bitmap.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+
+const state = {
+  current: null, // prepared item on screen
+  mode: "grid", // "grid" (side by side) or "single" (one at a time)
+  selected: null, // index of the selected / viewed candidate
+  overlaysVisible: true,
+  armedNone: false,
+  busy: false,
+  shownAt: 0,
+  hiddenMs: 0,
+  hiddenSince: null,
+};
+const view = { cx: 0, cy: 0, z: 1 }; // image point at the panel centre, zoom relative to fit
+const wl = { level: 0.5, width: 1 }; // display window, in 0..1 of the 8-bit range
+let prefetch = null; // {forId, promise -> prepared | null}
+let readyPromise = null;
+let resolveReady = null;
+let panels = []; // grid panels, one per candidate
+let singlePanel = null;
+
+function newReadyPromise() {
+  readyPromise = new Promise((resolve) => {
+    resolveReady = resolve;
+  });
+  readyPromise.catch(() => {});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panels and rendering
+
+function makePanel(label, index) {
+  const el = document.createElement("div");
+  el.className = "review-panel";
+  el.dataset.label = label;
+  const image = document.createElement("canvas");
+  image.className = "layer-image";
+  const overlay = document.createElement("canvas");
+  overlay.className = "layer-overlay";
+  const tag = document.createElement("span");
+  tag.className = "panel-label";
+  tag.textContent = label;
+  el.append(image, overlay, tag);
+  const panel = {
+    el,
+    index,
+    tag,
+    image,
+    overlay,
+    imageCtx: image.getContext("2d", { alpha: false }),
+    overlayCtx: overlay.getContext("2d"),
+    w: 0,
+    h: 0,
+    dirtyImage: true,
+    dirtyOverlay: true,
+  };
+  el.addEventListener("pointerdown", (e) => onPointerDown(e, panel));
+  return panel;
+}
+
+const resizeObserver = new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const panel = entry.target.__panel;
+    if (!panel) continue;
+    panel.w = entry.contentRect.width;
+    panel.h = entry.contentRect.height;
+    const dpr = window.devicePixelRatio || 1;
+    for (const canvas of [panel.image, panel.overlay]) {
+      canvas.width = Math.max(1, Math.round(panel.w * dpr));
+      canvas.height = Math.max(1, Math.round(panel.h * dpr));
+    }
+    panel.dirtyImage = panel.dirtyOverlay = true;
+  }
+  scheduleRender();
+});
+
+function buildPanels(labels) {
+  for (const panel of panels) resizeObserver.unobserve(panel.el);
+  panelsBox.textContent = "";
+  panels = labels.map((label, k) => makePanel(label, k));
+  singlePanel = makePanel(labels[0] || "", -1);
+  singlePanel.el.classList.add("single");
+  for (const panel of [...panels, singlePanel]) {
+    panel.el.__panel = panel;
+    panelsBox.append(panel.el);
+    resizeObserver.observe(panel.el);
+  }
+  layoutPanels();
+}
+
+/** Columns for the grid: the count that gives each panel the largest fitted image. */
+function layoutPanels() {
+  const n = panels.length;
+  const single = state.mode === "single" || n <= 1;
+  stage.dataset.mode = single ? "single" : "grid";
+  for (const panel of panels) panel.el.hidden = single;
+  if (singlePanel) singlePanel.el.hidden = !single;
+  if (single || !state.current) {
+    panelsBox.style.gridTemplateColumns = "minmax(0, 1fr)";
+    panelsBox.style.gridTemplateRows = "minmax(0, 1fr)";
+    return;
+  }
+  const { width: W, height: H } = state.current;
+  const box = panelsBox.getBoundingClientRect();
+  const gap = 6;
+  let best = { cols: n, score: 0 };
+  for (let cols = 1; cols <= n; cols++) {
+    const rows = Math.ceil(n / cols);
+    const cw = (box.width - gap * (cols - 1)) / cols;
+    const ch = (box.height - gap * (rows - 1)) / rows;
+    const score = Math.min(cw / W, ch / H);
+    if (score > best.score) best = { cols, score };
+  }
+  const rows = Math.ceil(n / best.cols);
+  panelsBox.style.gridTemplateColumns = `repeat(${best.cols}, minmax(0, 1fr))`;
+  panelsBox.style.gridTemplateRows = `repeat(${rows}, minmax(0, 1fr))`;
+}
+
+function visiblePanels() {
+  return state.mode === "single" || panels.length <= 1 ? [singlePanel] : panels;
+}
+
+function panelTransform(panel) {
+  const { width: W, height: H } = state.current;
+  const fit = Math.min(panel.w / W, panel.h / H) * 0.98 || 1;
+  const s = fit * view.z;
+  return { s, tx: panel.w / 2 - view.cx * s, ty: panel.h / 2 - view.cy * s };
+}
+
+let frameRequested = false;
+let afterFrame = [];
+
+function scheduleRender() {
+  if (!frameRequested) {
+    frameRequested = true;
+    requestAnimationFrame(render);
+  }
+}
+
+function markAll(image, overlay) {
+  for (const panel of [...panels, singlePanel]) {
+    if (!panel) continue;
+    if (image) panel.dirtyImage = true;
+    if (overlay) panel.dirtyOverlay = true;
+  }
+  scheduleRender();
+}
+
+function render() {
+  frameRequested = false;
+  if (!state.current) return;
+  const dpr = window.devicePixelRatio || 1;
+  for (const panel of visiblePanels()) {
+    if (!panel || panel.w === 0) continue;
+    const { s, tx, ty } = panelTransform(panel);
+    if (panel.dirtyImage) {
+      panel.dirtyImage = false;
+      const ctx = panel.imageCtx;
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.fillStyle = "#000";
+      ctx.fillRect(0, 0, panel.image.width, panel.image.height);
+      ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
+      ctx.imageSmoothingEnabled = s < 4;
+      ctx.imageSmoothingQuality = "high";
+      ctx.drawImage(state.current.image, 0, 0);
+    }
+    if (panel.dirtyOverlay) {
+      panel.dirtyOverlay = false;
+      const ctx = panel.overlayCtx;
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, panel.overlay.width, panel.overlay.height);
+      const index = panel.index >= 0 ? panel.index : state.selected;
+      const overlay = index !== null ? state.current.overlays[index] : null;
+      if (overlay && state.overlaysVisible) {
+        ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
+        ctx.imageSmoothingEnabled = s < 1;
+        ctx.drawImage(overlay.bitmap, 0, 0);
+      }
+    }
+  }
+  const callbacks = afterFrame;
+  afterFrame = [];
+  for (const cb of callbacks) cb();
+  controls.zoom.textContent = `${Math.round(view.z * 100)}% of fit`;
+}
+
+function resetView() {
+  if (!state.current) return;
+  view.cx = state.current.width / 2;
+  view.cy = state.current.height / 2;
+  view.z = 1;
+  markAll(true, true);
+  controls.zoom.textContent = "100% of fit";
+}
+
+function zoomAt(panel, px, py, factor) {
+  const { s, tx, ty } = panelTransform(panel);
+  const ix = (px - tx) / s;
+  const iy = (py - ty) / s;
+  view.z = clamp(view.z * factor, 0.5, MAX_ZOOM);
+  // Keep the image point under the cursor where it is; the other panels follow.
+  const ns = panelTransform(panel).s;
+  view.cx = ix - (px - panel.w / 2) / ns;
+  view.cy = iy - (py - panel.h / 2) / ns;
+  markAll(true, true);
+}
+
+function applyWindowLevel() {
+  const slope = 1 / wl.width;
+  const intercept = -(wl.level - wl.width / 2) / wl.width;
+  for (const f of root.querySelectorAll("#review-wl feFuncR, #review-wl feFuncG, #review-wl feFuncB")) {
+    f.setAttribute("slope", slope.toFixed(5));
+    f.setAttribute("intercept", intercept.toFixed(5));
+  }
+  const neutral = Math.abs(wl.width - 1) < 1e-6 && Math.abs(wl.level - 0.5) < 1e-6;
+  stage.style.setProperty("--wl-filter", neutral ? "none" : "url(#review-wl)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pointer: click selects a panel, drag pans (any button but the right one), right drag or
+// W + drag sets window/level, wheel zooms around the cursor.
+
+let drag = null;
+const keys = { w: false, space: false };
+
+function panelPoint(e, panel) {
+  const rect = panel.el.getBoundingClientRect();
+  return { x: e.clientX - rect.left, y: e.clientY - rect.top };
+}
+
+function onPointerDown(e, panel) {
+  if (!state.current || drag) return;
+  const wlDrag = e.button === 2 || (e.button === 0 && keys.w);
+  if (e.button !== 0 && e.button !== 1 && e.button !== 2) return;
+  e.preventDefault();
+  panel.el.setPointerCapture(e.pointerId);
+  drag = {
+    panel,
+    pointerId: e.pointerId,
+    kind: wlDrag ? "wl" : "pan",
+    startX: e.clientX,
+    startY: e.clientY,
+    lastX: e.clientX,
+    lastY: e.clientY,
+    moved: false,
+    click: e.button === 0 && !keys.space && !wlDrag,
+    level: wl.level,
+    width: wl.width,
+  };
+}
+
+function onPointerMove(e) {
+  if (!drag || e.pointerId !== drag.pointerId) return;
+  const dx = e.clientX - drag.lastX;
+  const dy = e.clientY - drag.lastY;
+  if (Math.hypot(e.clientX - drag.startX, e.clientY - drag.startY) > CLICK_SLOP_PX) drag.moved = true;
+  if (!drag.moved) return;
+  stage.dataset.drag = drag.kind;
+  if (drag.kind === "pan") {
+    const { s } = panelTransform(drag.panel);
+    view.cx -= dx / s;
+    view.cy -= dy / s;
+    markAll(true, true);
+  } else {
+    const totalX = e.clientX - drag.startX;
+    const totalY = e.clientY - drag.startY;
+    wl.width = clamp(drag.width * Math.pow(2, -totalX / 200), 1 / 255, 4);
+    wl.level = clamp(drag.level + totalY / 400, -0.5, 1.5);
+    applyWindowLevel();
+  }
+  drag.lastX = e.clientX;
+  drag.lastY = e.clientY;
+}
+
+function onPointerUp(e) {
+  if (!drag || e.pointerId !== drag.pointerId) return;
+  const done = drag;
+  drag = null;
+  stage.dataset.drag = "";
+  if (done.panel.el.hasPointerCapture(e.pointerId)) done.panel.el.releasePointerCapture(e.pointerId);
+  if (done.click && !done.moved && done.panel.index >= 0) select(done.panel.index);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selection, modes and the pick buttons
+
+function labels() {
+  return state.current ? state.current.item.candidates.map((c) => c.label) : [];
+}
+
+function select(index) {
+  if (!state.current || index === null || index < 0 || index >= panels.length) return;
+  disarmNone();
+  state.selected = index;
+  if (singlePanel) {
+    singlePanel.tag.textContent = labels()[index];
+    singlePanel.dirtyOverlay = true;
+  }
+  updateSelection();
+  scheduleRender();
+}
+
+function updateSelection() {
+  const names = labels();
+  panels.forEach((panel, k) => panel.el.classList.toggle("selected", k === state.selected));
+  for (const button of controls.picks.querySelectorAll("button")) {
+    button.classList.toggle("current", Number(button.dataset.index) === state.selected);
+  }
+  if (state.selected === null) {
+    controls.selection.textContent =
+      state.mode === "grid" ? "Click a panel or press 1–" + names.length + " to select" : "";
+  } else {
+    controls.selection.textContent = `${state.mode === "single" ? "Viewing" : "Selected"} ${
+      names[state.selected]
+    } · Enter picks it`;
+  }
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  if (mode === "single" && state.selected === null) state.selected = 0;
+  for (const button of controls.modeButtons) {
+    button.setAttribute("aria-pressed", String(button.dataset.mode === mode));
+  }
+  layoutPanels();
+  if (singlePanel && state.selected !== null) singlePanel.tag.textContent = labels()[state.selected];
+  markAll(true, true);
+  updateSelection();
+}
+
+function buildPickButtons(names) {
+  controls.picks.textContent = "";
+  names.forEach((label, k) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.index = String(k);
+    button.textContent = `Pick ${label}`;
+    button.addEventListener("click", () => pick(label));
+    controls.picks.append(button);
+  });
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  for (const button of controls.picks.querySelectorAll("button")) button.disabled = busy;
+  controls.none.disabled = busy;
+}
+
+function armNone() {
+  state.armedNone = true;
+  controls.none.classList.add("armed");
+  controls.none.textContent = "Confirm: none — redraw";
+  showBanner(
+    "None of these candidates? Press N again (or click “Confirm”) to send this image back for " +
+      "redrawing. Esc cancels.",
+    "notice",
+  );
+}
+
+function disarmNone() {
+  if (!state.armedNone) return;
+  state.armedNone = false;
+  controls.none.classList.remove("armed");
+  controls.none.textContent = "None of these";
+  hideBanner();
+}
+
+function showBanner(text, kind) {
+  banner.textContent = text;
+  banner.className = `review-banner ${kind}`;
+  banner.hidden = false;
+}
+
+function hideBanner() {
+  banner.hidden = true;
+}
+
+function setStatus(text, kind = "") {
+  controls.status.textContent = text;
+  controls.status.className = `status-text ${kind}`.trim();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Showing an item, picking, moving on
+
+function visibleSeconds() {
+  let hidden = state.hiddenMs;
+  if (state.hiddenSince !== null) hidden += performance.now() - state.hiddenSince;
+  return Math.max(0, (performance.now() - state.shownAt - hidden) / 1000);
+}
+
+function show(prepared) {
+  const previous = state.current;
+  state.current = prepared;
+  state.selected = state.mode === "single" ? 0 : null;
+  state.armedNone = false;
+  disarmNone();
+  hideBanner();
+  const names = prepared.item.candidates.map((c) => c.label);
+  buildPanels(names);
+  buildPickButtons(names);
+  setMode(state.mode);
+  resetView();
+  loadingBox.hidden = true;
+  setBusy(false);
+  if (previous && previous !== prepared) releasePrepared(previous);
+  // The clock starts on the frame that first shows the item.
+  afterFrame.push(() => {
+    state.shownAt = performance.now();
+    state.hiddenMs = 0;
+    state.hiddenSince = document.hidden ? state.shownAt : null;
+    setStatus(`${names.length} candidates. Compare them, then pick the best mask.`);
+    if (resolveReady) resolveReady(prepared.item.id);
+  });
+  scheduleRender();
+  startPrefetch(prepared.item.id);
+}
+
+function startPrefetch(forId) {
+  const promise = fetchNextItem(forId).then((item) => (item && item.id !== forId ? prepareItem(item) : null));
+  prefetch = { forId, promise };
+  promise.catch(() => {}); // a failed prefetch is retried after the pick
+}
+
+async function nextItem(decidedId) {
+  if (prefetch && prefetch.forId === decidedId) {
+    try {
+      const prepared = await prefetch.promise;
+      if (prepared && prepared.item.id !== decidedId) return prepared;
+    } catch (err) {
+      // fall through: ask again now that the decision is stored
+    }
+  }
+  const item = await fetchNextItem(decidedId);
+  if (!item || item.id === decidedId) return null;
+  return prepareItem(item);
+}
+
+async function pick(choice) {
+  if (!state.current || state.busy) return;
+  const seconds = visibleSeconds();
+  const item = state.current.item;
+  setBusy(true);
+  hideBanner();
+  setStatus(choice === "none" ? "Sending: none — redraw…" : `Sending pick ${choice}…`);
+  let body;
+  try {
+    const response = await fetch(item.decision_url || config.decisionUrl, {
+      method: "POST",
+      headers: {
+        "Content-Type": "application/json",
+        Accept: "application/json",
+        "X-CSRFToken": csrfToken(),
+      },
+      credentials: "same-origin",
+      body: JSON.stringify({ choice, seconds: Math.round(seconds * 1000) / 1000 }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    body = await response.json().catch(() => ({}));
+  } catch (err) {
+    const message = `Not recorded: ${networkMessage(err)}`;
+    setStatus(message, "error");
+    showBanner(message, "error");
+    disarmNone();
+    setBusy(false);
+    return;
+  }
+  newReadyPromise();
+  loadingBox.hidden = false;
+  try {
+    const prepared = await nextItem(item.id);
+    if (!prepared) {
+      setStatus("All done. Back to the queue…", "notice");
+      window.location.assign(config.queueUrl);
+      return;
+    }
+    if (prepared.item.page_url) history.replaceState(null, "", prepared.item.page_url);
+    show(prepared);
+    setStatus(
+      `Recorded ${choice === "none" ? "none — redraw" : choice} for the previous image. ` +
+        `${prepared.item.candidates.length} candidates.`,
+    );
+  } catch (err) {
+    // The decision is stored; the next item did not load here, so let the server page show it.
+    setStatus(`Recorded. The next image did not load (${networkMessage(err)}); opening it…`, "error");
+    window.location.assign(body.next_url || config.queueUrl);
+  }
+}
+
+function pickSelected() {
+  if (state.armedNone) return pick("none");
+  if (state.selected === null) {
+    setStatus(`Select a candidate first: click a panel or press 1–${panels.length}.`, "notice");
+    return;
+  }
+  pick(labels()[state.selected]);
+}
+
+function pressNone() {
+  if (state.busy || !state.current) return;
+  if (state.armedNone) pick("none");
+  else armNone();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyboard
+
+function onKeyDown(e) {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const target = e.target;
+  if (target instanceof HTMLElement && (target.tagName === "SELECT" || target.tagName === "TEXTAREA")) return;
+  const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (target instanceof HTMLInputElement && key.startsWith("Arrow")) return;
+  let handled = true;
+  if (/^[1-9]$/.test(key)) {
+    select(Number(key) - 1);
+  } else if (key === "Tab") {
+    setMode(state.mode === "grid" ? "single" : "grid");
+  } else if (key === "Enter") {
+    // Always the pick, even when a toolbar button still has focus from a click.
+    pickSelected();
+  } else if (key === "n") {
+    pressNone();
+  } else if (key === "Escape") {
+    if (state.armedNone) disarmNone();
+    else if (!shortcuts.hidden) shortcuts.hidden = true;
+    else if (state.mode === "grid" && state.selected !== null) {
+      state.selected = null;
+      updateSelection();
+    }
+  } else if (key === "ArrowRight" || key === "ArrowDown") {
+    if (panels.length) select(state.selected === null ? 0 : (state.selected + 1) % panels.length);
+  } else if (key === "ArrowLeft" || key === "ArrowUp") {
+    if (panels.length) {
+      select(state.selected === null ? panels.length - 1 : (state.selected + panels.length - 1) % panels.length);
+    }
+  } else if (key === "o") {
+    state.overlaysVisible = !state.overlaysVisible;
+    setStatus(state.overlaysVisible ? "Overlays shown." : "Overlays hidden (O shows them again).");
+    markAll(false, true);
+  } else if (key === "r") {
+    wl.level = 0.5;
+    wl.width = 1;
+    applyWindowLevel();
+  } else if (key === "f" || key === "0") {
+    resetView();
+  } else if (key === "+" || key === "=") {
+    const panel = visiblePanels()[0];
+    if (panel) zoomAt(panel, panel.w / 2, panel.h / 2, 1.25);
+  } else if (key === "-") {
+    const panel = visiblePanels()[0];
+    if (panel) zoomAt(panel, panel.w / 2, panel.h / 2, 1 / 1.25);
+  } else if (key === "w") {
+    keys.w = true;
+  } else if (key === " ") {
+    keys.space = true;
+  } else if (key === "?") {
+    shortcuts.hidden = !shortcuts.hidden;
+  } else {
+    handled = false;
+  }
+  if (handled) e.preventDefault();
+}
+
+function onKeyUp(e) {
+  const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (key === "w") keys.w = false;
+  if (key === " ") keys.space = false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+function bind() {
+  for (const button of controls.modeButtons) {
+    button.addEventListener("click", () => setMode(button.dataset.mode));
+  }
+  controls.none.addEventListener("click", pressNone);
+  controls.help.addEventListener("click", () => {
+    shortcuts.hidden = !shortcuts.hidden;
+  });
+  controls.opacity.addEventListener("input", () => {
+    stage.style.setProperty("--overlay-opacity", String(Number(controls.opacity.value) / 100));
+  });
+  stage.style.setProperty("--overlay-opacity", String(Number(controls.opacity.value) / 100));
+  window.addEventListener("pointermove", onPointerMove);
+  window.addEventListener("pointerup", onPointerUp);
+  window.addEventListener("pointercancel", onPointerUp);
+  panelsBox.addEventListener("contextmenu", (e) => e.preventDefault());
+  panelsBox.addEventListener(
+    "wheel",
+    (e) => {
+      const el = e.target instanceof Element ? e.target.closest(".review-panel") : null;
+      if (!el || !el.__panel || !state.current) return;
+      e.preventDefault();
+      const p = panelPoint(e, el.__panel);
+      const unit = e.deltaMode === 1 ? 0.05 : e.deltaMode === 2 ? 1 : 0.0015;
+      zoomAt(el.__panel, p.x, p.y, Math.exp(-e.deltaY * unit));
+    },
+    { passive: false },
+  );
+  new ResizeObserver(() => {
+    layoutPanels();
+    markAll(true, true);
+  }).observe(panelsBox);
+  document.addEventListener("visibilitychange", () => {
+    const now = performance.now();
+    if (document.hidden) {
+      state.hiddenSince = now;
+    } else if (state.hiddenSince !== null) {
+      state.hiddenMs += now - state.hiddenSince;
+      state.hiddenSince = null;
+    }
+  });
+  window.addEventListener("keydown", onKeyDown);
+  window.addEventListener("keyup", onKeyUp);
+  window.addEventListener("blur", () => {
+    keys.w = keys.space = false;
+  });
+}
+
+async function start() {
+  bind();
+  applyWindowLevel();
+  setBusy(true);
+  setStatus("Loading…");
+  try {
+    const item = await getJson(config.itemUrl);
+    if (!item) {
+      window.location.assign(config.queueUrl);
+      return;
+    }
+    show(await prepareItem(item));
+  } catch (err) {
+    loadingBox.hidden = true;
+    const message = `This item could not be shown: ${networkMessage(err)}`;
+    setStatus(message, "error");
+    showBanner(message, "error");
+  }
+}
+
+newReadyPromise();
+start();
+
+window.maskloopReview = {
+  currentItemId: () => (state.current ? state.current.item.id : null),
+  get ready() {
+    return readyPromise;
+  },
+  mode: () => state.mode,
+  selected: () => (state.selected === null ? null : labels()[state.selected]),
+};
