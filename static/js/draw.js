@@ -81,6 +81,11 @@ function parseHexColour(text, fallback) {
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
+/** Halfway to white: the outline colour, brighter than the fill so edges read on bone. */
+function lighten(c) {
+  return Math.round(c + (255 - c) * 0.5);
+}
+
 function loadImage(url) {
   return new Promise((resolve, reject) => {
     const img = new Image();
@@ -101,30 +106,40 @@ const [mr, mg, mb] = parseHexColour(
   getComputedStyle(root).getPropertyValue("--mask-color"),
   [255, 92, 56],
 );
-const MASK_RGBA = ((255 << 24) | (mb << 16) | (mg << 8) | mr) >>> 0; // little-endian RGBA
+// Translucent fill with an opaque one-pixel outline (little-endian RGBA), so the boundary stays
+// legible on bone; the opacity slider scales both.
+const FILL_RGBA = ((150 << 24) | (mb << 16) | (mg << 8) | mr) >>> 0;
+const EDGE_RGBA = ((255 << 24) | (lighten(mb) << 16) | (lighten(mg) << 8) | lighten(mr)) >>> 0;
 
 const maskCanvas = document.createElement("canvas");
 maskCanvas.width = W;
 maskCanvas.height = H;
 const maskCanvasCtx = maskCanvas.getContext("2d");
 
-/** Copy the rectangle [x0, x1) × [y0, y1) of the mask into the colour mirror. */
+/**
+ * Copy the rectangle [x0, x1) × [y0, y1) of the mask into the colour mirror. The rectangle grows
+ * by one pixel because a change can turn its neighbours' outline on or off.
+ */
 function uploadRect(rect) {
   if (!rect) return;
-  const x0 = clamp(Math.floor(rect.x0), 0, W);
-  const y0 = clamp(Math.floor(rect.y0), 0, H);
-  const x1 = clamp(Math.ceil(rect.x1), 0, W);
-  const y1 = clamp(Math.ceil(rect.y1), 0, H);
+  const x0 = clamp(Math.floor(rect.x0) - 1, 0, W);
+  const y0 = clamp(Math.floor(rect.y0) - 1, 0, H);
+  const x1 = clamp(Math.ceil(rect.x1) + 1, 0, W);
+  const y1 = clamp(Math.ceil(rect.y1) + 1, 0, H);
   const w = x1 - x0;
   const h = y1 - y0;
   if (w <= 0 || h <= 0) return;
   const data = new ImageData(w, h);
   const px = new Uint32Array(data.data.buffer);
-  for (let y = 0; y < h; y++) {
-    let src = (y0 + y) * W + x0;
-    let dst = y * w;
-    for (let x = 0; x < w; x++, src++, dst++) {
-      if (mask[src]) px[dst] = MASK_RGBA;
+  for (let y = y0; y < y1; y++) {
+    let i = y * W + x0;
+    let dst = (y - y0) * w;
+    for (let x = x0; x < x1; x++, i++, dst++) {
+      if (!mask[i]) continue;
+      const edge =
+        x === 0 || y === 0 || x === W - 1 || y === H - 1 ||
+        !mask[i - 1] || !mask[i + 1] || !mask[i - W] || !mask[i + W];
+      px[dst] = edge ? EDGE_RGBA : FILL_RGBA;
     }
   }
   maskCanvasCtx.putImageData(data, x0, y0);
@@ -590,6 +605,7 @@ function render(now) {
     if (maskVisible) {
       setViewTransform(maskCtx);
       maskCtx.imageSmoothingEnabled = view.s < 1;
+      maskCtx.imageSmoothingQuality = "medium";
       maskCtx.drawImage(maskCanvas, 0, 0);
     }
     perf.composite.add(performance.now() - t0);
@@ -745,7 +761,11 @@ function onPointerDown(e) {
   }
   if (!kind) return;
   e.preventDefault();
-  uiLayer.setPointerCapture(e.pointerId);
+  try {
+    uiLayer.setPointerCapture(e.pointerId);
+  } catch (err) {
+    // synthetic or already-released pointers cannot be captured; the drag still works
+  }
   drag = { kind, pointerId: e.pointerId, sx, sy, startSx: sx, startSy: sy };
   stage.dataset.drag = kind;
   if (kind === "wl") {
@@ -1268,7 +1288,7 @@ const ready = (async () => {
   bindControls();
   setTool("brush");
   setBrushSize(brushSize);
-  setOpacity(controls.opacity.value || 45);
+  setOpacity(controls.opacity.value || 60);
   setWindowLevel(0, 0);
   afterMaskChange();
   setStatus("Loading the image…");

@@ -78,6 +78,11 @@ function parseHexColour(text, fallback) {
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
+/** Halfway to white: the outline colour, brighter than the fill so edges read on bone. */
+function lighten(c) {
+  return Math.round(c + (255 - c) * 0.5);
+}
+
 function loadImage(url) {
   return new Promise((resolve, reject) => {
     const img = new Image();
@@ -89,6 +94,8 @@ function loadImage(url) {
 }
 
 const [OR, OG, OB] = parseHexColour(getComputedStyle(root).getPropertyValue("--mask-color"), [255, 92, 56]);
+const FILL_RGBA = ((150 << 24) | (OB << 16) | (OG << 8) | OR) >>> 0; // little-endian RGBA
+const EDGE_RGBA = ((255 << 24) | (lighten(OB) << 16) | (lighten(OG) << 8) | lighten(OR)) >>> 0;
 
 // ---------------------------------------------------------------------------------------------
 // Loading an item: JSON, then the image and every mask decoded into a coloured overlay bitmap.
@@ -121,17 +128,22 @@ async function overlayFromMask(url, width, height) {
   ctx.clearRect(0, 0, width, height);
   ctx.drawImage(img, 0, 0);
   const data = ctx.getImageData(0, 0, width, height);
-  const px = data.data;
+  const px = new Uint32Array(data.data.buffer);
+  const inside = new Uint8Array(width * height);
+  for (let i = 0; i < inside.length; i++) inside[i] = (px[i] & 255) > 127 ? 1 : 0;
+  // Translucent fill with an opaque one-pixel outline, so boundaries stay legible on bone.
   let on = 0;
-  for (let j = 0; j < px.length; j += 4) {
-    if (px[j] > 127) {
-      px[j] = OR;
-      px[j + 1] = OG;
-      px[j + 2] = OB;
-      px[j + 3] = 255;
+  for (let y = 0, i = 0; y < height; y++) {
+    for (let x = 0; x < width; x++, i++) {
+      if (!inside[i]) {
+        px[i] = 0;
+        continue;
+      }
       on++;
-    } else {
-      px[j + 3] = 0;
+      const edge =
+        x === 0 || y === 0 || x === width - 1 || y === height - 1 ||
+        !inside[i - 1] || !inside[i + 1] || !inside[i - width] || !inside[i + width];
+      px[i] = edge ? EDGE_RGBA : FILL_RGBA;
     }
   }
   const bitmap = typeof createImageBitmap === "function" ? await createImageBitmap(data) : null;
@@ -341,6 +353,7 @@ function render() {
       if (overlay && state.overlaysVisible) {
         ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
         ctx.imageSmoothingEnabled = s < 1;
+        ctx.imageSmoothingQuality = "medium";
         ctx.drawImage(overlay.bitmap, 0, 0);
       }
     }
@@ -400,7 +413,11 @@ function onPointerDown(e, panel) {
   const wlDrag = e.button === 2 || (e.button === 0 && keys.w);
   if (e.button !== 0 && e.button !== 1 && e.button !== 2) return;
   e.preventDefault();
-  panel.el.setPointerCapture(e.pointerId);
+  try {
+    panel.el.setPointerCapture(e.pointerId);
+  } catch (err) {
+    // synthetic or already-released pointers cannot be captured; window listeners still follow
+  }
   drag = {
     panel,
     pointerId: e.pointerId,
@@ -560,7 +577,6 @@ function show(prepared) {
   const previous = state.current;
   state.current = prepared;
   state.selected = state.mode === "single" ? 0 : null;
-  state.armedNone = false;
   disarmNone();
   hideBanner();
   const names = prepared.item.candidates.map((c) => c.label);

@@ -1,13 +1,29 @@
-"""Fitting a segmentation network on CXR/mask pairs: one function, no Django."""
+"""Fitting a segmentation network on CXR/mask pairs: one function, no Django.
+
+Every completed epoch is checkpointed (weights, optimizer state, epoch number) under
+``out_dir/checkpoint/``, so an interrupted run continues with ``fit(..., resume=True)`` from its
+last completed epoch instead of starting over. A finished run leaves, side by side:
+
+- ``model.weights.h5``: the trained weights (what ``predict.load_model`` reads);
+- ``run.json``: everything needed to say what produced them (full config, seed, data version,
+  code version, library versions, devices, precision, loss per epoch, timing);
+- ``config.json``: the config and losses (the platform's older, smaller record).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import platform
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -15,10 +31,20 @@ import tensorflow as tf
 from training.nets.builders import build_model
 from training.nets.config import TrainConfig
 from training.nets.data import make_dataset
+from training.nets.datasets import data_version
 from training.nets.losses import dice_coefficient, hybrid_loss
+
+log = logging.getLogger(__name__)
 
 # (epoch, epochs, step, steps, loss) -> keep going?
 ProgressCallback = Callable[[int, int, int, int, float], bool]
+
+CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "model.weights.h5"
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.json"
+_STATE_FILE = "state.json"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TrainingStopped(Exception):
@@ -27,10 +53,23 @@ class TrainingStopped(Exception):
 
 @dataclass
 class FitResult:
+    """What `fit` produced.
+
+    Attributes:
+        weights_path: the trained weights.
+        config_path: config.json (config and loss per epoch).
+        loss_history: training loss per epoch, including epochs before a resume.
+        seconds: wall time of this call's training (not of earlier, interrupted calls).
+        run_path: run.json beside the weights.
+        initial_epoch: epochs already completed when this call started (0 unless resumed).
+    """
+
     weights_path: Path
     config_path: Path
     loss_history: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    run_path: Path | None = None
+    initial_epoch: int = 0
 
 
 class _Progress(tf.keras.callbacks.Callback):
@@ -54,38 +93,232 @@ class _Progress(tf.keras.callbacks.Callback):
             raise TrainingStopped()
 
 
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def _resumable_config(config: TrainConfig) -> dict[str, Any]:
+    """The options that must not change between an interrupted run and its resumption.
+
+    The number of epochs may grow (training a finished run for longer is a resume too).
+    """
+    data = config.to_dict()
+    data.pop("epochs")
+    return data
+
+
+class _Checkpointer(tf.keras.callbacks.Callback):
+    """Saves weights, optimizer state and the epoch number after every epoch.
+
+    The loss history goes to ``state.json`` *after* the checkpoint is written, with the epoch it
+    belongs to, so a crash between the two leaves a checkpoint whose losses can be recovered
+    from the previous state plus NaN, never a state pointing at a missing checkpoint.
+    """
+
+    def __init__(self, directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable,
+                 losses: list[float], config: TrainConfig, keep: int = 1):
+        super().__init__()
+        self.directory = directory
+        self.checkpoint = checkpoint
+        self.epoch_var = epoch_var
+        self.losses = losses
+        self.config = config
+        self.manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=keep)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.losses.append(float((logs or {}).get("loss", math.nan)))
+        self.epoch_var.assign(epoch + 1)
+        prefix = self.manager.save(checkpoint_number=epoch + 1)
+        state = {
+            "epoch": epoch + 1,
+            "checkpoint": os.path.basename(prefix),
+            "loss_history": self.losses,
+            "config": self.config.to_dict(),
+        }
+        _write_json_atomic(self.directory / _STATE_FILE, state)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _restore(
+    directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable, config: TrainConfig
+) -> tuple[int, list[float]]:
+    """Restores the latest checkpoint in `directory`; returns (completed epochs, losses).
+
+    Raises:
+        ValueError: the checkpoint was made with different options.
+    """
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        return 0, []
+    state_path = directory / _STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    saved = state.get("config")
+    if saved is not None:
+        saved_cfg = TrainConfig.from_dict(saved)
+        if _resumable_config(saved_cfg) != _resumable_config(config):
+            changed = sorted(
+                k for k, v in _resumable_config(config).items()
+                if _resumable_config(saved_cfg).get(k) != v
+            )
+            raise ValueError(
+                f"cannot resume from {directory}: the checkpoint was trained with different "
+                f"options ({', '.join(changed)}); start over with resume=False"
+            )
+    checkpoint.restore(latest).assert_existing_objects_matched()
+    epoch = int(epoch_var.numpy())
+    losses = [float(v) for v in state.get("loss_history", [])][:epoch]
+    losses += [math.nan] * (epoch - len(losses))
+    return epoch, losses
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, precision, provenance
+# --------------------------------------------------------------------------------------------
+
+
+def _strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over all visible GPUs when there are several, else the default one."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    return tf.distribute.get_strategy()
+
+
+def code_version() -> str:
+    """`git rev-parse HEAD` of the checkout this module lives in, or "unknown"."""
+    env = os.environ.get("MASKLOOP_CODE_VERSION")
+    if env:
+        return env
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_REPO_ROOT, capture_output=True, text=True,
+            timeout=5, check=True,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide what a trained network computes."""
+    versions = {"python": platform.python_version(), "tensorflow": tf.__version__,
+                "numpy": np.__version__}
+    try:
+        import segmentation_models as sm
+
+        versions["segmentation_models"] = getattr(sm, "__version__", "unknown")
+    except ImportError:  # pragma: no cover - a hard dependency of builders
+        versions["segmentation_models"] = "missing"
+    try:
+        import tf_keras
+
+        versions["tf_keras"] = tf_keras.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _float32_output(model: tf.keras.Model) -> tf.keras.Model:
+    """Casts a mixed-precision model's output to float32.
+
+    The loss clips probabilities at 1 - 1e-7, which float16 rounds to 1: log(1 - q) would be
+    -inf. The wrapper adds no weights, so the saved file loads into a float32 model.
+    """
+    out = tf.keras.layers.Activation("linear", dtype="float32", name="float32_output")(
+        model.output
+    )
+    return tf.keras.Model(model.input, out, name=model.name)
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+
+
 def fit(
     config: TrainConfig,
     images: Sequence[str],
-    masks: Sequence[str],
+    masks: Sequence[str | None],
     *,
     out_dir: str | Path,
     on_progress: ProgressCallback | None = None,
     covid_flags: Sequence[bool] | None = None,
     extra: dict | None = None,
+    resume: bool = False,
+    mixed_precision: bool = False,
+    xla: bool = False,
 ) -> FitResult:
-    """Trains `config`'s network on image/mask files and saves its weights and config.
+    """Trains `config`'s network on image/mask files and saves its weights and provenance.
 
     Args:
         config: the full training configuration (saved beside the weights).
         images: paths of 8-bit grayscale CXRs.
-        masks: paths of binary masks, one per image.
-        out_dir: where `model.weights.h5` and `config.json` are written.
-        on_progress: called after training steps (at most once a second); return False to stop.
-        covid_flags: per image, whether it is COVID-19 (controls are oversampled against).
-        extra: more facts to save in config.json (data version, code version, ...).
+        masks: paths of binary masks, one per image (None: an empty mask, a control).
+        out_dir: where `model.weights.h5`, `run.json`, `config.json` and `checkpoint/` go.
+        on_progress: called after training steps (at most once a second, and at the end of
+            every epoch); return False to stop. Stopping raises `TrainingStopped`; the
+            epochs completed so far stay checkpointed.
+        covid_flags: per image, whether it is COVID-19 (COVID-19 samples are then oversampled
+            up to the control count, paper Table II).
+        extra: more facts for run.json and config.json. A "data_version" or "code_version"
+            given here is used instead of the one computed here.
+        resume: continue from the last completed epoch checkpointed in `out_dir/checkpoint/`
+            (weights, optimizer state, epoch and loss history are restored). Without a
+            checkpoint the run starts from scratch. Options other than `epochs` must match
+            the checkpoint's. The data order of the remaining epochs restarts from the seed,
+            so a resumed run is equivalent to, not bit-identical with, an uninterrupted one.
+            With resume=False an existing checkpoint is discarded.
+        mixed_precision: compute in float16 with float32 weights (Keras "mixed_float16").
+            Only meaningful on a GPU with tensor cores, where it roughly halves memory and
+            speeds up convolutions; on a CPU it is ignored (with a warning), since CPUs run
+            float16 convolutions slower than float32.
+        xla: compile the training step with XLA (`jit_compile`). Mostly a GPU speed-up; on a
+            CPU it works but rarely helps and adds compile time.
 
     Returns:
-        Paths of the weights and config files, and the loss per epoch.
+        Paths of the weights, config.json and run.json, the loss per epoch and the seconds
+        this call spent training.
+
+    Raises:
+        ValueError: mismatched inputs, no data, or a checkpoint made with other options.
+        FloatingPointError: the loss became NaN or infinite.
+        TrainingStopped: `on_progress` returned False.
     """
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     if not images:
         raise ValueError("nothing to train on")
-    tf.keras.backend.clear_session()
-    tf.keras.utils.set_random_seed(config.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / CHECKPOINT_DIR
+    if not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    facts = dict(extra or {})
+    version = facts.get("data_version") or data_version(list(images), list(masks))
+    code = facts.get("code_version") or code_version()
+
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(config.seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    use_mixed = bool(mixed_precision and gpus)
+    if mixed_precision and not gpus:
+        log.warning("mixed_precision ignored: no GPU visible (float16 is slower on a CPU)")
+    strategy = _strategy()
 
     dataset = make_dataset(
         list(images), list(masks), size=config.input_size, batch_size=config.batch_size,
@@ -94,26 +327,82 @@ def fit(
     steps = int(dataset.cardinality().numpy())
     if steps <= 0:
         steps = max(1, math.ceil(len(images) / config.batch_size))
-    model = build_model(
-        config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
-        input_size=config.input_size, weights=config.weights,
-    )
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999),
-        loss=hybrid_loss,
-        metrics=[dice_coefficient],
-    )
-    callbacks = [_Progress(on_progress, config.epochs, steps)] if on_progress else []
-    started = time.monotonic()
-    history = model.fit(dataset, epochs=config.epochs, callbacks=callbacks, verbose=0)
-    losses = [float(v) for v in history.history.get("loss", [])]
+
+    previous_policy = tf.keras.mixed_precision.global_policy()
+    if use_mixed:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            model = build_model(
+                config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
+                input_size=config.input_size, weights=config.weights,
+            )
+            if use_mixed:
+                model = _float32_output(model)
+            optimizer = tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999)
+            model.compile(
+                optimizer=optimizer, loss=hybrid_loss, metrics=[dice_coefficient],
+                jit_compile=bool(xla),
+            )
+            # Slot variables must exist before a restore can fill them.
+            model.optimizer.build(model.trainable_variables)
+            epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            checkpoint = tf.train.Checkpoint(
+                model=model, optimizer=model.optimizer, epoch=epoch_var
+            )
+        initial_epoch, losses = (
+            _restore(ckpt_dir, checkpoint, epoch_var, config) if resume else (0, [])
+        )
+        if resume:
+            log.info("resuming %s at epoch %d of %d", out, initial_epoch, config.epochs)
+        callbacks: list[tf.keras.callbacks.Callback] = [
+            _Checkpointer(ckpt_dir, checkpoint, epoch_var, losses, config)
+        ]
+        if on_progress:
+            callbacks.append(_Progress(on_progress, config.epochs, steps))
+        started = time.monotonic()
+        if initial_epoch < config.epochs:
+            # Under MirroredStrategy Keras splits each global batch across the replicas.
+            model.fit(
+                dataset, epochs=config.epochs, initial_epoch=initial_epoch,
+                callbacks=callbacks, verbose=0,
+            )
+        seconds = time.monotonic() - started
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous_policy)
+
     if not all(np.isfinite(losses)):
         raise FloatingPointError(f"training diverged: loss per epoch was {losses}")
 
-    weights_path = out / "model.weights.h5"
+    weights_path = out / WEIGHTS_FILE
     model.save_weights(str(weights_path))
-    config_path = out / "config.json"
+    config_path = out / CONFIG_FILE
     config_path.write_text(
-        json.dumps({"config": config.to_dict(), "loss": losses, **(extra or {})}, indent=2)
+        json.dumps({"config": config.to_dict(), "loss": losses, **facts}, indent=2,
+                   default=_json_default)
     )
-    return FitResult(weights_path, config_path, losses, time.monotonic() - started)
+    run_path = out / RUN_FILE
+    run = {
+        **facts,
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "data_version": version,
+        "code_version": code,
+        "versions": library_versions(),
+        "n_images": len(images),
+        "n_covid": None if covid_flags is None else int(sum(bool(f) for f in covid_flags)),
+        "steps_per_epoch": steps,
+        "devices": {
+            "gpus": [d.name for d in gpus],
+            "replicas": strategy.num_replicas_in_sync,
+            "strategy": type(strategy).__name__,
+        },
+        "mixed_precision": {"requested": bool(mixed_precision), "applied": use_mixed},
+        "xla": bool(xla),
+        "initial_epoch": initial_epoch,
+        "loss_history": losses,
+        "seconds": seconds,
+        "weights": WEIGHTS_FILE,
+    }
+    _write_json_atomic(run_path, run)
+    return FitResult(weights_path, config_path, losses, seconds, run_path, initial_epoch)
