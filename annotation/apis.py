@@ -6,6 +6,7 @@ from django.db.models import Prefetch
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -27,6 +28,9 @@ def exception_handler(exc, context):
     if isinstance(exc, InvalidImageError):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)
+
+
+PNG = {(200, "image/png"): OpenApiTypes.BINARY}
 
 
 def png_response(name: str) -> FileResponse:
@@ -85,6 +89,9 @@ class ImageUploadApi(APIView):
         source = serializers.CharField(required=False, default="upload")
         mask = serializers.FileField(required=False)
 
+        class Meta:
+            ref_name = "ImageUploadInput"
+
     @extend_schema(request=InputSerializer, responses={201: ImageOutput})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
@@ -112,7 +119,7 @@ class ImageDetailApi(APIView):
 class ImageDisplayApi(APIView):
     permission_classes = [IsAnyRole]
 
-    @extend_schema(responses={(200, "image/png"): bytes})
+    @extend_schema(responses=PNG)
     def get(self, request, image_id: int):
         return png_response(get_object_or_404(Image, pk=image_id).display.name)
 
@@ -160,6 +167,9 @@ class ImageMasksApi(APIView):
         mask = serializers.FileField()
         based_on = serializers.IntegerField(required=False)
 
+        class Meta:
+            ref_name = "MaskDrawInput"
+
     class CreatedOutput(serializers.Serializer):
         id = serializers.IntegerField()
         version = serializers.IntegerField()
@@ -196,7 +206,7 @@ class ImageMasksApi(APIView):
 class MaskFileApi(APIView):
     permission_classes = [IsAdminOrData]
 
-    @extend_schema(responses={(200, "image/png"): bytes})
+    @extend_schema(responses=PNG)
     def get(self, request, mask_id: int):
         return png_response(get_object_or_404(Mask, pk=mask_id).file.name)
 
@@ -269,6 +279,9 @@ class RoundListApi(APIView):
         reviewers_per_item = serializers.IntegerField(min_value=1, max_value=9, default=1)
         seed = serializers.IntegerField(default=0)
 
+        class Meta:
+            ref_name = "RoundStartInput"
+
     @extend_schema(responses=RoundOutput(many=True))
     def get(self, request):
         return Response(RoundOutput(Round.objects.select_related("started_by"), many=True).data)
@@ -321,6 +334,27 @@ class RoundCancelApi(APIView):
 # ---------------------------------------------------------------- blind review
 
 
+class BlindCandidateOutput(serializers.Serializer):
+    label = serializers.CharField()
+    mask_url = serializers.CharField()
+
+
+class BlindItemOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    round = serializers.IntegerField()
+    status = serializers.CharField()
+    image_url = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    candidates = BlindCandidateOutput(many=True)
+    decision_url = serializers.CharField()
+    page_url = serializers.CharField()
+
+
+class NextUrlOutput(serializers.Serializer):
+    next_url = serializers.CharField()
+
+
 def blind_item_payload(item: ReviewItem) -> dict:
     """What a reviewer sees: an opaque id, the CXR, and candidates known only by label."""
     return {
@@ -363,6 +397,7 @@ def _visible_item(request, item_uuid) -> ReviewItem:
 class ReviewItemApi(APIView):
     permission_classes = [IsReviewer]
 
+    @extend_schema(responses=BlindItemOutput)
     def get(self, request, item_uuid):
         return Response(blind_item_payload(_visible_item(request, item_uuid)))
 
@@ -370,6 +405,7 @@ class ReviewItemApi(APIView):
 class ReviewNextApi(APIView):
     permission_classes = [IsMD]
 
+    @extend_schema(responses={200: BlindItemOutput, 204: None})
     def get(self, request):
         after = request.query_params.get("after")
         current = ReviewItem.objects.filter(uuid=after).first() if after else None
@@ -382,6 +418,7 @@ class ReviewNextApi(APIView):
 class ReviewItemImageApi(APIView):
     permission_classes = [IsReviewer]
 
+    @extend_schema(responses=PNG)
     def get(self, request, item_uuid):
         return png_response(_visible_item(request, item_uuid).image.display.name)
 
@@ -389,6 +426,7 @@ class ReviewItemImageApi(APIView):
 class ReviewCandidateApi(APIView):
     permission_classes = [IsReviewer]
 
+    @extend_schema(responses=PNG)
     def get(self, request, item_uuid, label: str):
         item = _visible_item(request, item_uuid)
         candidate = item.candidates.filter(label=label).select_related("mask").first()
@@ -409,7 +447,7 @@ class ReviewDecisionApi(APIView):
     permission_classes = [IsMD]
     parser_classes = [JSONParser, FormParser]
 
-    @extend_schema(request=DecisionInput)
+    @extend_schema(request=DecisionInput, responses={201: NextUrlOutput})
     def post(self, request, item_uuid):
         item = get_object_or_404(ReviewItem, uuid=item_uuid)
         data = DecisionInput(data=request.data)
@@ -433,7 +471,7 @@ class ReviewAdjudicateApi(APIView):
     permission_classes = [IsAdmin]
     parser_classes = [JSONParser, FormParser]
 
-    @extend_schema(request=DecisionInput)
+    @extend_schema(request=DecisionInput, responses={201: NextUrlOutput})
     def post(self, request, item_uuid):
         item = get_object_or_404(ReviewItem, uuid=item_uuid)
         data = DecisionInput(data=request.data)
@@ -485,6 +523,9 @@ class ExportListApi(APIView):
         classes = serializers.ListField(child=serializers.CharField(), required=False)
         accepted_only = serializers.BooleanField(default=True)
 
+        class Meta:
+            ref_name = "ExportRequestInput"
+
     @extend_schema(responses=ExportOutput(many=True))
     def get(self, request):
         return Response(
@@ -510,6 +551,7 @@ class ExportDetailApi(APIView):
 class ExportDownloadApi(APIView):
     permission_classes = [IsData]
 
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
     def get(self, request, export_uuid):
         export = get_object_or_404(Export, uuid=export_uuid)
         if export.status != Export.Status.DONE:
