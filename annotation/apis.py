@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.db.models import Prefetch
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -33,8 +35,9 @@ def exception_handler(exc, context):
 PNG = {(200, "image/png"): OpenApiTypes.BINARY}
 
 
-def png_response(name: str) -> FileResponse:
-    response = FileResponse(storage.open_file(name), content_type="image/png")
+def png_response(name: str) -> HttpResponse:
+    """A stored PNG with no file name attached: a name would identify the image or mask."""
+    response = HttpResponse(storage.read(name), content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -407,8 +410,13 @@ class ReviewNextApi(APIView):
 
     @extend_schema(responses={200: BlindItemOutput, 204: None})
     def get(self, request):
-        after = request.query_params.get("after")
-        current = ReviewItem.objects.filter(uuid=after).first() if after else None
+        current = None
+        if request.query_params.get("after"):
+            try:
+                after = uuid.UUID(request.query_params["after"])
+            except ValueError:
+                raise DomainError("'after' must be a review item id") from None
+            current = ReviewItem.objects.filter(uuid=after).first()
         item = selectors.next_item_for(request.user, after=current)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
@@ -432,9 +440,7 @@ class ReviewCandidateApi(APIView):
         candidate = item.candidates.filter(label=label).select_related("mask").first()
         if candidate is None:
             raise DomainError(f"no candidate {label!r} in this item")
-        response = HttpResponse(storage.read(candidate.mask.file.name), content_type="image/png")
-        response["Cache-Control"] = "private, max-age=3600"
-        return response
+        return png_response(candidate.mask.file.name)
 
 
 class DecisionInput(serializers.Serializer):

@@ -106,6 +106,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "maskloop API",
     "DESCRIPTION": "Collaborative ground-truth masks for COVID-19 infection on chest X-rays.",
     "VERSION": "0.1.0",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 # Celery. The embedded default is kombu's filesystem transport: a real broker shared by the web

@@ -13,21 +13,30 @@ mkdir -p var
 $PY manage.py migrate --no-input -v0
 $PY manage.py seed_demo
 
-# One worker for all three queues; each task runs in a fresh child process so TensorFlow
-# hands its memory back after every training.
-if [ -f var/worker.pid ] && kill -0 "$(cat var/worker.pid)" 2>/dev/null; then
-  kill "$(cat var/worker.pid)" 2>/dev/null || true
-  sleep 2
-fi
-.venv/bin/celery -A config worker -Q training,inference,default --concurrency 1 \
-  --max-tasks-per-child 1 --prefetch-multiplier 1 -l info --logfile var/worker.log \
-  --pidfile var/worker.pid --detach
-trap 'kill "$(cat var/worker.pid 2>/dev/null)" 2>/dev/null || true' EXIT INT TERM
+# Two workers, as in production: `training` runs each task in a fresh child process so
+# TensorFlow hands its memory back after every training; `inference,default` stays warm.
+stop_workers() {
+  for name in training default; do
+    if [ -f "var/worker-$name.pid" ]; then
+      kill "$(cat "var/worker-$name.pid")" 2>/dev/null || true
+      rm -f "var/worker-$name.pid"
+    fi
+  done
+}
+stop_workers
+sleep 1
+.venv/bin/celery -A config worker -Q training -n "training@%h" --concurrency 1 \
+  --max-tasks-per-child 1 --prefetch-multiplier 1 -l info --logfile var/worker-training.log \
+  --pidfile var/worker-training.pid --detach
+.venv/bin/celery -A config worker -Q inference,default -n "default@%h" --concurrency 1 \
+  --prefetch-multiplier 1 -l info --logfile var/worker-default.log \
+  --pidfile var/worker-default.pid --detach
+trap stop_workers EXIT INT TERM
 
 cat <<MSG
 
   maskloop is running at  http://$HOST:$PORT/
-  Celery worker log:      var/worker.log
+  Celery worker logs:     var/worker-training.log, var/worker-default.log
   Sign in as md1 / md1-demo-pass (MD), admin / admin-demo-pass (admin), data / data-demo-pass.
   Start with Stage I on the Rounds page as admin. Ctrl+C stops the server and the worker.
 

@@ -39,7 +39,8 @@ ROUND_TIMEOUT = 20 * 60
 
 @pytest.fixture
 def worker(media_root):
-    """A separate `celery worker` process on the test database and the test broker."""
+    """Separate `celery worker` processes on the test database and the test broker: one for
+    `training` (a fresh child per task) and one for `inference` and `default`."""
     broker = settings.CELERY_BROKER_URL
     if not broker.startswith("redis://"):
         pytest.fail("the end-to-end test needs CELERY_BROKER_URL=redis://… (make test sets it)")
@@ -53,40 +54,35 @@ def worker(media_root):
         "PYTHONUNBUFFERED": "1",
     }
     ARTIFACTS.mkdir(exist_ok=True)
-    log = (ARTIFACTS / "e2e-worker.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "training,inference,default",
-            "--concurrency",
-            "1",
-            "--max-tasks-per-child",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "info",
-        ],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield proc
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    procs, logs = [], []
+    for name, queues, extra in [("training", "training", ["--max-tasks-per-child", "1"]),
+                                ("default", "inference,default", [])]:
+        log = (ARTIFACTS / f"e2e-worker-{name}.log").open("w")
+        logs.append(log)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues,
+             "-n", f"{name}@e2e", "--concurrency", "1", "--prefetch-multiplier", "1",
+             "--without-gossip", "--without-mingle", "-l", "info", *extra],
+            cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ))
+    yield Workers(procs)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for log in logs:
+        log.close()
+
+
+class Workers:
+    def __init__(self, procs):
+        self.procs = procs
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
 
 
 def wait_for(rnd: Round, status: str, worker) -> Round:
@@ -96,7 +92,7 @@ def wait_for(rnd: Round, status: str, worker) -> Round:
         if rnd.status == status:
             return rnd
         assert rnd.status != Round.Status.FAILED, rnd.failure_reason
-        assert worker.poll() is None, "the Celery worker died; see artifacts/e2e-worker.log"
+        assert worker.alive(), "a Celery worker died; see artifacts/e2e-worker-*.log"
         time.sleep(1)
     runs = list(rnd.training_runs.values_list("status", "failure_reason"))
     raise AssertionError(f"round {rnd.number} still {rnd.status} after {ROUND_TIMEOUT}s: {runs}")
