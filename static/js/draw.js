@@ -516,6 +516,7 @@ let image = null;
 let maskVisible = true;
 const pointer = { inside: false, sx: 0, sy: 0 };
 const dirtyLayers = { image: true, mask: true, ui: true };
+let maskDamage = null; // image rectangle to recomposite on the next frame, when not all of it
 let frameRequested = false;
 
 function toImage(sx, sy) {
@@ -584,7 +585,7 @@ function clearLayer(ctx) {
   ctx.clearRect(0, 0, ctx.canvas.width, ctx.canvas.height);
 }
 
-function render(now) {
+function render() {
   frameRequested = false;
   if (dirtyLayers.image) {
     dirtyLayers.image = false;
@@ -598,16 +599,16 @@ function render(now) {
       imageCtx.drawImage(image, 0, 0);
     }
   }
-  if (dirtyLayers.mask) {
-    dirtyLayers.mask = false;
+  if (dirtyLayers.mask || maskDamage) {
     const t0 = performance.now();
-    clearLayer(maskCtx);
-    if (maskVisible) {
-      setViewTransform(maskCtx);
-      maskCtx.imageSmoothingEnabled = view.s < 1;
-      maskCtx.imageSmoothingQuality = "medium";
-      maskCtx.drawImage(maskCanvas, 0, 0);
+    if (dirtyLayers.mask) {
+      clearLayer(maskCtx);
+      if (maskVisible) drawMask(maskCtx);
+    } else if (maskVisible) {
+      redrawMaskDamage(maskDamage);
     }
+    dirtyLayers.mask = false;
+    maskDamage = null;
     perf.composite.add(performance.now() - t0);
     if (perf.pendingInput !== null) {
       perf.latency.add(performance.now() - perf.pendingInput);
@@ -618,6 +619,33 @@ function render(now) {
     dirtyLayers.ui = false;
     drawUi();
   }
+}
+
+function drawMask(ctx) {
+  setViewTransform(ctx);
+  // Bilinear without mipmaps when zoomed out: mipmaps of a 4096² source would be rebuilt on
+  // every stroke frame. Nearest when zoomed in, so mask pixels show as crisp squares.
+  ctx.imageSmoothingEnabled = view.s < 1;
+  ctx.imageSmoothingQuality = "low";
+  ctx.drawImage(maskCanvas, 0, 0);
+}
+
+/** Recomposite only the screen area of an image rectangle (plus the outline and filter margin). */
+function redrawMaskDamage(rect) {
+  const { s, tx, ty, dpr } = view;
+  const x0 = Math.max(0, Math.floor(((rect.x0 - 2) * s + tx) * dpr) - 1);
+  const y0 = Math.max(0, Math.floor(((rect.y0 - 2) * s + ty) * dpr) - 1);
+  const x1 = Math.min(maskLayer.width, Math.ceil(((rect.x1 + 2) * s + tx) * dpr) + 1);
+  const y1 = Math.min(maskLayer.height, Math.ceil(((rect.y1 + 2) * s + ty) * dpr) + 1);
+  if (x1 <= x0 || y1 <= y0) return;
+  maskCtx.save();
+  maskCtx.setTransform(1, 0, 0, 1, 0, 0);
+  maskCtx.beginPath();
+  maskCtx.rect(x0, y0, x1 - x0, y1 - y0);
+  maskCtx.clip();
+  maskCtx.clearRect(x0, y0, x1 - x0, y1 - y0);
+  drawMask(maskCtx);
+  maskCtx.restore();
 }
 
 function drawUi() {
@@ -811,7 +839,9 @@ function paintBatch(points, inputTime) {
   uploadRect(rect);
   perf.segment.add(performance.now() - t0);
   if (perf.pendingInput === null) perf.pendingInput = inputTime || t0;
-  requestRender("mask", "ui");
+  // Only the stroke's new footprint is recomposited on the next frame.
+  maskDamage = unionRect(maskDamage, rect);
+  requestRender("ui");
 }
 
 function onPointerMove(e) {
@@ -1025,7 +1055,7 @@ const controls = {
 
 function setStatus(text, kind = "") {
   controls.status.textContent = text;
-  controls.status.className = `status-text ${kind}`.trim();
+  controls.status.className = `statusline ${kind}`.trim();
 }
 
 function updateDirty() {
@@ -1161,7 +1191,7 @@ function onKeyDown(e) {
   keys.shift = e.shiftKey;
   if (ctrl && key === "s") {
     e.preventDefault();
-    save();
+    if (!e.repeat) save();
     return;
   }
   if (typingTarget(e.target)) return;
@@ -1177,6 +1207,12 @@ function onKeyDown(e) {
     return;
   }
   if (ctrl || e.altKey) return;
+  // A held key repeats only where repeating makes sense (brush size, zoom); a held S must not
+  // confirm its own "save an empty mask?" question.
+  if (e.repeat && !["[", "]", "+", "=", "-"].includes(key)) {
+    if (key === " " || key === "w") e.preventDefault();
+    return;
+  }
   let handled = true;
   switch (key) {
     case " ":
@@ -1293,6 +1329,9 @@ const ready = (async () => {
   afterMaskChange();
   setStatus("Loading the image…");
   try {
+    // Touch the full-resolution mirror once now, so its backing store is not allocated in the
+    // middle of the first stroke.
+    maskCanvasCtx.putImageData(new ImageData(1, 1), 0, 0);
     image = await loadImage(config.displayUrl);
     if (image.decode) await image.decode().catch(() => {});
     if (image.naturalWidth !== W || image.naturalHeight !== H) {

@@ -107,10 +107,11 @@ async function getJson(url) {
   return response.json();
 }
 
-/** The next item after `excludeId`, or null when the queue is empty. */
-function fetchNextItem(excludeId) {
+/** The next item other than `afterId` (the one on screen), or null when the queue is empty. */
+function fetchNextItem(afterId) {
+  if (!config.nextApiUrl) return Promise.resolve(null); // no queue to follow, e.g. adjudication
   const url = new URL(config.nextApiUrl, window.location.href);
-  if (excludeId) url.searchParams.set("exclude", excludeId);
+  if (afterId) url.searchParams.set("after", afterId);
   return getJson(url.toString());
 }
 
@@ -166,13 +167,44 @@ async function prepareItem(item) {
   for (const candidate of item.candidates) {
     overlays.push(await overlayFromMask(candidate.mask_url, width, height));
   }
-  return { item, image, overlays, width, height };
+  // Large images also get a half-size copy for zoomed-out views: with five panels panning
+  // together, sampling a 4096² source per panel is what a frame spends its time on.
+  let half = null;
+  if (Math.max(width, height) > 2048 && typeof createImageBitmap === "function") {
+    const size = { resizeWidth: Math.ceil(width / 2), resizeHeight: Math.ceil(height / 2) };
+    try {
+      half = {
+        image: await createImageBitmap(image, { ...size, resizeQuality: "high" }),
+        overlays: await Promise.all(
+          overlays.map((o) => createImageBitmap(o.bitmap, { ...size, resizeQuality: "medium" })),
+        ),
+      };
+    } catch (err) {
+      half = null; // older browsers without resize options: full size only
+    }
+  }
+  warm(half ? half.image : image, half ? half.overlays.map((bitmap) => ({ bitmap })) : overlays);
+  return { item, image, overlays, width, height, half };
+}
+
+/** Draw everything once, small, so decoding and mipmaps are done before the item is shown. */
+function warm(image, overlays) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 64;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(image, 0, 0, 64, 64);
+  ctx.imageSmoothingQuality = "low";
+  for (const overlay of overlays) ctx.drawImage(overlay.bitmap, 0, 0, 64, 64);
+  ctx.getImageData(0, 0, 1, 1);
 }
 
 function releasePrepared(prepared) {
   if (!prepared) return;
-  for (const overlay of prepared.overlays) {
-    if (overlay.bitmap && typeof overlay.bitmap.close === "function") overlay.bitmap.close();
+  const bitmaps = prepared.overlays.map((o) => o.bitmap);
+  if (prepared.half) bitmaps.push(prepared.half.image, ...prepared.half.overlays);
+  for (const bitmap of bitmaps) {
+    if (bitmap && typeof bitmap.close === "function") bitmap.close();
   }
 }
 
@@ -329,19 +361,23 @@ function render() {
   frameRequested = false;
   if (!state.current) return;
   const dpr = window.devicePixelRatio || 1;
+  const { half } = state.current;
   for (const panel of visiblePanels()) {
     if (!panel || panel.w === 0) continue;
     const { s, tx, ty } = panelTransform(panel);
+    // Draw from the half-size copy while it still has at least one pixel per screen pixel.
+    const useHalf = half !== null && s * dpr <= 0.5;
+    const k = useHalf ? 2 : 1;
     if (panel.dirtyImage) {
       panel.dirtyImage = false;
       const ctx = panel.imageCtx;
       ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.fillStyle = "#000";
       ctx.fillRect(0, 0, panel.image.width, panel.image.height);
-      ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
+      ctx.setTransform(dpr * s * k, 0, 0, dpr * s * k, dpr * tx, dpr * ty);
       ctx.imageSmoothingEnabled = s < 4;
       ctx.imageSmoothingQuality = "high";
-      ctx.drawImage(state.current.image, 0, 0);
+      ctx.drawImage(useHalf ? half.image : state.current.image, 0, 0);
     }
     if (panel.dirtyOverlay) {
       panel.dirtyOverlay = false;
@@ -351,10 +387,12 @@ function render() {
       const index = panel.index >= 0 ? panel.index : state.selected;
       const overlay = index !== null ? state.current.overlays[index] : null;
       if (overlay && state.overlaysVisible) {
-        ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
+        ctx.setTransform(dpr * s * k, 0, 0, dpr * s * k, dpr * tx, dpr * ty);
+        // Bilinear without mipmaps: mipmapping a decoded bitmap costs ~7x more per frame in
+        // software rendering, and five panels pan together.
         ctx.imageSmoothingEnabled = s < 1;
-        ctx.imageSmoothingQuality = "medium";
-        ctx.drawImage(overlay.bitmap, 0, 0);
+        ctx.imageSmoothingQuality = "low";
+        ctx.drawImage(useHalf ? half.overlays[index] : overlay.bitmap, 0, 0);
       }
     }
   }
@@ -561,7 +599,7 @@ function hideBanner() {
 
 function setStatus(text, kind = "") {
   controls.status.textContent = text;
-  controls.status.className = `status-text ${kind}`.trim();
+  controls.status.className = `statusline ${kind}`.trim();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,6 +732,11 @@ function onKeyDown(e) {
   if (target instanceof HTMLElement && (target.tagName === "SELECT" || target.tagName === "TEXTAREA")) return;
   const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
   if (target instanceof HTMLInputElement && key.startsWith("Arrow")) return;
+  // A held Enter or N must never decide the next item as well.
+  if (e.repeat && !key.startsWith("Arrow") && !["+", "=", "-"].includes(key)) {
+    e.preventDefault();
+    return;
+  }
   let handled = true;
   if (/^[1-9]$/.test(key)) {
     select(Number(key) - 1);
@@ -830,6 +873,9 @@ window.maskloopReview = {
   get ready() {
     return readyPromise;
   },
+  /** Resolves when the next item is fetched and decoded (true) or there is none (false). */
+  prefetched: () =>
+    prefetch ? prefetch.promise.then((p) => Boolean(p), () => false) : Promise.resolve(false),
   mode: () => state.mode,
   selected: () => (state.selected === null ? null : labels()[state.selected]),
 };
