@@ -35,9 +35,21 @@ def exception_handler(exc, context):
 PNG = {(200, "image/png"): OpenApiTypes.BINARY}
 
 
-def png_response(name: str) -> HttpResponse:
-    """A stored PNG with no file name attached: a name would identify the image or mask."""
-    response = HttpResponse(storage.read(name), content_type="image/png")
+def png_response(name: str, request=None, *, binary: bool = False) -> HttpResponse:
+    """A stored PNG with no file name attached: a name would identify the image or mask.
+
+    `?max=1024` (512, 1024, 1536 or 2048) serves a cached downscaled copy for fast display.
+    """
+    max_side = None
+    if request is not None and request.query_params.get("max"):
+        try:
+            max_side = int(request.query_params["max"])
+            data = storage.display_copy(name, max_side, binary=binary)
+        except ValueError as exc:
+            raise DomainError(str(exc)) from None
+    else:
+        data = storage.read(name)
+    response = HttpResponse(data, content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -124,7 +136,7 @@ class ImageDisplayApi(APIView):
 
     @extend_schema(responses=PNG)
     def get(self, request, image_id: int):
-        return png_response(get_object_or_404(Image, pk=image_id).display.name)
+        return png_response(get_object_or_404(Image, pk=image_id).display.name, request)
 
 
 class MaskOutput(serializers.ModelSerializer):
@@ -211,7 +223,7 @@ class MaskFileApi(APIView):
 
     @extend_schema(responses=PNG)
     def get(self, request, mask_id: int):
-        return png_response(get_object_or_404(Mask, pk=mask_id).file.name)
+        return png_response(get_object_or_404(Mask, pk=mask_id).file.name, request, binary=True)
 
 
 # ---------------------------------------------------------------- rounds
@@ -428,7 +440,7 @@ class ReviewItemImageApi(APIView):
 
     @extend_schema(responses=PNG)
     def get(self, request, item_uuid):
-        return png_response(_visible_item(request, item_uuid).image.display.name)
+        return png_response(_visible_item(request, item_uuid).image.display.name, request)
 
 
 class ReviewCandidateApi(APIView):
@@ -440,7 +452,7 @@ class ReviewCandidateApi(APIView):
         candidate = item.candidates.filter(label=label).select_related("mask").first()
         if candidate is None:
             raise DomainError(f"no candidate {label!r} in this item")
-        return png_response(candidate.mask.file.name)
+        return png_response(candidate.mask.file.name, request, binary=True)
 
 
 class DecisionInput(serializers.Serializer):

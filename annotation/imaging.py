@@ -133,8 +133,13 @@ def read_mask_png(data: bytes) -> np.ndarray:
     return np.asarray(PILImage.open(io.BytesIO(data)).convert("L")) > 127
 
 
-def thumbnail_png(gray: np.ndarray, max_side: int) -> bytes:
-    """A downscaled display copy, for pages that never need full resolution."""
-    img = PILImage.fromarray(gray, mode="L")
-    img.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+def downscaled_png(data: bytes, max_side: int, *, binary: bool = False) -> bytes:
+    """A copy no larger than `max_side` on its long side, for fast display.
+
+    Masks are resampled with nearest neighbour so they stay strictly 0/255.
+    """
+    img = PILImage.open(io.BytesIO(data)).convert("L")
+    if max(img.size) > max_side:
+        resample = PILImage.Resampling.NEAREST if binary else PILImage.Resampling.LANCZOS
+        img.thumbnail((max_side, max_side), resample)
     return encode_png(np.asarray(img))

@@ -33,3 +33,23 @@ def delete_quietly(names: list[str]) -> None:
 
 def open_file(name: str):
     return default_storage.open(name, "rb")
+
+
+DISPLAY_SIZES = (512, 1024, 1536, 2048)
+
+
+def display_copy(name: str, max_side: int | None, *, binary: bool = False) -> bytes:
+    """The stored PNG, or a cached downscaled copy of it (made once, then read from storage)."""
+    if not max_side:
+        return read(name)
+    if max_side not in DISPLAY_SIZES:
+        raise ValueError(f"max must be one of {', '.join(map(str, DISPLAY_SIZES))}")
+    from annotation.imaging import downscaled_png
+
+    cached = f"display-cache/{max_side}/{name}"
+    if default_storage.exists(cached):
+        return read(cached)
+    data = downscaled_png(read(name), max_side, binary=binary)
+    with contextlib.suppress(OSError):  # two requests at once: the first one's copy wins
+        default_storage.save(cached, ContentFile(data))
+    return data

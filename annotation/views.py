@@ -95,7 +95,7 @@ def review(request, item_uuid):
                 "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
             ),
             # An admin breaking a tie goes back to the rounds, not on to an MD's queue.
-        "next_api_url": "" if adjudicating else reverse("api:item-next"),
+            "next_api_url": "" if adjudicating else reverse("api:item-next"),
             "queue_url": reverse("rounds" if adjudicating else "queue"),
             "adjudicating": adjudicating,
         },
