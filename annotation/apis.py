@@ -282,7 +282,7 @@ class RoundListApi(APIView):
     permission_classes = [IsAdmin]
 
     class InputSerializer(serializers.Serializer):
-        stage = serializers.ChoiceField(choices=[Round.Stage.STAGE_I, Round.Stage.STAGE_II])
+        stage = serializers.ChoiceField(choices=Round.Stage.choices)
         networks = serializers.ListField(
             child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
             required=False,
@@ -293,6 +293,8 @@ class RoundListApi(APIView):
         input_size = serializers.IntegerField(min_value=32, max_value=1024, required=False)
         reviewers_per_item = serializers.IntegerField(min_value=1, max_value=9, default=1)
         seed = serializers.IntegerField(default=0)
+        freeze_encoder = serializers.BooleanField(default=False)
+        test_fraction = serializers.FloatField(min_value=0.05, max_value=0.5, default=0.2)
 
         class Meta:
             ref_name = "RoundStartInput"
@@ -307,6 +309,8 @@ class RoundListApi(APIView):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         overrides = {k: v[k] for k in ("epochs", "input_size") if k in v}
+        if v["freeze_encoder"]:
+            overrides["freeze_encoder"] = True
         rnd = services.round_start(
             stage=v["stage"],
             started_by=request.user,
@@ -316,6 +320,7 @@ class RoundListApi(APIView):
             overrides=overrides,
             reviewers_per_item=v["reviewers_per_item"],
             seed=v["seed"],
+            test_fraction=v["test_fraction"],
         )
         return Response(RoundOutput(rnd).data, status=status.HTTP_201_CREATED)
 

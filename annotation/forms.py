@@ -9,8 +9,9 @@ NETWORK_CHOICES = [(f"{a}/{e}", f"{a} · {e}") for a in ARCHITECTURES for e in E
 class RoundStartForm(forms.Form):
     stage = forms.ChoiceField(
         choices=[
-            (Round.Stage.STAGE_I, "Stage I — cross-validated, vs the MD's masks"),
-            (Round.Stage.STAGE_II, "Stage II — predict the unannotated images"),
+            (Round.Stage.STAGE_I, "Stage I — cross-validated, vs the MDs' masks"),
+            (Round.Stage.STAGE_II, "Stage II — predict the images without a mask"),
+            (Round.Stage.FINAL, "Final — infection-map networks on the accepted masks"),
         ]
     )
     networks = forms.MultipleChoiceField(
@@ -31,6 +32,7 @@ class RoundStartForm(forms.Form):
         ]
     )
     epochs = forms.IntegerField(min_value=1, max_value=500, required=False)
+    freeze_encoder = forms.BooleanField(required=False, label="Freeze the encoders")
     reviewers_per_item = forms.IntegerField(min_value=1, max_value=9, initial=1)
 
     def networks_list(self) -> list[tuple[str, str]] | None:

@@ -34,6 +34,7 @@ from annotation.models import (
     Role,
     Round,
 )
+from training import services as training_services
 
 User = AbstractBaseUser
 
@@ -282,63 +283,42 @@ def round_start(
     overrides: dict[str, Any] | None = None,
     reviewers_per_item: int = 1,
     seed: int = 0,
+    test_fraction: float = 0.2,
 ) -> Round:
-    """Starts Stage I or a Stage II round: plans the training runs and enqueues them.
+    """Starts a round: plans its training runs and enqueues them once committed.
 
     Stage I trains every network on k-1 folds of the MD-drawn masks (folds grouped by patient)
     and lets it predict the held-out fold; the MD's own mask joins the candidates. Stage II
-    trains on every accepted mask and predicts each COVID-19 image that has none yet.
+    trains on every accepted mask and predicts each COVID-19 image that has none yet. The final
+    stage trains the infection-map networks (and a Grad-CAM classifier per encoder) on the
+    accepted masks and measures them on a patient-grouped held-out split.
     """
-    from training import services as training_services
     from training.nets.config import preset as make_preset
-    from training.nets.folds import grouped_stratified_folds
 
     if Round.objects.select_for_update().filter(status__in=Round.ACTIVE).exists():
         raise Conflict("another round is still training or in review; finish or cancel it first")
-    if stage not in (Round.Stage.STAGE_I, Round.Stage.STAGE_II):
-        raise DomainError(f"stage must be I or II, not {stage!r}")
+    if stage not in Round.Stage.values:
+        raise DomainError(f"stage must be one of {', '.join(Round.Stage.values)}, not {stage!r}")
     if reviewers_per_item < 1:
         raise DomainError("each item needs at least one reviewer")
-    networks = [
-        tuple(n)
-        for n in (
-            networks or (DEFAULT_STAGE_I if stage == Round.Stage.STAGE_I else DEFAULT_STAGE_II)
-        )
-    ]
-    config = make_preset(preset, **(overrides or {}), seed=seed)  # validates the options
+    default = {
+        Round.Stage.STAGE_I: DEFAULT_STAGE_I,
+        Round.Stage.STAGE_II: DEFAULT_STAGE_II,
+        Round.Stage.FINAL: DEFAULT_FINAL,
+    }[stage]
+    networks = [tuple(n) for n in (networks or default)]
     _check_networks(networks)
+    try:
+        config = make_preset(preset, **(overrides or {}), seed=seed)
+    except (TypeError, ValueError) as exc:
+        raise DomainError(str(exc)) from None
 
-    covid = Image.objects.filter(image_class=ImageClass.COVID)
-    if stage == Round.Stage.STAGE_I:
-        if folds < 2:
-            raise DomainError("Stage I needs at least 2 folds")
-        targets = list(covid.filter(status=Image.Status.MANUAL))
-        if len(targets) < 2:
-            raise DomainError(
-                f"Stage I needs at least 2 COVID-19 images with an MD-drawn mask; there are "
-                f"{len(targets)}"
-            )
-        manual = {img.pk: latest_manual_mask(img) for img in targets}
-        fold_of = grouped_stratified_folds(
-            [img.pk for img in targets],
-            [img.image_class for img in targets],
-            [img.patient_id or f"image-{img.pk}" for img in targets],
-            n_folds=min(folds, len(targets)),
-            seed=seed,
-        )
-    else:
-        trained = list(covid.filter(status=Image.Status.ACCEPTED))
-        targets = list(covid.filter(status__in=[Image.Status.UNANNOTATED, Image.Status.MANUAL]))
-        if len(trained) < 2:
-            raise DomainError(
-                "Stage II trains on accepted masks; there are "
-                f"{len(trained)} (at least 2 needed). Finish Stage I first"
-            )
-        if not targets:
-            raise DomainError("every COVID-19 image already has a mask accepted or under review")
-        manual = {img.pk: latest_manual_mask(img) for img in targets}
-        fold_of = {}
-
+    planner = {
+        Round.Stage.STAGE_I: _plan_stage_one,
+        Round.Stage.STAGE_II: _plan_stage_two,
+        Round.Stage.FINAL: _plan_final,
+    }[stage]
+    plan = planner(folds=folds, seed=seed, test_fraction=test_fraction)
     rnd = Round.objects.create(
         number=_next_round_number(),
         stage=stage,
@@ -347,51 +327,136 @@ def round_start(
         config={
             "networks": [list(n) for n in networks],
             "folds": folds if stage == Round.Stage.STAGE_I else None,
+            "test_fraction": test_fraction if stage == Round.Stage.FINAL else None,
             "preset": preset,
             "overrides": overrides or {},
             "seed": seed,
             "train": config.to_dict(),
         },
     )
-    for img in targets:
-        item = ReviewItem.objects.create(round=rnd, image=img, fold=fold_of.get(img.pk))
-        if manual.get(img.pk) is not None:
-            Candidate.objects.create(item=item, mask=manual[img.pk])
+    for img in plan.review:
+        item = ReviewItem.objects.create(round=rnd, image=img, fold=plan.fold_of.get(img.pk))
+        if plan.manual.get(img.pk) is not None:
+            Candidate.objects.create(item=item, mask=plan.manual[img.pk])
         image_refresh_status(image=img)
-
-    if stage == Round.Stage.STAGE_I:
-        by_fold: dict[int, list[Image]] = {}
-        for img in targets:
-            by_fold.setdefault(fold_of[img.pk], []).append(img)
-        for fold, held_out in sorted(by_fold.items()):
-            train = [(img.pk, manual[img.pk].pk) for img in targets if fold_of[img.pk] != fold]
-            for arch, encoder in networks:
-                training_services.training_run_create(
-                    round=rnd,
-                    arch=arch,
-                    encoder=encoder,
-                    fold=fold,
-                    config=config,
-                    train_set=train,
-                    targets=[img.pk for img in held_out],
-                )
-    else:
-        train = []
-        for img in trained:
-            gt = current_ground_truth(img)
-            assert gt is not None
-            train.append((img.pk, gt.mask_id))
+    for train, targets, fold in plan.splits:
         for arch, encoder in networks:
             training_services.training_run_create(
                 round=rnd,
                 arch=arch,
                 encoder=encoder,
-                fold=None,
-                config=config,
+                fold=fold,
+                config=config.replace(arch=arch, encoder=encoder).to_dict(),
                 train_set=train,
-                targets=[img.pk for img in targets],
+                targets=targets,
+            )
+    if stage == Round.Stage.FINAL:
+        for encoder in sorted({e for _, e in networks}):
+            training_services.training_run_create(
+                round=rnd,
+                arch=CLASSIFIER,
+                encoder=encoder,
+                fold=None,
+                config=training_services.classifier_config(config, encoder, preset).to_dict(),
+                train_set=plan.splits[0][0],
+                targets=plan.splits[0][1],
             )
     return rnd
+
+
+CLASSIFIER = "classifier"
+DEFAULT_FINAL = [("unet", "densenet121"), ("unetpp", "densenet121"), ("dla", "densenet121")]
+
+
+@dataclass
+class _Plan:
+    """Which images a round reviews, and what each of its trainings learns from and predicts."""
+
+    review: list[Image] = field(default_factory=list)
+    manual: dict[int, Mask | None] = field(default_factory=dict)
+    fold_of: dict[int, int] = field(default_factory=dict)
+    # (train pairs of (image id, mask id), target image ids, fold)
+    splits: list[tuple[list[tuple[int, int]], list[int], int | None]] = field(default_factory=list)
+
+
+def _accepted_pairs(images: Sequence[Image]) -> list[tuple[int, int]]:
+    gts = {
+        gt.image_id: gt.mask_id
+        for gt in GroundTruth.objects.filter(image__in=images).order_by("image_id", "id")
+    }  # the newest row per image wins
+    return [(img.pk, gts[img.pk]) for img in images]
+
+
+def _plan_stage_one(*, folds: int, seed: int, **_: Any) -> _Plan:
+    from training.nets.folds import grouped_stratified_folds
+
+    if folds < 2:
+        raise DomainError("Stage I needs at least 2 folds")
+    targets = list(Image.objects.filter(image_class=ImageClass.COVID, status=Image.Status.MANUAL))
+    if len(targets) < 2:
+        raise DomainError(
+            f"Stage I needs at least 2 COVID-19 images with an MD-drawn mask; there are "
+            f"{len(targets)}"
+        )
+    plan = _Plan(review=targets, manual={img.pk: latest_manual_mask(img) for img in targets})
+    plan.fold_of = grouped_stratified_folds(
+        [img.pk for img in targets],
+        [img.image_class for img in targets],
+        [img.patient_id or f"image-{img.pk}" for img in targets],
+        n_folds=min(folds, len(targets)),
+        seed=seed,
+    )
+    for fold in sorted(set(plan.fold_of.values())):
+        held_out = [img.pk for img in targets if plan.fold_of[img.pk] == fold]
+        train = [
+            (img.pk, plan.manual[img.pk].pk)
+            for img in targets  # type: ignore[union-attr]
+            if plan.fold_of[img.pk] != fold
+        ]
+        plan.splits.append((train, held_out, fold))
+    return plan
+
+
+def _plan_stage_two(**_: Any) -> _Plan:
+    covid = Image.objects.filter(image_class=ImageClass.COVID)
+    trained = list(covid.filter(status=Image.Status.ACCEPTED))
+    targets = list(covid.filter(status__in=[Image.Status.UNANNOTATED, Image.Status.MANUAL]))
+    if len(trained) < 2:
+        raise DomainError(
+            f"Stage II trains on accepted masks; there are {len(trained)} (at least 2 needed). "
+            "Finish Stage I first"
+        )
+    if not targets:
+        raise DomainError("every COVID-19 image already has a mask accepted or under review")
+    plan = _Plan(review=targets, manual={img.pk: latest_manual_mask(img) for img in targets})
+    plan.splits.append((_accepted_pairs(trained), [img.pk for img in targets], None))
+    return plan
+
+
+def _plan_final(*, seed: int, test_fraction: float, **_: Any) -> _Plan:
+    from training.nets.folds import grouped_train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise DomainError("the test fraction must be between 0 and 1")
+    accepted = list(Image.objects.filter(status=Image.Status.ACCEPTED))
+    classes = {img.image_class == ImageClass.COVID for img in accepted}
+    if len(accepted) < 4 or classes != {True, False}:
+        raise DomainError(
+            "the final networks need accepted masks of at least 4 images, COVID-19 and controls "
+            f"both; there are {len(accepted)}"
+        )
+    split = grouped_train_test_split(
+        [img.pk for img in accepted],
+        [img.image_class for img in accepted],
+        [img.patient_id or f"image-{img.pk}" for img in accepted],
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+    train = [img for img in accepted if split[img.pk] == "train"]
+    test = [img.pk for img in accepted if split[img.pk] == "test"]
+    if not train or not test:
+        raise DomainError("too few patients to hold some out for testing")
+    return _Plan(splits=[(_accepted_pairs(train), test, None)])
 
 
 def _check_networks(networks: Sequence[tuple[str, ...]]) -> None:
@@ -438,6 +503,8 @@ def round_advance(*, round_id: int) -> Round:
         return _round_close(rnd, Round.Status.FAILED, reason=f"training failed — {reasons}")
     if not all(r.status == r.Status.SUCCEEDED for r in runs):
         return rnd
+    if rnd.stage == Round.Stage.FINAL:
+        return _round_close(rnd, Round.Status.DONE)
     shuffler = random.Random(secrets.randbits(64))
     for item in rnd.items.filter(status=ReviewItem.Status.PENDING):
         candidates = list(item.candidates.all())

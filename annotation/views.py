@@ -114,7 +114,10 @@ def rounds(request):
                 networks=form.networks_list(),
                 folds=d["folds"],
                 preset=d["preset"],
-                overrides={"epochs": d["epochs"]} if d.get("epochs") else None,
+                overrides={
+                    **({"epochs": d["epochs"]} if d.get("epochs") else {}),
+                    **({"freeze_encoder": True} if d.get("freeze_encoder") else {}),
+                },
                 reviewers_per_item=d["reviewers_per_item"],
             )
         except DomainError as exc:

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from annotation import services as annotation_services
 from annotation import storage
-from annotation.models import Image, Mask
+from annotation.models import GroundTruth, Image, ImageClass, Mask, Round
 from training.models import ModelVersion, TrainingRun
 from training.services import weights_path
 
@@ -34,6 +34,8 @@ def run_predict(*, run_id: int) -> str:
     if run.status != TrainingRun.Status.PREDICTING:
         return f"run {run_id} is {run.status}; nothing to predict"
     mv = ModelVersion.objects.get(run=run)
+    if run.round.stage == Round.Stage.FINAL:
+        return _final_evaluate(run, mv)
     done = set(
         Mask.objects.filter(model_version=mv, round=run.round).values_list("image_id", flat=True)
     )
@@ -104,3 +106,124 @@ def run_predict_fail(*, run_id: int, reason: str) -> None:
     from training.services import training_run_fail
 
     training_run_fail(run_id=run_id, reason=reason)
+
+
+# ---------------------------------------------------------------- the final networks
+
+PR_POINTS = 101
+
+
+def _curve(precision, recall) -> dict[str, list[float]]:
+    """A precision–recall curve thinned to at most PR_POINTS points for the dashboard."""
+    idx = np.unique(np.linspace(0, len(precision) - 1, min(len(precision), PR_POINTS)).astype(int))
+    return {
+        "precision": [round(float(precision[i]), 5) for i in idx],
+        "recall": [round(float(recall[i]), 5) for i in idx],
+    }
+
+
+def _level(conf, curve, auc: float) -> dict:
+    from training.nets.metrics import scores
+
+    out = {k: (None if np.isnan(v) else float(v)) for k, v in scores(conf).items()}
+    out["auc"] = None if np.isnan(auc) else float(auc)
+    out["confusion"] = {"tp": conf.tp, "fp": conf.fp, "tn": conf.tn, "fn": conf.fn}
+    out["pr_curve"] = curve
+    return out
+
+
+def _final_evaluate(run: TrainingRun, mv: ModelVersion) -> str:
+    """Measures a final network on its held-out images, pixel by pixel and image by image
+    (COVID-19 if any pixel ≥ 0.5), and stores the metrics with the model version."""
+    from annotation.imaging import read_mask_png
+    from inference.maps import detect
+    from training.nets import metrics
+
+    images = list(Image.objects.filter(pk__in=run.target_image_ids).order_by("pk"))
+    truth = [img.image_class == ImageClass.COVID for img in images]
+    if run.arch == "classifier":
+        scores_ = _classifier_scores(mv, images)
+        predicted = [s >= THRESHOLD for s in scores_]
+        pixel = None
+    else:
+        from training.nets.config import TrainConfig
+        from training.nets.predict import load_model, predict_probabilities
+
+        config = TrainConfig.from_dict(mv.config)
+        model = load_model(config, str(weights_path(mv)))
+        pixels, curve = metrics.Accumulator(THRESHOLD), metrics.CurveAccumulator()
+        scores_, predicted = [], []
+        probs = predict_probabilities(model, (_gray(i) for i in images), size=config.input_size)
+        for image, prob in zip(images, probs, strict=True):
+            gt = GroundTruth.objects.filter(image=image).order_by("-id").first()
+            mask = read_mask_png(storage.read(gt.mask.file.name))
+            pixels.update_prob(mask, prob)
+            curve.update(mask, prob)
+            scores_.append(float(prob.max()))
+            predicted.append(detect(prob, THRESHOLD))
+        precision, recall, _ = curve.precision_recall_curve()
+        pixel = _level(pixels.confusion, _curve(precision, recall), curve.auc())
+    y_true, y_score = np.array(truth), np.array(scores_)
+    precision, recall, _ = metrics.precision_recall_curve(y_true, y_score)
+    image_level = _level(
+        metrics.confusion(y_true, np.array(predicted)),
+        _curve(precision, recall),
+        metrics.auc(y_true, y_score),
+    )
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        if run.status != TrainingRun.Status.PREDICTING:
+            return f"run {run.pk} is {run.status}"
+        mv.metrics = {
+            **mv.metrics,
+            "test_images": len(images),
+            "image": image_level,
+            **({"pixel": pixel} if pixel else {}),
+        }
+        mv.save(update_fields=["metrics"])
+        run.status = TrainingRun.Status.SUCCEEDED
+        run.predicted = len(images)
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "predicted", "finished_at"])
+        annotation_services.round_advance(round_id=run.round_id)
+    return f"run {run.pk} evaluated on {len(images)} held-out image(s)"
+
+
+def _classifier_scores(mv: ModelVersion, images: list[Image]) -> list[float]:
+    from training.nets.classifier import ClassifierConfig, load_classifier
+    from training.nets.data import preprocess
+
+    config = ClassifierConfig(**mv.config)
+    model = load_classifier(config, weights_path(mv))
+    out = []
+    for image in images:
+        x = preprocess(_gray(image), config.input_size)[None]
+        out.append(float(model(x, training=False).numpy()[0, 1]))
+    return out
+
+
+def final_round() -> Round | None:
+    return (
+        Round.objects.filter(stage=Round.Stage.FINAL, status=Round.Status.DONE)
+        .order_by("-number")
+        .first()
+    )
+
+
+def final_model_versions() -> list[ModelVersion]:
+    """The segmentation networks of the newest finished final round (their ensemble makes the
+    infection maps); empty before any final round has finished."""
+    rnd = final_round()
+    if rnd is None:
+        return []
+    return list(
+        ModelVersion.objects.filter(run__round=rnd).exclude(arch="classifier").order_by("id")
+    )
+
+
+def final_classifiers() -> dict[str, ModelVersion]:
+    """The Grad-CAM classifiers of the newest finished final round, by encoder."""
+    rnd = final_round()
+    if rnd is None:
+        return {}
+    return {mv.encoder: mv for mv in ModelVersion.objects.filter(run__round=rnd, arch="classifier")}

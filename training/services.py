@@ -26,7 +26,7 @@ def training_run_create(
     arch: str,
     encoder: str,
     fold: int | None,
-    config: Any,
+    config: dict[str, Any],
     train_set: Sequence[tuple[int, int]],
     targets: Sequence[int],
 ) -> TrainingRun:
@@ -38,10 +38,10 @@ def training_run_create(
         arch=arch,
         encoder=encoder,
         fold=fold,
-        config=config.replace(arch=arch, encoder=encoder).to_dict(),
+        config=config,
         train_image_ids=[list(pair) for pair in train_set],
         target_image_ids=list(targets),
-        epochs=config.epochs,
+        epochs=config["epochs"],
     )
     transaction.on_commit(lambda: tasks.train.delay(run.pk))
     return run
@@ -80,6 +80,53 @@ def _still_wanted(run_id: int) -> bool:
     return status in (TrainingRun.Status.TRAINING, TrainingRun.Status.PREDICTING)
 
 
+CLASSIFIER = "classifier"
+
+
+def classifier_config(config: Any, encoder: str, preset: str) -> Any:
+    """The Grad-CAM classifier trained beside the final networks: the paper's 10 epochs at
+    1e-5 for the paper preset, the preset's own size and length otherwise."""
+    from training.nets.classifier import ClassifierConfig
+
+    paper = preset == "paper"
+    return ClassifierConfig(
+        encoder=encoder,
+        input_size=config.input_size,
+        batch_size=config.batch_size,
+        epochs=10 if paper else config.epochs,
+        learning_rate=1e-5 if paper else config.learning_rate,
+        seed=config.seed,
+        augment=config.augment,
+        weights=config.weights,
+    )
+
+
+def _fit(run: TrainingRun, pairs, out_dir: str, on_progress, extra: dict):
+    """Trains a segmentation network, or a classifier for a final round's Grad-CAM maps."""
+    from annotation.models import ImageClass, Round
+    from training.nets.config import TrainConfig
+    from training.nets.fit import fit
+
+    images = [storage.local_path(img.display.name) for img, _ in pairs]
+    covid = [img.image_class == ImageClass.COVID for img, _ in pairs]
+    if run.arch == CLASSIFIER:
+        from training.nets.classifier import ClassifierConfig, fit_classifier
+
+        return fit_classifier(
+            ClassifierConfig(**run.config), images, covid, out_dir=out_dir, on_progress=on_progress
+        )
+    final = run.round.stage == Round.Stage.FINAL
+    return fit(
+        TrainConfig.from_dict(run.config),
+        images,
+        [storage.local_path(mask.file.name) for _, mask in pairs],
+        out_dir=out_dir,
+        on_progress=on_progress,
+        extra=extra,
+        covid_flags=covid if final else None,
+    )
+
+
 def training_run_execute(*, run_id: int) -> str:
     """Trains one run and records its model version; predicting follows on the inference queue.
 
@@ -89,8 +136,7 @@ def training_run_execute(*, run_id: int) -> str:
         What happened, for the task's log.
     """
     from inference import tasks as inference_tasks
-    from training.nets.config import TrainConfig
-    from training.nets.fit import TrainingStopped, fit
+    from training.nets.fit import TrainingStopped
 
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().get(pk=run_id)
@@ -105,7 +151,6 @@ def training_run_execute(*, run_id: int) -> str:
         run.started_at = timezone.now()
         run.save(update_fields=["status", "started_at"])
 
-    config = TrainConfig.from_dict(run.config)
     images = {i.pk: i for i in Image.objects.filter(pk__in=[p[0] for p in run.train_image_ids])}
     masks = {m.pk: m for m in Mask.objects.filter(pk__in=[p[1] for p in run.train_image_ids])}
     pairs = [(images[i], masks[m]) for i, m in run.train_image_ids]
@@ -122,12 +167,11 @@ def training_run_execute(*, run_id: int) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            result = fit(
-                config,
-                [storage.local_path(img.display.name) for img, _ in pairs],
-                [storage.local_path(mask.file.name) for _, mask in pairs],
-                out_dir=tmp,
-                on_progress=on_progress,
+            result = _fit(
+                run,
+                pairs,
+                tmp,
+                on_progress,
                 extra={
                     "data_version": version,
                     "code_version": code_version(),
