@@ -39,10 +39,11 @@ _BACKBONE_OF_ENCODER: dict[str, str] = {
 }
 
 # Decoder width per grid level (0 = full resolution ... 4 = 1/16). These are the widths of the
-# UNet++ authors' Keras builders with decoder filters (256, 128, 64, 32, 16), which index the
-# filters as filters[5 - level - 2]: level 4 wraps around to the last entry (16). The paper's
-# UNet++ and DLA parameter counts (e.g. 88.45 K non-trainable = DenseNet-121's 83,648 + 2,400
-# decoder BN channels × 2 moving statistics) are only reproduced with this layout.
+# UNet++ authors' Keras builders (Xnet: dense skips; Nestnet: previous node only) with decoder
+# filters (256, 128, 64, 32, 16), which index the filters as filters[5 - level - 2], so level 4
+# wraps around to the last entry (16). The paper's UNet++ and DLA parameter counts (e.g.
+# 88.45 K non-trainable = DenseNet-121's 83,648 + 2,400 decoder BN channels × 2 moving
+# statistics) are reproduced with this layout.
 _NESTED_FILTERS: dict[int, int] = {0: 32, 1: 64, 2: 128, 3: 256, 4: 16}
 _N_LEVELS = 5  # upsampling steps from the 1/32 bottleneck to full resolution
 _MIN_INCEPTION_SIZE = 96  # smallest multiple of 32 above keras-applications' 75 px minimum
@@ -100,7 +101,7 @@ def build_model(
 
     weights_file: str | None = None
     if weights is not None and weights != "imagenet":
-        weights_file = str(os.fspath(weights))
+        weights_file = os.fspath(weights)
         if not os.path.isfile(weights_file):
             raise FileNotFoundError(f"weights file not found: {weights_file}")
     elif weights == "imagenet" and encoder == "chexnet":
