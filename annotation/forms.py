@@ -26,7 +26,7 @@ class RoundStartForm(forms.Form):
     folds = forms.IntegerField(min_value=2, max_value=10, initial=5)
     preset = forms.ChoiceField(
         choices=[
-            ("tiny", "tiny — 32 px, 1 epoch (CPU demo)"),
+            ("tiny", "tiny — 32 px, 30 short epochs (CPU demo)"),
             ("small", "small — 64 px, 2 epochs"),
             ("paper", "paper — 224 px, batch 32, 50 epochs (GPU)"),
         ]
