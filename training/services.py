@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def _still_wanted(run_id: int) -> bool:
 
 
 CLASSIFIER = "classifier"
+CHECKPOINT_MIN_SIZE = 128
 
 
 def classifier_config(config: Any, encoder: str, preset: str) -> Any:
@@ -165,7 +167,10 @@ def training_run_execute(*, run_id: int) -> str:
         )
         return _still_wanted(run_id)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # A persistent folder per run, so a redelivered task resumes from the last checkpoint.
+    work = Path(settings.MEDIA_ROOT) / "runs" / str(run_id)
+    work.mkdir(parents=True, exist_ok=True)
+    with _cleanup(work) as tmp:
         try:
             result = _fit(
                 run,
@@ -201,6 +206,14 @@ def training_run_execute(*, run_id: int) -> str:
             run.save(update_fields=["status", "loss_history"])
             transaction.on_commit(lambda: inference_tasks.predict.delay(run_id))
     return f"run {run_id} trained"
+
+
+@contextlib.contextmanager
+def _cleanup(work: Path):
+    """Yields the run's work folder; removes it once the weights are stored or the run is
+    cancelled, keeps it (and its checkpoints) when the worker dies mid-way."""
+    yield str(work)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def training_run_fail(*, run_id: int, reason: str) -> None:

@@ -120,7 +120,8 @@ class FolderData:
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            and not path.name.startswith("."))
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -142,8 +143,12 @@ def _mask_keys(path: Path) -> list[str]:
     return keys
 
 
-def _index_masks(folder: Path | None) -> dict[str, Path]:
-    """stem (lower case, "mask_" prefix removed) → mask path; exact stems win over prefixed."""
+def index_masks(folder: Path | None) -> dict[str, Path]:
+    """Mask files of a folder by the image stem they belong to.
+
+    Keys are lower-case stems with any "mask_" prefix removed; an exact stem wins over a
+    prefixed one.
+    """
     if folder is None:
         return {}
     index: dict[str, Path] = {}
@@ -250,8 +255,8 @@ def pair_folders(
     if not images:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
     root_path = Path(root) if root is not None else images_dir
-    masks = _index_masks(Path(masks_dir) if masks_dir is not None else None)
-    lungs = _index_masks(Path(lungs_dir) if lungs_dir is not None else None)
+    masks = index_masks(Path(masks_dir) if masks_dir is not None else None)
+    lungs = index_masks(Path(lungs_dir) if lungs_dir is not None else None)
     groups = _read_groups(root_path)
     by_label = _covid_from_label(label) if label else None
     used: set[Path] = set()
@@ -260,10 +265,10 @@ def pair_folders(
         mask = masks.get(image.stem.lower())
         if mask is not None:
             used.add(mask)
-        if by_label is not None:
-            covid = by_label
-        else:
-            covid = mask is not None and not mask_is_empty(mask)
+        # Without a class folder, a non-empty infection mask is what makes an image COVID-19.
+        covid = by_label if by_label is not None else (
+            mask is not None and not mask_is_empty(mask)
+        )
         key = image.relative_to(root_path).as_posix()
         samples.append(Sample(
             key=key, image=image, mask=mask, lung=lungs.get(image.stem.lower()), covid=covid,
@@ -311,7 +316,8 @@ def scan(root: str | os.PathLike[str]) -> FolderData:
         part = pair_folders(images_dir, masks_dir, lungs_dir=lungs_dir, label=label, root=root)
         samples.extend(part.samples)
         unmatched.extend(part.unmatched_masks)
-        qu_ex = lungs_dir is not None or (label is not None and _covid_from_label(label) is not None)
+        named_class = label is not None and _covid_from_label(label) is not None
+        qu_ex = lungs_dir is not None or named_class
         layouts.add("covid-qu-ex" if qu_ex else part.layout)
     if not samples:
         raise ValueError(f"no images in the 'images' folders under {root}")

@@ -111,32 +111,37 @@ def _resumable_config(config: TrainConfig) -> dict[str, Any]:
 class _Checkpointer(tf.keras.callbacks.Callback):
     """Saves weights, optimizer state and the epoch number after every epoch.
 
-    The loss history goes to ``state.json`` *after* the checkpoint is written, with the epoch it
-    belongs to, so a crash between the two leaves a checkpoint whose losses can be recovered
-    from the previous state plus NaN, never a state pointing at a missing checkpoint.
+    The loss history goes to ``state.json`` *before* the checkpoint is written: a crash between
+    the two leaves a state one epoch ahead, which the restore truncates to the checkpoint's
+    epoch, never a checkpoint whose loss is unknown.
     """
 
     def __init__(self, directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable,
-                 losses: list[float], config: TrainConfig, keep: int = 1):
+                 losses: list[float], config: TrainConfig, version: str, save: bool = True,
+                 keep: int = 1):
         super().__init__()
         self.directory = directory
         self.checkpoint = checkpoint
         self.epoch_var = epoch_var
         self.losses = losses
         self.config = config
+        self.version = version
+        self.save = save
         self.manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=keep)
 
     def on_epoch_end(self, epoch, logs=None):
         self.losses.append(float((logs or {}).get("loss", math.nan)))
         self.epoch_var.assign(epoch + 1)
-        prefix = self.manager.save(checkpoint_number=epoch + 1)
+        if not self.save:
+            return
         state = {
             "epoch": epoch + 1,
-            "checkpoint": os.path.basename(prefix),
             "loss_history": self.losses,
             "config": self.config.to_dict(),
+            "data_version": self.version,
         }
         _write_json_atomic(self.directory / _STATE_FILE, state)
+        self.manager.save(checkpoint_number=epoch + 1)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -153,31 +158,45 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _restore(
-    directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable, config: TrainConfig
-) -> tuple[int, list[float]]:
-    """Restores the latest checkpoint in `directory`; returns (completed epochs, losses).
+def _read_state(directory: Path) -> dict[str, Any]:
+    path = directory / _STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _check_resumable(directory: Path, config: TrainConfig, version: str) -> None:
+    """Refuses, before anything is built, to resume a checkpoint made otherwise.
 
     Raises:
-        ValueError: the checkpoint was made with different options.
+        ValueError: the checkpoint's options differ in more than the number of epochs, or it
+            was trained on other data.
     """
+    state = _read_state(directory)
+    saved_version = state.get("data_version")
+    if saved_version is not None and saved_version != version:
+        raise ValueError(
+            f"cannot resume from {directory}: the checkpoint was trained on other data "
+            f"({saved_version}, now {version}); start over with resume=False"
+        )
+    saved = state.get("config")
+    if saved is None:
+        return
+    before, now = _resumable_config(TrainConfig.from_dict(saved)), _resumable_config(config)
+    if before != now:
+        changed = sorted(k for k, v in now.items() if before.get(k) != v)
+        raise ValueError(
+            f"cannot resume from {directory}: the checkpoint was trained with different "
+            f"options ({', '.join(changed)}); start over with resume=False"
+        )
+
+
+def _restore(
+    directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable
+) -> tuple[int, list[float]]:
+    """Restores the latest checkpoint in `directory`; returns (completed epochs, losses)."""
     latest = tf.train.latest_checkpoint(str(directory))
     if latest is None:
         return 0, []
-    state_path = directory / _STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    saved = state.get("config")
-    if saved is not None:
-        saved_cfg = TrainConfig.from_dict(saved)
-        if _resumable_config(saved_cfg) != _resumable_config(config):
-            changed = sorted(
-                k for k, v in _resumable_config(config).items()
-                if _resumable_config(saved_cfg).get(k) != v
-            )
-            raise ValueError(
-                f"cannot resume from {directory}: the checkpoint was trained with different "
-                f"options ({', '.join(changed)}); start over with resume=False"
-            )
+    state = _read_state(directory)
     checkpoint.restore(latest).assert_existing_objects_matched()
     epoch = int(epoch_var.numpy())
     losses = [float(v) for v in state.get("loss_history", [])][:epoch]
@@ -261,6 +280,7 @@ def fit(
     resume: bool = False,
     mixed_precision: bool = False,
     xla: bool = False,
+    checkpoint: bool = True,
 ) -> FitResult:
     """Trains `config`'s network on image/mask files and saves its weights and provenance.
 
@@ -278,23 +298,32 @@ def fit(
             given here is used instead of the one computed here.
         resume: continue from the last completed epoch checkpointed in `out_dir/checkpoint/`
             (weights, optimizer state, epoch and loss history are restored). Without a
-            checkpoint the run starts from scratch. Options other than `epochs` must match
-            the checkpoint's. The data order of the remaining epochs restarts from the seed,
-            so a resumed run is equivalent to, not bit-identical with, an uninterrupted one.
+            checkpoint the run starts from scratch. Options other than `epochs`, and the
+            data version, must match the checkpoint's. The data order of the remaining
+            epochs restarts from the seed, so a resumed run is equivalent to, not
+            bit-identical with, an uninterrupted one.
             With resume=False an existing checkpoint is discarded.
+        checkpoint: save the per-epoch checkpoint (weights, optimizer state, epoch). A caller
+            that trains in a throwaway folder, and so can never resume, may turn it off to
+            save the disk writes (about 3× the weights' size per epoch, for Adam's moments).
         mixed_precision: compute in float16 with float32 weights (Keras "mixed_float16").
             Only meaningful on a GPU with tensor cores, where it roughly halves memory and
             speeds up convolutions; on a CPU it is ignored (with a warning), since CPUs run
             float16 convolutions slower than float32.
-        xla: compile the training step with XLA (`jit_compile`). Mostly a GPU speed-up; on a
-            CPU it works but rarely helps and adds compile time.
+        xla: XLA auto-clustering for this run (`tf.config.optimizer.set_jit`): TensorFlow
+            fuses the parts of the graph XLA supports and runs the rest as usual. Compiling
+            the whole step (`jit_compile=True`) is not possible for these networks: XLA has no
+            kernel for the gradient of UpSampling2D (ResizeNearestNeighborGrad, on CPU and
+            GPU alike; tensorflow/tensorflow#60203). Only meaningful on a GPU: TensorFlow
+            auto-clusters for GPUs only unless TF_XLA_FLAGS=--tf_xla_cpu_global_jit is set.
 
     Returns:
         Paths of the weights, config.json and run.json, the loss per epoch and the seconds
         this call spent training.
 
     Raises:
-        ValueError: mismatched inputs, no data, or a checkpoint made with other options.
+        ValueError: mismatched inputs, no data, or (resume) a checkpoint made with other
+            options or on other data.
         FloatingPointError: the loss became NaN or infinite.
         TrainingStopped: `on_progress` returned False.
     """
@@ -305,11 +334,14 @@ def fit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
-    if not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     facts = dict(extra or {})
     version = facts.get("data_version") or data_version(list(images), list(masks))
+    if resume:
+        _check_resumable(ckpt_dir, config, version)
+    elif ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    if checkpoint:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     code = facts.get("code_version") or code_version()
 
     tf.keras.backend.clear_session()
@@ -329,8 +361,11 @@ def fit(
         steps = max(1, math.ceil(len(images) / config.batch_size))
 
     previous_policy = tf.keras.mixed_precision.global_policy()
+    previous_jit = tf.config.optimizer.get_jit()
     if use_mixed:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    if xla:
+        tf.config.optimizer.set_jit("autoclustering")
     try:
         with strategy.scope():
             model = build_model(
@@ -340,23 +375,16 @@ def fit(
             if use_mixed:
                 model = _float32_output(model)
             optimizer = tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999)
-            model.compile(
-                optimizer=optimizer, loss=hybrid_loss, metrics=[dice_coefficient],
-                jit_compile=bool(xla),
-            )
+            model.compile(optimizer=optimizer, loss=hybrid_loss, metrics=[dice_coefficient])
             # Slot variables must exist before a restore can fill them.
             model.optimizer.build(model.trainable_variables)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-            checkpoint = tf.train.Checkpoint(
-                model=model, optimizer=model.optimizer, epoch=epoch_var
-            )
-        initial_epoch, losses = (
-            _restore(ckpt_dir, checkpoint, epoch_var, config) if resume else (0, [])
-        )
+            tracker = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
+        initial_epoch, losses = _restore(ckpt_dir, tracker, epoch_var) if resume else (0, [])
         if resume:
             log.info("resuming %s at epoch %d of %d", out, initial_epoch, config.epochs)
         callbacks: list[tf.keras.callbacks.Callback] = [
-            _Checkpointer(ckpt_dir, checkpoint, epoch_var, losses, config)
+            _Checkpointer(ckpt_dir, tracker, epoch_var, losses, config, version, save=checkpoint)
         ]
         if on_progress:
             callbacks.append(_Progress(on_progress, config.epochs, steps))
@@ -370,8 +398,10 @@ def fit(
         seconds = time.monotonic() - started
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
+        tf.config.optimizer.set_jit(previous_jit or False)
 
-    if not all(np.isfinite(losses)):
+    # Epochs restored without a recorded loss (state.json lost) are NaN: only judge new ones.
+    if not all(np.isfinite(losses[initial_epoch:])):
         raise FloatingPointError(f"training diverged: loss per epoch was {losses}")
 
     weights_path = out / WEIGHTS_FILE
