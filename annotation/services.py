@@ -515,9 +515,18 @@ def round_advance(*, round_id: int) -> Round:
         item.status = ReviewItem.Status.OPEN
         item.save(update_fields=["status"])
         image_refresh_status(image=item.image)
+        _warm_display_copies(item.image, candidates)
     rnd.status = Round.Status.REVIEWING
     rnd.save(update_fields=["status"])
     return _round_complete_if_done(rnd)
+
+
+def _warm_display_copies(image: Image, candidates: Sequence[Candidate]) -> None:
+    """Makes the review page's small copies now, so an MD's first item opens at once."""
+    for side in (512, 1024):
+        storage.display_copy(image.display.name, side)
+        for candidate in candidates:
+            storage.display_copy(candidate.mask.file.name, side, binary=True)
 
 
 def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:

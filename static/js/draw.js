@@ -512,7 +512,60 @@ async function encodeMaskPng() {
 // filter on the image layer only.
 
 const view = { s: 1, tx: 0, ty: 0, cw: 0, ch: 0, dpr: 1, fitted: false };
-let image = null;
+let image = null; // the first display copy, once loaded (the page takes input from then on)
+
+// Display copies. The server keeps cached downscaled copies of the CXR (`?max=512|1024|1536|
+// 2048`); the page first loads the smallest one that gives every device pixel a source pixel
+// when fitted, and a sharper one (up to the original file) only when zoomed in past it. They
+// are drawn stretched to W × H, so the view and the mask stay in original image pixels.
+const DISPLAY_SIZES = [512, 1024, 1536, 2048];
+const display = {
+  levels: [...DISPLAY_SIZES.filter((m) => m < Math.max(W, H)), 0].map((max) => ({
+    max,
+    k: max ? max / Math.max(W, H) : 1, // level px per image px
+  })),
+  loaded: [], // images by level index
+  pending: null,
+};
+
+function displayUrl(max) {
+  if (!max) return config.displayUrl;
+  const u = new URL(config.displayUrl, window.location.href);
+  u.searchParams.set("max", String(max));
+  return u.pathname + u.search;
+}
+
+/** The coarsest level with at least `need` level px per image px (the original otherwise). */
+function displayLevelFor(need) {
+  const i = display.levels.findIndex((level) => level.k >= need * 0.999);
+  return i < 0 ? display.levels.length - 1 : i;
+}
+
+/** The loaded copy to draw at the current zoom; asks for a sharper one when it is too coarse. */
+function displayImage() {
+  const want = displayLevelFor(view.s * view.dpr);
+  let best = -1;
+  for (let i = 0; i < display.levels.length; i++) {
+    if (!display.loaded[i]) continue;
+    if (best < want || (i >= want && i < best)) best = i; // coarsest sufficient, else sharpest
+  }
+  if (best < want && display.pending === null && best >= 0) {
+    display.pending = want;
+    loadImage(displayUrl(display.levels[want].max))
+      .then(async (img) => {
+        if (img.decode) await img.decode().catch(() => {});
+        display.loaded[want] = img;
+        requestRender("image");
+      })
+      .catch(() => {
+        // keep the coarser copy; the next zoom asks again
+      })
+      .finally(() => {
+        display.pending = null;
+      });
+  }
+  return best >= 0 ? display.loaded[best] : null;
+}
 let maskVisible = true;
 const pointer = { inside: false, sx: 0, sy: 0 };
 const dirtyLayers = { image: true, mask: true, ui: true };
@@ -592,11 +645,12 @@ function render() {
     imageCtx.setTransform(1, 0, 0, 1, 0, 0);
     imageCtx.fillStyle = "#000";
     imageCtx.fillRect(0, 0, imageLayer.width, imageLayer.height);
-    if (image) {
+    const copy = image ? displayImage() : null;
+    if (copy) {
       setViewTransform(imageCtx);
-      imageCtx.imageSmoothingEnabled = view.s < 4;
+      imageCtx.imageSmoothingEnabled = (view.s * W) / copy.naturalWidth < 4;
       imageCtx.imageSmoothingQuality = "high";
-      imageCtx.drawImage(image, 0, 0);
+      imageCtx.drawImage(copy, 0, 0, W, H);
     }
   }
   if (dirtyLayers.mask || maskDamage) {
@@ -1332,11 +1386,20 @@ const ready = (async () => {
     // Touch the full-resolution mirror once now, so its backing store is not allocated in the
     // middle of the first stroke.
     maskCanvasCtx.putImageData(new ImageData(1, 1), 0, 0);
-    image = await loadImage(config.displayUrl);
-    if (image.decode) await image.decode().catch(() => {});
-    if (image.naturalWidth !== W || image.naturalHeight !== H) {
+    // The copy for the fitted view; the stage's layout is known before its first resize event.
+    const box = stage.getBoundingClientRect();
+    const fit = Math.min(box.width / W, box.height / H) * 0.96 || 1;
+    const first = displayLevelFor(fit * (window.devicePixelRatio || 1));
+    const level = display.levels[first];
+    const img = await loadImage(displayUrl(level.max));
+    if (img.decode) await img.decode().catch(() => {});
+    display.loaded[first] = img;
+    image = img;
+    const ew = level.max ? Math.max(1, Math.round((W * level.max) / Math.max(W, H))) : W;
+    const eh = level.max ? Math.max(1, Math.round((H * level.max) / Math.max(W, H))) : H;
+    if (Math.abs(image.naturalWidth - ew) > 1 || Math.abs(image.naturalHeight - eh) > 1) {
       setStatus(
-        `The image file is ${image.naturalWidth}×${image.naturalHeight}, expected ${W}×${H}; ` +
+        `The image file is ${image.naturalWidth}×${image.naturalHeight}, expected ${ew}×${eh}; ` +
           "it is stretched to fit and the mask keeps the expected size.",
         "error",
       );

@@ -115,10 +115,41 @@ function fetchNextItem(afterId) {
   return getJson(url.toString());
 }
 
+// Resolution levels. The server keeps cached downscaled copies of the CXR and of every mask
+// (`?max=512|1024|1536|2048`, masks nearest-neighbour so they stay 0/255). An item first loads
+// the smallest copy that still gives every device pixel a source pixel in the current layout;
+// a sharper one is fetched only when the view needs it (zooming in, one at a time), and the
+// full-resolution files only when zoomed in past the largest copy.
+
+const DISPLAY_SIZES = [512, 1024, 1536, 2048];
+
+function withMax(url, max) {
+  if (!max) return url;
+  const u = new URL(url, window.location.href);
+  u.searchParams.set("max", String(max));
+  return u.pathname + u.search;
+}
+
+/** Levels from coarse to full: {max (0 = the original file), k (level px per image px)}. */
+function levelsFor(width, height) {
+  const side = Math.max(width, height);
+  const levels = DISPLAY_SIZES.filter((m) => m < side).map((max) => ({ max, k: max / side }));
+  levels.push({ max: 0, k: 1 });
+  return levels;
+}
+
+/** The coarsest level with at least `need` level px per image px (the full one otherwise). */
+function levelFor(levels, need) {
+  const i = levels.findIndex((level) => level.k >= need * 0.999);
+  return i < 0 ? levels.length - 1 : i;
+}
+
 let scratch = null;
 
-async function overlayFromMask(url, width, height) {
-  const img = await loadImage(url);
+/** The mask as a coloured overlay: translucent fill with an opaque one-pixel outline, so
+ * boundaries stay legible on bone. Small copies come back at once as a canvas (no task to wait
+ * for per candidate); large ones as a promise of an ImageBitmap. */
+function overlayFromImage(img, width, height, asBitmap) {
   if (img.naturalWidth !== width || img.naturalHeight !== height) {
     throw new Error(`A candidate mask is ${img.naturalWidth}×${img.naturalHeight}, not ${width}×${height}.`);
   }
@@ -132,7 +163,6 @@ async function overlayFromMask(url, width, height) {
   const px = new Uint32Array(data.data.buffer);
   const inside = new Uint8Array(width * height);
   for (let i = 0; i < inside.length; i++) inside[i] = (px[i] & 255) > 127 ? 1 : 0;
-  // Translucent fill with an opaque one-pixel outline, so boundaries stay legible on bone.
   let on = 0;
   for (let y = 0, i = 0; y < height; y++) {
     for (let x = 0; x < width; x++, i++) {
@@ -147,8 +177,9 @@ async function overlayFromMask(url, width, height) {
       px[i] = edge ? EDGE_RGBA : FILL_RGBA;
     }
   }
-  const bitmap = typeof createImageBitmap === "function" ? await createImageBitmap(data) : null;
-  if (bitmap) return { bitmap, on };
+  if (asBitmap && typeof createImageBitmap === "function") {
+    return createImageBitmap(data).then((bitmap) => ({ bitmap, on }));
+  }
   const canvas = document.createElement("canvas");
   canvas.width = width;
   canvas.height = height;
@@ -156,38 +187,88 @@ async function overlayFromMask(url, width, height) {
   return { bitmap: canvas, on };
 }
 
-/** Load and decode everything an item needs; resolves to {item, image, overlays}. */
-async function prepareItem(item) {
-  const image = await loadImage(item.image_url);
-  if (image.decode) await image.decode().catch(() => {});
-  const width = item.width || image.naturalWidth;
-  const height = item.height || image.naturalHeight;
+/** Loads one level of an item: the CXR and every candidate at once, then the overlays. */
+async function loadLevel(item, level, width, height) {
+  const [image, ...masks] = await Promise.all([
+    loadImage(withMax(item.image_url, level.max)),
+    ...item.candidates.map((c) => loadImage(withMax(c.mask_url, level.max))),
+  ]);
+  // Decode the CXR and the masks in parallel, off the main thread where the browser can.
+  await Promise.all([image, ...masks].map((img) => (img.decode ? img.decode().catch(() => {}) : null)));
+  performance.mark("maskloop:files");
+  const w = level.max ? image.naturalWidth : width;
+  const h = level.max ? image.naturalHeight : height;
   const overlays = [];
-  // One at a time keeps a single full-size scratch buffer alive instead of one per candidate.
-  for (const candidate of item.candidates) {
-    overlays.push(await overlayFromMask(candidate.mask_url, width, height));
-  }
-  // Large images also get a half-size copy for zoomed-out views: with five panels panning
-  // together, sampling a 4096² source per panel is what a frame spends its time on.
-  let half = null;
-  if (Math.max(width, height) > 2048 && typeof createImageBitmap === "function") {
-    const size = { resizeWidth: Math.ceil(width / 2), resizeHeight: Math.ceil(height / 2) };
-    try {
-      half = {
-        image: await createImageBitmap(image, { ...size, resizeQuality: "high" }),
-        overlays: await Promise.all(
-          overlays.map((o) => createImageBitmap(o.bitmap, { ...size, resizeQuality: "medium" })),
-        ),
-      };
-    } catch (err) {
-      half = null; // older browsers without resize options: full size only
-    }
-  }
-  warm(half ? half.image : image, half ? half.overlays.map((bitmap) => ({ bitmap })) : overlays);
-  return { item, image, overlays, width, height, half };
+  // One at a time keeps a single scratch buffer alive instead of one per candidate; the small
+  // copies of a first view are coloured in one go, without waiting on a task per candidate.
+  const asBitmap = w * h > 1 << 21;
+  for (const mask of masks) overlays.push(await overlayFromImage(mask, w, h, asBitmap));
+  return { image, overlays, max: level.max };
 }
 
-/** Draw everything once, small, so decoding and mipmaps are done before the item is shown. */
+/** Screen px per image px at zoom 1 in the layout on screen (before the item is shown). */
+function fitScaleFor(width, height, count) {
+  const box = panelsBox.getBoundingClientRect();
+  if (!box.width || !box.height) return 1;
+  if (state.mode === "single" || count <= 1) return (Math.min(box.width / width, box.height / height) * 0.98) || 1;
+  const gap = 6;
+  let best = 0;
+  for (let cols = 1; cols <= count; cols++) {
+    const rows = Math.ceil(count / cols);
+    const cw = (box.width - gap * (cols - 1)) / cols;
+    const ch = (box.height - gap * (rows - 1)) / rows;
+    best = Math.max(best, Math.min(cw / width, ch / height) * 0.98);
+  }
+  return best || 1;
+}
+
+/** Load and decode what an item needs for its first frame; resolves to a prepared item. */
+async function prepareItem(item) {
+  const width = item.width;
+  const height = item.height;
+  const levels = levelsFor(width, height);
+  const dpr = window.devicePixelRatio || 1;
+  const first = levelFor(levels, fitScaleFor(width, height, item.candidates.length) * dpr);
+  const loaded = await loadLevel(item, levels[first], width, height);
+  if (loaded.image.naturalWidth * loaded.image.naturalHeight > 1 << 21) warm(loaded.image, loaded.overlays);
+  const prepared = { item, width, height, levels, loaded: [], pending: null, released: false };
+  prepared.loaded[first] = loaded;
+  return prepared;
+}
+
+/** The loaded level to draw at `need` level px per image px; asks for a sharper one if the
+ * best loaded level is too coarse (it is drawn, stretched, until the sharper one arrives). */
+function levelToDraw(prepared, need) {
+  const want = levelFor(prepared.levels, need);
+  let best = -1;
+  for (let i = 0; i < prepared.levels.length; i++) {
+    if (!prepared.loaded[i]) continue;
+    if (best < want || (i >= want && i < best)) best = i; // coarsest sufficient, else sharpest
+  }
+  if (best < want) requestLevel(prepared, want);
+  return prepared.loaded[best];
+}
+
+function requestLevel(prepared, index) {
+  if (prepared.pending !== null || prepared.loaded[index]) return;
+  prepared.pending = index;
+  loadLevel(prepared.item, prepared.levels[index], prepared.width, prepared.height)
+    .then((loaded) => {
+      if (prepared.released) return releaseLevel(loaded);
+      prepared.loaded[index] = loaded;
+      if (state.current === prepared) markAll(true, true);
+    })
+    .catch(() => {
+      // keep drawing the coarser level; the next zoom asks again
+    })
+    .finally(() => {
+      prepared.pending = null;
+      if (state.current === prepared) scheduleRender();
+    });
+}
+
+/** Draw everything once, small, so decoding and mipmaps are done before the item is shown
+ * (only worth it for large copies; small ones are drawn in no time). */
 function warm(image, overlays) {
   const canvas = document.createElement("canvas");
   canvas.width = canvas.height = 64;
@@ -199,13 +280,16 @@ function warm(image, overlays) {
   ctx.getImageData(0, 0, 1, 1);
 }
 
+function releaseLevel(loaded) {
+  for (const overlay of loaded.overlays) {
+    if (overlay.bitmap && typeof overlay.bitmap.close === "function") overlay.bitmap.close();
+  }
+}
+
 function releasePrepared(prepared) {
   if (!prepared) return;
-  const bitmaps = prepared.overlays.map((o) => o.bitmap);
-  if (prepared.half) bitmaps.push(prepared.half.image, ...prepared.half.overlays);
-  for (const bitmap of bitmaps) {
-    if (bitmap && typeof bitmap.close === "function") bitmap.close();
-  }
+  prepared.released = true;
+  for (const loaded of prepared.loaded) if (loaded) releaseLevel(loaded);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,18 +353,24 @@ function makePanel(label, index) {
   return panel;
 }
 
+function sizePanel(panel, width, height) {
+  if (panel.w === width && panel.h === height) return;
+  panel.w = width;
+  panel.h = height;
+  const dpr = window.devicePixelRatio || 1;
+  const cw = Math.max(1, Math.round(width * dpr));
+  const ch = Math.max(1, Math.round(height * dpr));
+  for (const canvas of [panel.image, panel.overlay]) {
+    if (canvas.width !== cw) canvas.width = cw;
+    if (canvas.height !== ch) canvas.height = ch;
+  }
+  panel.dirtyImage = panel.dirtyOverlay = true;
+}
+
 const resizeObserver = new ResizeObserver((entries) => {
   for (const entry of entries) {
     const panel = entry.target.__panel;
-    if (!panel) continue;
-    panel.w = entry.contentRect.width;
-    panel.h = entry.contentRect.height;
-    const dpr = window.devicePixelRatio || 1;
-    for (const canvas of [panel.image, panel.overlay]) {
-      canvas.width = Math.max(1, Math.round(panel.w * dpr));
-      canvas.height = Math.max(1, Math.round(panel.h * dpr));
-    }
-    panel.dirtyImage = panel.dirtyOverlay = true;
+    if (panel) sizePanel(panel, entry.contentRect.width, entry.contentRect.height);
   }
   scheduleRender();
 });
@@ -297,6 +387,18 @@ function buildPanels(labels) {
     resizeObserver.observe(panel.el);
   }
   layoutPanels();
+}
+
+/** Size the visible panels now, so the item's first frame draws them (the resize observer
+ * would report their sizes only after that frame). */
+function measurePanels() {
+  for (const panel of visiblePanels()) {
+    if (!panel) continue;
+    const el = panel.el;
+    const rect = el.getBoundingClientRect(); // the border box; the canvases fill the content box
+    sizePanel(panel, rect.width - (el.offsetWidth - el.clientWidth),
+      rect.height - (el.offsetHeight - el.clientHeight));
+  }
 }
 
 /** Columns for the grid: the count that gives each panel the largest fitted image. */
@@ -361,23 +463,24 @@ function render() {
   frameRequested = false;
   if (!state.current) return;
   const dpr = window.devicePixelRatio || 1;
-  const { half } = state.current;
+  const { width: W, height: H } = state.current;
   for (const panel of visiblePanels()) {
     if (!panel || panel.w === 0) continue;
     const { s, tx, ty } = panelTransform(panel);
-    // Draw from the half-size copy while it still has at least one pixel per screen pixel.
-    const useHalf = half !== null && s * dpr <= 0.5;
-    const k = useHalf ? 2 : 1;
+    // The coarsest loaded copy with a source pixel for every device pixel, stretched to the
+    // image's own size: the transform stays in original image pixels.
+    const level = levelToDraw(state.current, s * dpr);
+    const m = level.max ? (s * W) / level.image.naturalWidth : s; // screen px per level px
     if (panel.dirtyImage) {
       panel.dirtyImage = false;
       const ctx = panel.imageCtx;
       ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.fillStyle = "#000";
       ctx.fillRect(0, 0, panel.image.width, panel.image.height);
-      ctx.setTransform(dpr * s * k, 0, 0, dpr * s * k, dpr * tx, dpr * ty);
-      ctx.imageSmoothingEnabled = s < 4;
+      ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
+      ctx.imageSmoothingEnabled = m < 4;
       ctx.imageSmoothingQuality = "high";
-      ctx.drawImage(useHalf ? half.image : state.current.image, 0, 0);
+      ctx.drawImage(level.image, 0, 0, W, H);
     }
     if (panel.dirtyOverlay) {
       panel.dirtyOverlay = false;
@@ -385,14 +488,14 @@ function render() {
       ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.clearRect(0, 0, panel.overlay.width, panel.overlay.height);
       const index = panel.index >= 0 ? panel.index : state.selected;
-      const overlay = index !== null ? state.current.overlays[index] : null;
+      const overlay = index !== null ? level.overlays[index] : null;
       if (overlay && state.overlaysVisible) {
-        ctx.setTransform(dpr * s * k, 0, 0, dpr * s * k, dpr * tx, dpr * ty);
+        ctx.setTransform(dpr * s, 0, 0, dpr * s, dpr * tx, dpr * ty);
         // Bilinear without mipmaps: mipmapping a decoded bitmap costs ~7x more per frame in
         // software rendering, and five panels pan together.
-        ctx.imageSmoothingEnabled = s < 1;
+        ctx.imageSmoothingEnabled = m < 1;
         ctx.imageSmoothingQuality = "low";
-        ctx.drawImage(useHalf ? half.overlays[index] : overlay.bitmap, 0, 0);
+        ctx.drawImage(overlay.bitmap, 0, 0, W, H);
       }
     }
   }
@@ -621,8 +724,9 @@ function show(prepared) {
   buildPanels(names);
   buildPickButtons(names);
   setMode(state.mode);
-  resetView();
   loadingBox.hidden = true;
+  measurePanels();
+  resetView();
   setBusy(false);
   if (previous && previous !== prepared) releasePrepared(previous);
   // The clock starts on the frame that first shows the item.
@@ -631,6 +735,7 @@ function show(prepared) {
     state.hiddenMs = 0;
     state.hiddenSince = document.hidden ? state.shownAt : null;
     setStatus(`${names.length} candidates. Compare them, then pick the best mask.`);
+    performance.mark("maskloop:shown");
     if (resolveReady) resolveReady(prepared.item.id);
   });
   scheduleRender();
@@ -852,6 +957,7 @@ async function start() {
   setStatus("Loading…");
   try {
     const item = await getJson(config.itemUrl);
+    performance.mark("maskloop:item");
     if (!item) {
       window.location.assign(config.queueUrl);
       return;

@@ -1,0 +1,551 @@
+"""Review and draw page speed in Chromium on a large CXR.
+
+    .venv/bin/python bench/browser_perf.py [--size 3000] [--candidates 5] [--repeats 10]
+
+Sets up a throw-away SQLite database under a temporary folder with one size×size phantom CXR
+(plus a small second one: Stage I needs two images) whose blind-review item offers
+`--candidates` masks, serves it with `manage.py runserver --noreload` on a free loopback port
+and drives Chromium (Playwright, /usr/bin/chromium or $MASKLOOP_CHROMIUM) signed in as an MD.
+
+Prints, per page load (a fresh browser context each time, so nothing comes from the browser's
+cache; the first load also finds the server's downscaled-copy cache empty):
+
+* review page: ms from navigation start to `window.maskloopReview.ready` (the item is drawn
+  and the page takes keys), and the bytes of image and mask data it loaded for that;
+* draw page (same image, opened before its round starts): ms to `window.maskloopDraw.ready`
+  (the image is decoded; it shows on the next frame), then a long synthetic brush stroke,
+  one pointer move per animation frame: the page's own per-segment time (rasterise + upload,
+  window.maskloopDraw.perf()), each frame's main-thread work (the move, the page's render,
+  rasterising the mask layer), the frames whose work took over 16.7 ms, and the frames that
+  came more than 20 ms after the previous one (a missed 60 Hz vsync).
+
+Budget: the review page must be interactive within 300 ms (`--budget-ms`); the exit status is
+1 when the median of the loads after the first is over it. Timings are wall-clock: on a busy
+machine they measure the machine too (the load average is printed).
+
+`--js-from DIR` serves static/js/<name>.js from DIR instead (e.g. an older review.js and
+draw.js), to compare two versions of the scripts on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "bench-md-pass"
+NETWORKS = [
+    ("unet", "densenet121"),
+    ("unetpp", "densenet121"),
+    ("dla", "densenet121"),
+    ("unet", "resnet50"),
+    ("unetpp", "resnet50"),
+    ("dla", "resnet50"),
+]
+
+# Records when the page's ready promise resolves, however late the bench asks.
+INIT_SCRIPT = """
+(() => {
+  for (const name of ['maskloopReview', 'maskloopDraw']) {
+    let value;
+    Object.defineProperty(window, name, {
+      configurable: true,
+      get() { return value; },
+      set(v) {
+        value = v;
+        const key = '__' + name + 'ReadyAt';
+        Promise.resolve(v && v.ready).then(() => { window[key] = performance.now(); },
+                                           () => { window[key] = -1; });
+      },
+    });
+  }
+})();
+"""
+
+RESOURCES_JS = """
+(pattern) => performance.getEntriesByType('resource')
+  .filter((e) => e.name.includes(pattern))
+  .map((e) => ({name: e.name, bytes: e.encodedBodySize || e.transferSize || 0, end: e.responseEnd}))
+"""
+
+# Waits for the draw page's first frame with the image, then drags one long stroke: one pointer
+# move per animation frame, as a hand would, timing each frame.
+STROKE_JS = """
+async ({moves, brushSteps, zoom}) => {
+  await window.maskloopDraw.ready;
+  const ui = document.querySelector('.layer-ui');
+  const maskCtx = document.querySelector('.layer-mask').getContext('2d');
+  const r = ui.getBoundingClientRect();
+  const frame = () => new Promise((res) => requestAnimationFrame(res));
+  const key = (k) => window.dispatchEvent(new KeyboardEvent('keydown', {key: k}));
+  const fire = (type, x, y, buttons) => ui.dispatchEvent(new PointerEvent(type, {
+    clientX: r.left + x, clientY: r.top + y, pointerId: 1, pointerType: 'mouse', isPrimary: true,
+    button: type === 'pointermove' ? -1 : 0, buttons, bubbles: true, cancelable: true}));
+  for (let k = 0; k < brushSteps; k++) key(']');
+  if (zoom) key('1');  // 100 %: one image pixel per CSS pixel
+  await frame(); await frame();
+  const before = window.maskloopDraw.perf().segment.n;
+  const composite = [], gaps = [], work = [];
+  let last = null, handler = 0;
+  fire('pointerdown', r.width * 0.25, r.height * 0.3, 1);
+  for (let k = 0; k <= moves; k++) {
+    // This callback runs after the page's own animation-frame callbacks (its render of the
+    // previous move was requested first); reading one pixel makes the mask layer's pending
+    // draw rasterise now, so it is counted in this frame.
+    const ts = await frame();
+    const start = performance.now();
+    if (last !== null) {
+      maskCtx.getImageData(0, 0, 1, 1);
+      const flushed = performance.now();
+      composite.push(flushed - start);
+      work.push(handler + (flushed - ts));
+      gaps.push(ts - last);
+    }
+    last = ts;
+    if (k === moves) break;
+    const x = r.width * (0.25 + 0.5 * k / moves), y = r.height * (0.35 + 0.25 * Math.sin(k / 15));
+    const t0 = performance.now();
+    fire('pointermove', x, y, 1);
+    handler = performance.now() - t0;
+  }
+  fire('pointerup', 0, 0, 0);
+  const perf = window.maskloopDraw.perf();
+  return {segments: perf.segment.n - before, gaps, composite, work, perf,
+          brush: Number(document.getElementById('brush-size').value),
+          scale: window.maskloopDraw.view().scale, on: window.maskloopDraw.maskStats().on};
+}
+"""
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_database(size: int, candidates: int):
+    import django
+
+    django.setup()
+    # The round's training tasks go to the embedded broker, where no worker runs; quiet kombu.
+    logging.getLogger("kombu").setLevel(logging.ERROR)
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from annotation import imaging, services
+    from annotation.models import ImageClass, Role
+    from annotation.phantoms import make_phantom, md_drawing
+
+    users = get_user_model().objects
+    md = users.create_user(username="md1", password=PASSWORD)
+    services.user_set_roles(user=md, roles=[Role.MD])
+    admin = users.create_user(username="boss", password=PASSWORD)
+    services.user_set_roles(user=admin, roles=[Role.ADMIN])
+    images = []
+    for seed, side in ((1, size), (2, 64)):
+        p = make_phantom(seed, size=side)
+        image = services.image_create(
+            data=imaging.encode_png(p.image),
+            name=f"bench_{side}.png",
+            source="bench",
+            image_class=ImageClass.COVID,
+            patient_id=f"P{seed}",
+        )
+        services.mask_draw(
+            image=image, author=md, data=imaging.encode_mask(md_drawing(p.infection, seed))
+        )
+        image.truth = p.infection
+        images.append(image)
+    return md, admin, images
+
+
+def open_review_round(admin, images, candidates: int):
+    """Stage I on the two images with `candidates - 1` networks; their 'predictions' are shifted
+    copies of the truth, added through the services the inference task uses."""
+    import numpy as np
+
+    from annotation import services
+    from annotation.models import Image, Mask, ReviewItem, Round
+    from training.models import ModelVersion, TrainingRun
+
+    rnd = services.round_start(
+        stage=Round.Stage.STAGE_I,
+        started_by=admin,
+        networks=NETWORKS[: candidates - 1],
+        folds=2,
+        preset="tiny",
+    )
+    truths = {img.pk: img.truth for img in images}
+    for k, run in enumerate(rnd.training_runs.order_by("id")):
+        mv = ModelVersion.objects.create(
+            run=run,
+            arch=run.arch,
+            encoder=run.encoder,
+            config=run.config,
+            weights="none.h5",
+            data_version="bench",
+        )
+        for image in Image.objects.filter(pk__in=run.target_image_ids):
+            truth = truths[image.pk]
+            shift = (k % 5 + 1) * max(1, image.width // 100)
+            mask = services.mask_create(
+                image=image,
+                mask=np.roll(truth, shift, axis=1 - k % 2),
+                source=Mask.Source.PREDICTED,
+                model_version=mv,
+                round=rnd,
+            )
+            services.candidate_add(round=rnd, image_id=image.pk, mask=mask)
+        run.status = TrainingRun.Status.SUCCEEDED
+        run.save(update_fields=["status"])
+    services.round_advance(round_id=rnd.pk)
+    item = ReviewItem.objects.get(round=rnd, image=images[0])
+    assert item.status == ReviewItem.Status.OPEN, item.status
+    assert item.candidates.count() == candidates, item.candidates.count()
+    return item
+
+
+@contextlib.contextmanager
+def runserver(env: dict, log_path: Path):
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "runserver",
+                "--noreload",
+                "--insecure",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/accounts/login/", timeout=2).read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"runserver did not start; see {log_path}") from None
+                    time.sleep(0.2)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def signed_in_state(browser, base: str, viewport) -> dict:
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=username]", "md1")
+    page.fill("input[name=password]", PASSWORD)
+    with page.expect_navigation():
+        page.click("form button[type=submit]")
+    assert "/queue/" in page.url, page.url
+    state = context.storage_state()
+    context.close()
+    return state
+
+
+def serve_file(body: str):
+    def handler(route, request):
+        route.fulfill(status=200, body=body, content_type="text/javascript")
+
+    return handler
+
+
+def fresh_page(browser, state, viewport, js_dir: Path | None = None):
+    context = browser.new_context(viewport=viewport, storage_state=state)
+    context.add_init_script(INIT_SCRIPT)
+    for script in sorted(js_dir.glob("*.js")) if js_dir else []:
+        context.route(f"**/static/js/{script.name}", serve_file(script.read_text()))
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return context, page, errors
+
+
+def measure_review(browser, state, viewport, url: str, repeats: int, js_dir=None):
+    rows = []
+    for _ in range(repeats):
+        context, page, errors = fresh_page(browser, state, viewport, js_dir)
+        page.goto(url)
+        page.wait_for_function("window.__maskloopReviewReadyAt !== undefined", timeout=60_000)
+        ready = page.evaluate("window.__maskloopReviewReadyAt")
+        nav = page.evaluate(
+            "(() => { const n = performance.getEntriesByType('navigation')[0];"
+            " return {html: n.responseEnd, dcl: n.domContentLoadedEventEnd}; })()"
+        )
+        resources = page.evaluate(RESOURCES_JS, "/api/review-items/")
+        images = [r for r in resources if ".png" in r["name"] and r["end"] <= ready]
+        data = [r for r in resources if ".png" not in r["name"] and r["end"] <= ready]
+        marks = page.evaluate(
+            "Object.fromEntries(performance.getEntriesByType('mark').reverse()"
+            ".filter((m) => m.name.startsWith('maskloop:')).map((m) => [m.name, m.startTime]))"
+        )  # the first of each mark: later ones belong to the next item's prefetch
+        if "maskloop:item" in marks and "maskloop:files" in marks:
+            data = [{"end": marks["maskloop:item"]}]
+            images = [r for r in images if r["end"] <= marks["maskloop:files"]]
+        rows.append(
+            {
+                "ready": ready,
+                "html": nav["html"],
+                "dcl": nav["dcl"],
+                "json": max((r["end"] for r in data), default=float("nan")),
+                "png": max((r["end"] for r in images), default=float("nan")),
+                "png_bytes": sum(r["bytes"] for r in images),
+                "pngs": len(images),
+                "first_pngs": sorted({r["name"].split("/")[-1] for r in images}),
+            }
+        )
+        assert not errors, errors
+        assert ready > 0, "the review page did not become ready"
+        context.close()
+    return rows
+
+
+def measure_draw(
+    browser,
+    state,
+    viewport,
+    url: str,
+    repeats: int,
+    moves: int,
+    brush_steps: int,
+    zoom: bool,
+    js_dir=None,
+):
+    rows = []
+    for _ in range(repeats):
+        context, page, errors = fresh_page(browser, state, viewport, js_dir)
+        page.goto(url)
+        page.wait_for_function("window.__maskloopDrawReadyAt !== undefined", timeout=60_000)
+        ready = page.evaluate("window.__maskloopDrawReadyAt")
+        result = page.evaluate(STROKE_JS, {"moves": moves, "brushSteps": brush_steps, "zoom": zoom})
+        resources = page.evaluate(RESOURCES_JS, "/display.png")
+        dcl = page.evaluate(
+            "performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd"
+        )
+        rows.append(
+            {
+                "ready": ready,
+                "dcl": dcl,
+                "image": min((r["end"] for r in resources), default=float("nan")),
+                "png_bytes": sum(r["bytes"] for r in resources),
+                **result,
+            }
+        )
+        assert not errors, errors
+        context.close()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=3000, help="phantom side in pixels")
+    parser.add_argument("--candidates", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--moves", type=int, default=240, help="pointer moves per stroke")
+    parser.add_argument("--viewport", default="1366x768")
+    parser.add_argument("--budget-ms", type=float, default=300.0)
+    parser.add_argument("--pages", default="review,draw", help="which pages to measure")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary database")
+    parser.add_argument(
+        "--js-from",
+        type=Path,
+        default=None,
+        help="serve static/js/<name>.js from this folder instead (to compare two versions)",
+    )
+    args = parser.parse_args()
+    if not 2 <= args.candidates <= len(NETWORKS) + 1:
+        parser.error(f"--candidates must be 2..{len(NETWORKS) + 1}")
+    vw, vh = (int(v) for v in args.viewport.lower().split("x"))
+    viewport = {"width": vw, "height": vh}
+
+    tmp = tempfile.mkdtemp(prefix="maskloop-browser-bench-")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "MASKLOOP_MEDIA_ROOT")
+    }
+    env.update(MASKLOOP_VAR_DIR=tmp, DJANGO_SETTINGS_MODULE="config.settings", PYTHONUNBUFFERED="1")
+    os.environ.clear()
+    os.environ.update(env)
+    # The round is opened from this process while Playwright's loop runs in this thread.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+    try:
+        return measure(args, tmp, env, viewport)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args, tmp: str, env: dict, viewport: dict) -> int:
+    t0 = time.perf_counter()
+    md, admin, images = setup_database(args.size, args.candidates)
+    big = images[0]
+    print(
+        f"set up {args.size}×{args.size} phantom in {time.perf_counter() - t0:.1f} s "
+        f"(database and media under {tmp}{'' if args.keep else ', removed at the end'})"
+    )
+
+    from playwright.sync_api import sync_playwright
+
+    with runserver(env, Path(tmp) / "runserver.log") as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        state = signed_in_state(browser, base, viewport)
+        draw_fit = draw_100 = []
+        if "draw" in args.pages:
+            draw_fit = measure_draw(
+                browser,
+                state,
+                viewport,
+                f"{base}/draw/{big.pk}/",
+                args.repeats,
+                args.moves,
+                brush_steps=8,
+                zoom=False,
+                js_dir=args.js_from,
+            )
+            draw_100 = measure_draw(
+                browser,
+                state,
+                viewport,
+                f"{base}/draw/{big.pk}/",
+                max(2, args.repeats // 3),
+                args.moves,
+                brush_steps=8,
+                zoom=True,
+                js_dir=args.js_from,
+            )
+        review = []
+        if "review" in args.pages:
+            item = open_review_round(admin, images, args.candidates)
+            review = measure_review(
+                browser,
+                state,
+                viewport,
+                f"{base}/review/{item.uuid}/",
+                args.repeats,
+                js_dir=args.js_from,
+            )
+        browser.close()
+
+    print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(
+        f"\nChromium {viewport['width']}×{viewport['height']}, CXR {args.size}×{args.size}, "
+        f"{args.candidates} candidates, {args.repeats} loads (fresh browser cache each)"
+        + (f", scripts from {args.js_from}" if args.js_from else "")
+        + "\n"
+    )
+    if review:
+        print("Review page: navigation start → window.maskloopReview.ready (item drawn, keys live)")
+        print(
+            f"{'load':>5} {'html':>6} {'DCL':>6} {'JSON':>6} {'PNGs':>6} {'ready':>6} "
+            f"{'files':>6} {'PNG MB':>7}   (ms since navigation start)"
+        )
+        for k, r in enumerate(review, start=1):
+            print(
+                f"{k:>5} {r['html']:>6.0f} {r['dcl']:>6.0f} {r['json']:>6.0f} {r['png']:>6.0f} "
+                f"{r['ready']:>6.0f} {r['pngs']:>6} {r['png_bytes'] / 1e6:>7.2f}"
+            )
+        warm = [r["ready"] for r in review[1:]] or [review[0]["ready"]]
+        print(
+            f"first load (server display cache cold): {review[0]['ready']:.0f} ms; later loads: "
+            f"p50 {statistics.median(warm):.0f} ms, p95 {pct(warm, 0.95):.0f} ms, "
+            f"max {max(warm):.0f} ms (budget {args.budget_ms:.0f} ms)"
+        )
+        print("loaded before ready: " + ", ".join(review[-1]["first_pngs"]))
+        print(
+            "html: HTML received; DCL: DOMContentLoaded (the page's scripts have run); JSON: the "
+            "item's data received;\nPNGs: its last image received; ready: the item drawn and "
+            "keys live. Each load uses a fresh browser cache."
+        )
+
+    if draw_fit:
+        print("\nDraw page: long brush stroke, one pointer move per animation frame")
+        print(
+            f"{'view':>5} {'brush':>6} {'DCL':>5} {'image':>6} {'ready':>6} {'PNG MB':>7} "
+            f"{'segments':>9} "
+            f"{'seg p50':>8} {'seg p95':>8} {'frame p50':>10} {'frame p95':>10} {'>16.7ms':>8} "
+            f"{'missed':>7} {'frames':>7}"
+        )
+        for name, rows in (("fit", draw_fit), ("100%", draw_100)):
+            ready = statistics.median(r["ready"] for r in rows)
+            dcl = statistics.median(r["dcl"] for r in rows)
+            image = statistics.median(r["image"] for r in rows)
+            work = [v for r in rows for v in r["work"]]
+            gaps = [v for r in rows for v in r["gaps"]]
+            p50 = statistics.median(r["perf"]["segment"]["p50Ms"] for r in rows)
+            p95 = statistics.median(r["perf"]["segment"]["p95Ms"] for r in rows)
+            segments = sum(r["segments"] for r in rows)
+            slow = sum(1 for w in work if w > 1000 / 60)
+            missed = sum(1 for g in gaps if g > 20.0)
+            brush = rows[0]["brush"]
+            print(
+                f"{name:>5} {brush:>6} {dcl:>5.0f} {image:>6.0f} {ready:>6.0f} "
+                f"{rows[0]['png_bytes'] / 1e6:>7.2f} "
+                f"{segments:>9} {p50:>8.2f} {p95:>8.2f} {pct(work, 0.5):>10.2f} "
+                f"{pct(work, 0.95):>10.2f} {slow:>8} {missed:>7} {len(work):>7}"
+            )
+        print(
+            "DCL / image / ready: median ms from navigation start to DOMContentLoaded, the "
+            "first display copy received, window.maskloopDraw.ready;\nPNG MB: display image "
+            "data loaded in all (at 100 % the full-resolution copy follows the zoom)"
+        )
+        print(
+            "seg: the page's own time per pointer move (rasterise the brush + upload), p50/p95 "
+            "the median over loads\nframe: main-thread work of a frame (the move's handler, the "
+            "page's render, rasterising the mask layer)\n>16.7ms: frames whose work exceeded "
+            "16.7 ms; missed: frames more than 20 ms after the previous one"
+        )
+    if not review:
+        return 0
+    warm = [r["ready"] for r in review[1:]] or [review[0]["ready"]]
+    return 0 if statistics.median(warm) <= args.budget_ms else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

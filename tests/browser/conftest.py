@@ -1,0 +1,212 @@
+"""Fixtures for the browser tests: a real Chromium driven by Playwright against `live_server`.
+
+Each test gets a fresh browser context (own cookies, 1366×768) and page; `sign_in` goes through
+the real /accounts/login/ form; `shot("step")` saves artifacts/screenshots/<test>-<step>.png.
+Page errors (uncaught exceptions in the page's JavaScript) fail the test.
+
+`celery_workers` starts real `celery worker` processes (training, inference+default) once per
+module, on the live test database and the test broker (Redis); a test that needs them asks for
+`worker`, which also points the media folder at the one the workers use.
+
+New page tests (e.g. the infection-map demo page) need only `pytestmark = BROWSER` (from
+tests.browser.helpers), the `page`, `sign_in`, `url` and `shot` fixtures, and the user and
+image fixtures of tests/conftest.py. Test file names must differ from every other test file's
+name in tests/ (there are no __init__.py files).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+# Playwright's sync API keeps an asyncio loop running in this thread; the ORM calls the tests
+# make between browser steps are still plain synchronous code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+
+ARTIFACTS = Path(settings.BASE_DIR) / "artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1366, "height": 768}
+
+
+# ---------------------------------------------------------------- browser and pages
+
+
+@pytest.fixture(scope="session")
+def browser() -> Browser:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"the browser tests need Chromium at {CHROMIUM} (make test installs it)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live_server) -> Page:
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    console: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(f"{pg.url}: {exc}"))
+    pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    pg.console_messages = console  # type: ignore[attr-defined]
+    yield pg
+    context.close()
+    assert not errors, "JavaScript errors in the page:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def url(live_server):
+    """`url("/queue/")` → the live server's absolute address."""
+
+    def make(path: str) -> str:
+        return live_server.url + path
+
+    return make
+
+
+@pytest.fixture
+def shot(request):
+    """`shot(page, "step")` saves artifacts/screenshots/<test>-<step>.png and returns its path."""
+    test = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(pg: Page, step: str, **kwargs) -> Path:
+        path = SCREENSHOTS / f"{test}-{step}.png"
+        pg.screenshot(path=str(path), **kwargs)
+        return path
+
+    return take
+
+
+@pytest.fixture
+def sign_in(url, shot):
+    """Signs `user` in through the real sign-in form (password as tests/conftest.make_user sets
+    it); lands on the role's start page."""
+
+    def do(pg: Page, user, password: str | None = None) -> Page:
+        pg.goto(url("/accounts/login/"))
+        shot(pg, f"sign-in-{user.username}")
+        pg.fill("input[name=username]", user.username)
+        pg.fill("input[name=password]", password or f"{user.username}-pass")
+        with pg.expect_navigation():
+            pg.click("form button[type=submit]")
+        assert "/accounts/login/" not in pg.url, f"{user.username} could not sign in"
+        shot(pg, f"signed-in-{user.username}")
+        return pg
+
+    return do
+
+
+# ---------------------------------------------------------------- Celery workers
+
+
+class Workers:
+    def __init__(self, procs, media_root: Path):
+        self.procs = procs
+        self.media_root = media_root
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+
+@pytest.fixture(scope="module")
+def celery_workers(django_db_setup, tmp_path_factory):
+    """Separate `celery worker` processes on the test database and the test broker: one for
+    `training` (a fresh child per task) and one for `inference` and `default`; shared by the
+    tests of a module (the database is still flushed between tests: workers only read the ids
+    they are sent)."""
+    broker = settings.CELERY_BROKER_URL
+    if not broker.startswith("redis://"):
+        pytest.fail("the worker browser tests need CELERY_BROKER_URL=redis://… (make test sets it)")
+    redis.Redis.from_url(broker).flushdb()
+    media_root = tmp_path_factory.mktemp("worker-media")
+    db = connection.settings_dict
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "CELERY_BROKER_URL": broker,
+        "MASKLOOP_MEDIA_ROOT": str(media_root),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    ARTIFACTS.mkdir(exist_ok=True)
+    procs, logs = [], []
+    for name, queues, extra in [
+        ("training", "training", ["--max-tasks-per-child", "1"]),
+        ("default", "inference,default", []),
+    ]:
+        log = (ARTIFACTS / f"browser-worker-{name}.log").open("w")
+        logs.append(log)
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "-Q",
+                    queues,
+                    "-n",
+                    f"{name}@browser",
+                    "--concurrency",
+                    "1",
+                    "--prefetch-multiplier",
+                    "1",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-l",
+                    "info",
+                    *extra,
+                ],
+                cwd=settings.BASE_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    yield Workers(procs, media_root)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for log in logs:
+        log.close()
+
+
+@pytest.fixture
+def worker(celery_workers, settings):
+    """The module's workers, with this test's media in the folder they read and write."""
+    if not celery_workers.alive():
+        pytest.fail("a Celery worker died; see artifacts/browser-worker-*.log")
+    settings.MEDIA_ROOT = str(celery_workers.media_root)
+    return celery_workers

@@ -1,0 +1,214 @@
+"""Blind review in Chromium, by keyboard: picks become Decision rows and the next item is
+swapped in without a reload; "none" twice sends an image to redraw, and the redraw becomes its
+ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from annotation.models import (
+    Decision,
+    GroundTruth,
+    Image,
+    Mask,
+    ReviewItem,
+    Role,
+    Round,
+)
+from annotation.services import round_start
+from tests.browser.helpers import (
+    BROWSER,
+    assert_stroke_in_mask,
+    draw_ready,
+    mask_on,
+    read_png,
+    stroke,
+)
+from tests.conftest import finish_runs_with, make_user, shifted
+
+pytestmark = BROWSER
+
+LABELS = "ABC"
+
+
+def review_ready(page) -> str:
+    """Waits until the item on screen is drawn and its clock runs; returns its id."""
+    page.wait_for_function("window.maskloopReview !== undefined")
+    return page.evaluate("window.maskloopReview.ready")
+
+
+def mark_document(page) -> None:
+    """A marker that a full page load would wipe."""
+    page.evaluate("window.__sameDocument = true")
+
+
+def still_same_document(page) -> bool:
+    return page.evaluate("window.__sameDocument === true")
+
+
+def test_a_whole_blind_review_by_keyboard(page, sign_in, url, shot, reviewing_round):
+    rnd = reviewing_round(images=3)
+    items = {str(i.uuid): i for i in rnd.items.all()}
+    assert len(items) == 3 and all(i.candidates.count() == 3 for i in items.values())
+    md2 = make_user("md2", Role.MD)  # not md1, whose manual masks are among the candidates
+
+    sign_in(page, md2)
+    shot(page, "queue")
+    assert page.inner_text("[data-testid=review-count]") == "3"
+    page.click("text=Start reviewing")
+    page.wait_for_url("**/review/*/")
+    picks: dict[str, str] = {}
+    for n in range(3):
+        item_id = review_ready(page)
+        assert item_id in items and item_id not in picks
+        assert page.url.endswith(f"/review/{item_id}/")
+        assert page.locator(".pick-group button").all_inner_texts() == [
+            f"Pick {label}" for label in LABELS
+        ]
+        mark_document(page)
+        if n == 0:
+            page.keyboard.press("Tab")  # one at a time; the mode stays for the next items
+        assert page.evaluate("window.maskloopReview.mode()") == "single"
+        for k, label in enumerate(LABELS, start=1):
+            page.keyboard.press(str(k))
+            assert page.evaluate("window.maskloopReview.selected()") == label
+            shot(page, f"item{n + 1}-view-{label}")
+        choice = LABELS[(n + 1) % 3]
+        page.keyboard.press(str(LABELS.index(choice) + 1))
+        page.wait_for_timeout(250)
+        picks[item_id] = choice
+        if n < 2:
+            page.keyboard.press("Enter")
+            page.wait_for_function(f"window.maskloopReview.currentItemId() !== '{item_id}'")
+            assert still_same_document(page), "the next item must load without a page reload"
+        else:
+            with page.expect_navigation(url="**/queue/"):
+                page.keyboard.press("Enter")
+            shot(page, "queue-after")
+            assert page.inner_text("[data-testid=review-count]") == "0"
+
+    decisions = Decision.objects.filter(reviewer=md2).select_related("item", "candidate")
+    assert decisions.count() == 3
+    for d in decisions:
+        assert d.candidate is not None and d.candidate.label == picks[str(d.item.uuid)]
+        assert 0 < d.seconds < 600, d.seconds
+        assert not d.is_adjudication
+    assert GroundTruth.objects.filter(decision__reviewer=md2).count() == 3
+    rnd.refresh_from_db()
+    assert rnd.status == Round.Status.DONE
+
+
+def test_none_twice_then_redraw_makes_the_ground_truth(page, sign_in, url, shot, reviewing_round):
+    rnd = reviewing_round(images=2)
+    md2 = make_user("md2", Role.MD)
+    sign_in(page, md2)
+    page.goto(url("/review/next/"))
+    item_id = review_ready(page)
+    item = ReviewItem.objects.get(uuid=item_id)
+    image = item.image
+    mark_document(page)
+
+    page.keyboard.press("n")
+    assert page.is_visible(".review-banner")
+    assert "Confirm" in page.inner_text("#pick-none")
+    shot(page, "none-armed")
+    page.keyboard.press("n")
+    page.wait_for_function(f"window.maskloopReview.currentItemId() !== '{item_id}'")
+    assert still_same_document(page)
+    review_ready(page)
+    shot(page, "next-item")
+
+    decision = Decision.objects.get(item=item, reviewer=md2)
+    assert decision.candidate is None and decision.seconds > 0
+    item.refresh_from_db()
+    image.refresh_from_db()
+    assert item.status == ReviewItem.Status.REDRAW
+    assert image.status == Image.Status.REDRAW
+
+    page.goto(url("/queue/"))
+    shot(page, "queue-redraw")
+    assert page.inner_text("[data-testid=redraw-count]") == "1"
+    row = page.locator("tr", has_text=image.name)
+    assert row.count() == 1
+    with page.expect_navigation(url=f"**/draw/{image.pk}/"):
+        row.locator("a", has_text="Redraw").click()
+    draw_ready(page)
+    assert page.inner_text(".badge") == "Redraw"
+    options = page.locator("#start-mask option").all_inner_texts()
+    assert [o for o in options if o.startswith("Candidate")] == [
+        f"Candidate {label}" for label in LABELS
+    ]
+
+    start = item.candidates.get(label="A").mask
+    page.select_option("#start-mask", label="Candidate A")
+    page.wait_for_function("window.maskloopDraw.maskStats().on > 0")
+    assert mask_on(page) == start.area
+    for _ in range(8):
+        page.keyboard.press("[")
+    radius = int(page.input_value("#brush-size")) / 2
+    points = [(6.0, 6.0), (22.0, 10.0)]
+    stroke(page, points)
+    page.mouse.move(5, 5)
+    shot(page, "redrawn")
+    expected = mask_on(page)
+    with page.expect_navigation(url="**/queue/"):
+        page.keyboard.press("s")
+    shot(page, "queue-after")
+    assert page.inner_text("[data-testid=redraw-count]") == "0"
+
+    drawn = Mask.objects.filter(image=image).latest("id")
+    assert drawn.source == Mask.Source.DRAWN and drawn.author == md2
+    gt = GroundTruth.objects.filter(image=image).latest("id")
+    assert gt.mask_id == drawn.pk and gt.item_id == item.pk and gt.accepted_by == md2
+    saved = read_png(drawn.file.name)
+    assert saved.shape == (image.height, image.width)
+    assert int((saved == 255).sum()) == expected == drawn.area
+    candidate = read_png(start.file.name) > 0
+    assert np.all(saved[candidate] == 255), "the drawing started from candidate A"
+    assert_stroke_in_mask(saved, points, radius, besides=candidate)
+    item.refresh_from_db()
+    image.refresh_from_db()
+    assert item.status == ReviewItem.Status.REDRAWN
+    assert image.status == Image.Status.ACCEPTED
+    assert rnd.items.filter(status=ReviewItem.Status.OPEN).count() == 1
+
+
+def test_a_large_item_loads_small_copies_first_and_full_files_when_zoomed(
+    page, sign_in, url, shot, md, admin_user, make_image
+):
+    for _ in range(2):
+        make_image(size=1300, manual_by=md)
+    rnd = round_start(
+        stage=Round.Stage.STAGE_I,
+        started_by=admin_user,
+        folds=2,
+        preset="tiny",
+        networks=[("unet", "densenet121"), ("unetpp", "densenet121")],
+    )
+    finish_runs_with(rnd, shifted)
+    md2 = make_user("md2", Role.MD)
+    pngs: list[str] = []
+    page.on("request", lambda r: pngs.append(r.url) if ".png" in r.url else None)
+    sign_in(page, md2)
+    page.goto(url("/review/next/"))
+    item_id = review_ready(page)
+    shot(page, "grid")
+    first = [u for u in pngs if item_id in u]
+    assert len(first) == 4, first  # the CXR and three candidates
+    assert all("?max=" in u for u in first), first
+
+    pngs.clear()
+    page.keyboard.press("Tab")
+    page.keyboard.press("2")
+    with page.expect_request(lambda r: item_id in r.url and r.url.endswith("/image.png")):
+        for _ in range(8):
+            page.keyboard.press("+")
+    page.wait_for_function(
+        "performance.getEntriesByType('resource')"
+        ".filter((e) => e.name.includes('/candidates/') && !e.name.includes('?')).length >= 3"
+    )
+    page.wait_for_timeout(300)
+    shot(page, "zoomed-full-resolution")
+    full = [u for u in pngs if item_id in u and "?" not in u]
+    assert len(full) == 4, full
+    assert page.evaluate("window.maskloopReview.selected()") == "B"
