@@ -45,7 +45,7 @@ def test_final_round_trains_measures_and_serves_its_networks(make_image, admin_u
     [segmentation] = inference_services.final_model_versions()
     metrics = segmentation.metrics
     assert metrics["test_images"] == len(runs[0].target_image_ids) >= 2
-    assert LEVEL_KEYS <= set(metrics["pixel"]) and LEVEL_KEYS <= set(metrics["image"])
+    assert set(metrics["pixel"]) >= LEVEL_KEYS and set(metrics["image"]) >= LEVEL_KEYS
     confusion = metrics["image"]["confusion"]
     assert sum(confusion.values()) == metrics["test_images"]
     pixel = metrics["pixel"]["confusion"]
