@@ -73,6 +73,12 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/api/exports/",                              only(DATA)),
     ("GET",  "/api/exports/{export}/",                     only(DATA)),
     ("GET",  "/api/exports/{export}/download/",            only(DATA)),
+    # ---------------------------------------------------------------- infection maps and demo
+    ("GET",  "/maps/",                                     ANY_ROLE),
+    ("GET",  "/images/{image}/map/",                       ANY_ROLE),
+    ("GET",  "/demo/",                                     ANY_ROLE),
+    ("POST", "/api/infer/",                                ANY_ROLE),
+    ("GET",  "/api/images/{image}/infection-map/",         ANY_ROLE),
     # ---------------------------------------------------------------- API: schema
     ("GET",  "/api/schema/",                               SIGNED_IN),
 ]

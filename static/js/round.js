@@ -1,4 +1,8 @@
-// Live round dashboard: polls the round's API and redraws the run table and statistics.
+// Live round dashboard: polls the round's API and redraws the run table and statistics, the
+// loss curves of every run, and for a final round the held-out metrics, confusion matrices and
+// precision–recall curves. Plots are redrawn only when a run's history or metrics change.
+import { colorFor, confusionMatrix, lineChart, metricsTable } from "./plots.js";
+
 const script = document.currentScript || document.querySelector("script[data-api]");
 const api = script.dataset.api;
 const runsBody = document.querySelector("#runs tbody");
@@ -6,6 +10,9 @@ const statsList = document.getElementById("stats");
 const statusEl = document.getElementById("round-status");
 const failureEl = document.getElementById("round-failure");
 const adjudication = document.getElementById("adjudication");
+const lossSection = document.getElementById("losses");
+const lossPlots = document.getElementById("loss-plots");
+const evaluation = document.getElementById("evaluation");
 
 const pct = (x) => `${Math.round(x * 100)}%`;
 const fmt = (x, digits = 3) => (x === null || x === undefined ? "—" : Number(x).toFixed(digits));
@@ -17,10 +24,31 @@ function text(tag, value, cls) {
   return el;
 }
 
-function runRow(run) {
+const runName = (run) => `${run.arch} · ${run.encoder}${run.fold === null ? "" : ` · fold ${run.fold + 1}`}`;
+
+function runNotes(run) {
+  if (run.failure_reason) return run.failure_reason;
+  const m = run.metrics || {};
+  if (m.held_out_dice_vs_manual != null) return `held-out Dice vs MD ${fmt(m.held_out_dice_vs_manual)}`;
+  const level = m.pixel || m.image;
+  if (level && level.f1 != null) {
+    const what = m.pixel ? "pixel" : "image";
+    return `${what} F1 ${fmt(level.f1 * 100, 1)} %, sensitivity ${fmt(level.sensitivity * 100, 1)} %`;
+  }
+  return "";
+}
+
+function runRow(run, color) {
   const tr = document.createElement("tr");
   tr.dataset.run = run.id;
-  tr.append(text("td", `${run.arch} · ${run.encoder}`));
+  const name = text("td", runName(run));
+  if (color) {
+    const swatch = document.createElement("span");
+    swatch.setAttribute("aria-hidden", "true");
+    swatch.style.cssText = `display: inline-block; width: 10px; height: 10px; margin-right: 8px; border-radius: 2px; background: ${color}`;
+    name.prepend(swatch);
+  }
+  tr.append(name);
   tr.append(text("td", run.fold === null ? "all" : String(run.fold + 1)));
   tr.append(text("td", run.status_display, `status-${run.status}`));
   const cell = document.createElement("td");
@@ -38,12 +66,12 @@ function runRow(run) {
   tr.append(cell);
   tr.append(text("td", fmt(run.loss)));
   tr.append(text("td", `${run.predicted}/${run.targets}`));
-  const notes = run.failure_reason || (run.metrics.held_out_dice_vs_manual != null ? `held-out Dice vs MD ${fmt(run.metrics.held_out_dice_vs_manual)}` : "");
-  tr.append(text("td", notes, run.failure_reason ? "error" : "muted"));
+  tr.append(text("td", runNotes(run), run.failure_reason ? "error" : "muted"));
   return tr;
 }
 
 function renderStats(s) {
+  if (!statsList) return;
   const rows = [
     ["Items", `${s.items.total} (open ${s.items.open}, accepted ${s.items.accepted}, redraw ${s.items.redraw + s.items.redrawn}, tied ${s.items.adjudication})`],
     ["Decisions", String(s.decisions)],
@@ -55,6 +83,95 @@ function renderStats(s) {
   ];
   statsList.replaceChildren(...rows.flatMap(([k, v]) => [text("dt", k), text("dd", v)]));
 }
+
+// ---------------------------------------------------------------- plots
+
+// The epoch losses: the run's live history while it trains, else what its model recorded.
+const lossesOf = (run) => (run.loss_history && run.loss_history.length ? run.loss_history : (run.metrics && run.metrics.train_loss) || []);
+
+function renderLosses(runs, colors) {
+  const withLoss = runs.filter((run) => lossesOf(run).length);
+  lossSection.hidden = !withLoss.length;
+  lossPlots.replaceChildren(...withLoss.map((run) => {
+    const losses = lossesOf(run);
+    const box = document.createElement("div");
+    const title = text("div", runName(run));
+    title.style.cssText = "font-weight: 600; margin-bottom: 2px";
+    const last = losses[losses.length - 1];
+    const seconds = run.metrics && run.metrics.train_seconds;
+    const sub = text("div", `${losses.length} epoch${losses.length === 1 ? "" : "s"}, last ${fmt(last, 4)}${seconds ? ` · ${fmt(seconds, 0)} s` : ""}`, "muted");
+    sub.style.fontSize = "12px";
+    box.append(title, sub, lineChart({
+      series: [{ label: runName(run), color: colors.get(run.id), points: losses.map((y, i) => [i + 1, y]) }],
+      xLabel: "epoch",
+      yLabel: "training loss",
+      xDomain: [1, Math.max(losses.length, run.epochs || 1, 2)],
+      integerX: true,
+      width: 320,
+      height: 190,
+      ariaLabel: `Training loss per epoch of ${runName(run)}`,
+    }));
+    return box;
+  }));
+}
+
+function renderEvaluation(runs, colors) {
+  const evaluated = runs.filter((run) => run.metrics && (run.metrics.pixel || run.metrics.image));
+  evaluation.hidden = !evaluated.length;
+  if (!evaluated.length) return;
+  const images = [...new Set(evaluated.map((run) => run.metrics.test_images).filter((n) => n != null))];
+  document.getElementById("evaluation-note").textContent =
+    `${images.length ? `${images.join(" / ")} held-out images, never trained on (no patient has images on both sides). ` : ""}` +
+    "Percentages with their 95 % confidence interval; AUC is the area under the ROC curve.";
+
+  for (const level of ["pixel", "image"]) {
+    const rows = evaluated.filter((run) => run.metrics[level]).map((run) => ({
+      label: runName(run), color: colors.get(run.id), level: run.metrics[level], n: run.metrics.test_images,
+    }));
+    const target = document.getElementById(`metrics-${level}`);
+    target.replaceChildren(rows.length ? metricsTable(rows) : text("p", "No network measured at this level yet.", "muted"));
+
+    const curves = evaluated
+      .filter((run) => run.metrics[level] && run.metrics[level].pr_curve && run.metrics[level].pr_curve.recall.length)
+      .map((run) => {
+        const c = run.metrics[level].pr_curve;
+        return { label: runName(run), color: colors.get(run.id), points: c.recall.map((r, i) => [r, c.precision[i]]) };
+      });
+    document.getElementById(`pr-${level}`).replaceChildren(curves.length
+      ? lineChart({ series: curves, xLabel: "recall (sensitivity)", yLabel: "precision", xDomain: [0, 1], yDomain: [0, 1], width: 560, height: 320,
+        ariaLabel: `Precision–recall curves, ${level} level` })
+      : text("p", "No curve recorded.", "muted"));
+  }
+
+  // One line per network (a grid row): its pixel-level and image-level matrices side by side.
+  const cells = evaluated.flatMap((run) => {
+    const title = text("div", runName(run));
+    title.style.cssText = "font-weight: 600; padding-top: 22px";
+    const m = run.metrics;
+    const pixel = m.pixel && m.pixel.confusion
+      ? confusionMatrix(m.pixel.confusion, { positive: "Infected", negative: "Not infected", caption: "Pixels" })
+      : document.createElement("div");
+    const image = m.image && m.image.confusion
+      ? confusionMatrix(m.image.confusion, { positive: "COVID-19", negative: "Control", caption: "Images" })
+      : document.createElement("div");
+    return [title, pixel, image];
+  });
+  document.getElementById("confusions").replaceChildren(...cells);
+}
+
+let drawn = "";
+
+function renderPlots(runs) {
+  // Only what the plots show: redraw when an epoch ends or a run's metrics arrive.
+  const signature = JSON.stringify(runs.map((r) => [r.id, r.status, lossesOf(r).length, r.epochs, Object.keys(r.metrics || {}).sort()]));
+  if (signature === drawn) return;
+  drawn = signature;
+  const colors = new Map(runs.map((run, i) => [run.id, colorFor(i)]));
+  renderLosses(runs, colors);
+  if (evaluation) renderEvaluation(runs, colors);
+}
+
+// ---------------------------------------------------------------- polling
 
 async function refresh() {
   let body;
@@ -71,13 +188,22 @@ async function refresh() {
   statusEl.className = `status-${body.status}`;
   failureEl.hidden = !body.failure_reason;
   failureEl.textContent = body.failure_reason;
-  runsBody.replaceChildren(...body.runs.map(runRow));
+  const colors = new Map(body.runs.map((run, i) => [run.id, colorFor(i)]));
+  runsBody.replaceChildren(...body.runs.map((run) => runRow(run, colors.get(run.id))));
   renderStats(body.statistics);
-  adjudication.replaceChildren(...body.adjudication.map((item, i) => {
-    const a = text("a", `Break tie ${i + 1}`, "button");
-    a.href = item.page_url;
-    return a;
-  }));
+  if (adjudication) {
+    adjudication.replaceChildren(...body.adjudication.map((item, i) => {
+      const a = text("a", `Break tie ${i + 1}`, "button");
+      a.href = item.page_url;
+      return a;
+    }));
+  }
+  try {
+    renderPlots(body.runs);
+  } catch (err) {
+    // A plot must never stop the live table from updating.
+    console.error("round plots:", err);
+  }
   if (body.status === "training" || body.status === "reviewing") setTimeout(refresh, 2000);
 }
 

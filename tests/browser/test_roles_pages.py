@@ -30,7 +30,7 @@ def test_an_md_sees_only_their_menu_and_cannot_open_admin_or_data_pages(
     sign_in(page, md)
     assert page.url == url("/queue/")
     shot(page, "queue")
-    assert menu(page) == ["My queue", "Review"]
+    assert menu(page) == ["My queue", "Review", "Infection maps", "Demo"]
     assert page.inner_text(".who") == "md1 · md"
 
     for step, path in [
@@ -65,8 +65,8 @@ def test_an_md_sees_only_their_menu_and_cannot_open_admin_or_data_pages(
 @pytest.mark.parametrize(
     "who, start, entries",
     [
-        ("admin_user", "/rounds/", ["Rounds"]),
-        ("data_user", "/exports/", ["Exports"]),
+        ("admin_user", "/rounds/", ["Rounds", "Infection maps", "Demo"]),
+        ("data_user", "/exports/", ["Exports", "Infection maps", "Demo"]),
     ],
 )
 def test_admins_and_the_data_team_see_only_their_menu(

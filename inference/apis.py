@@ -1,0 +1,113 @@
+"""Infection maps over the API: a stored image's, or an uploaded CXR's (the demo).
+
+Both answer the same JSON; the maps are PNG data URLs at the image's own resolution, so the
+browser can lay the infection map exactly over the CXR. Nothing uploaded is stored.
+"""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.errors import DomainError
+from annotation.models import Image
+from annotation.permissions import IsAnyRole
+from inference import analysis
+
+
+class SeverityOutput(serializers.Serializer):
+    infected_fraction = serializers.FloatField(help_text="Infected pixels / all pixels.")
+    lung_fraction = serializers.FloatField(allow_null=True)
+    right_lung_fraction = serializers.FloatField(allow_null=True, help_text="Patient's right.")
+    left_lung_fraction = serializers.FloatField(allow_null=True, help_text="Patient's left.")
+    grade = serializers.IntegerField(allow_null=True, help_text="0-4, with a lung mask only.")
+    label = serializers.CharField(allow_null=True)
+    lung_split = serializers.CharField(allow_null=True)
+
+
+class ModelOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    arch = serializers.CharField()
+    encoder = serializers.CharField()
+    input_size = serializers.IntegerField(allow_null=True)
+    round = serializers.IntegerField()
+
+
+class AnalysisOutput(serializers.Serializer):
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    detected = serializers.BooleanField(help_text="COVID-19: some pixel of the map >= 0.5.")
+    threshold = serializers.FloatField()
+    max_probability = serializers.FloatField()
+    severity = SeverityOutput()
+    cxr = serializers.CharField(help_text="The CXR as a PNG data URL.")
+    map = serializers.CharField(help_text="The infection map as a PNG data URL.")
+    gradcam = serializers.CharField(
+        allow_null=True, help_text="Grad-CAM of the classifier as a PNG data URL, or null."
+    )
+    models = ModelOutput(many=True)
+    classifier = ModelOutput(allow_null=True)
+
+
+DISPLAY_SIDES = (512, 1024, 1536, 2048)
+MAX_PARAMETER = OpenApiParameter(
+    "max",
+    OpenApiTypes.INT,
+    enum=list(DISPLAY_SIDES),
+    description="Return the CXR and maps no larger than this on their long side "
+    "(detection and severity are still measured at full resolution). Default: full size.",
+)
+
+
+def _max_side(request) -> int | None:
+    raw = request.query_params.get("max")
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) not in DISPLAY_SIDES:
+        raise DomainError(f"max must be one of {', '.join(map(str, DISPLAY_SIDES))}")
+    return int(raw)
+
+
+class InferApi(APIView):
+    """Analyses an uploaded CXR (PNG, JPEG or DICOM) with the final networks; keeps nothing."""
+
+    permission_classes = [IsAnyRole]
+    parser_classes = [MultiPartParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField()
+
+        class Meta:
+            ref_name = "InferInput"
+
+    @extend_schema(
+        request=InputSerializer, parameters=[MAX_PARAMETER], responses={200: AnalysisOutput}
+    )
+    def post(self, request):
+        max_side = _max_side(request)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        models, classifier = analysis.final_ensemble()  # 409 before reading a large file
+        gray = analysis.decode_upload(upload.read(), upload.name or "the file")
+        result = analysis.analyse(gray, models, classifier=classifier)
+        return Response(analysis.analysis_payload(result, max_side=max_side))
+
+
+class ImageMapApi(APIView):
+    """The infection map of a stored image (its display copy), with per-lung severity when the
+    image has a lung mask."""
+
+    permission_classes = [IsAnyRole]
+
+    @extend_schema(parameters=[MAX_PARAMETER], responses={200: AnalysisOutput})
+    def get(self, request, image_id: int):
+        max_side = _max_side(request)
+        image = get_object_or_404(Image, pk=image_id)
+        result = analysis.image_analyse(image)
+        return Response(analysis.analysis_payload(result, max_side=max_side))
