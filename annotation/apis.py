@@ -212,9 +212,8 @@ class ImageMasksApi(APIView):
             data=data.validated_data["mask"].read(),
             based_on=based_on,
         )
-        body = {"id": mask.pk, "version": mask.version, "image_status": image.status}
         image.refresh_from_db()
-        body["image_status"] = image.status
+        body = {"id": mask.pk, "version": mask.version, "image_status": image.status}
         return Response(body, status=status.HTTP_201_CREATED)
 
 

@@ -135,13 +135,13 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
     accepted = GroundTruth.objects.filter(item__round=rnd, decision__isnull=False).select_related(
         "mask"
     )
-    with_manual = [
-        gt
-        for gt in accepted
-        if rnd.items.filter(
-            pk=gt.item_id, candidates__mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
-        ).exists()
-    ]
+    # Items where the MD's own mask was one of the candidates (Stage I), in one query.
+    manual_items = set(
+        rnd.items.filter(
+            candidates__mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
+        ).values_list("pk", flat=True)
+    )
+    with_manual = [gt for gt in accepted if gt.item_id in manual_items]
     machine_preferred = sum(1 for gt in with_manual if gt.mask.source == Mask.Source.PREDICTED)
     resolved = items["accepted"] + items["redraw"] + items["redrawn"]
     per_md: dict[str, int] = {}

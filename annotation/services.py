@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -35,8 +35,6 @@ from annotation.models import (
     Round,
 )
 from training import services as training_services
-
-User = AbstractBaseUser
 
 # ---------------------------------------------------------------- accounts
 
@@ -238,10 +236,6 @@ def latest_manual_mask(image: Image) -> Mask | None:
         .order_by("-version")
         .first()
     )
-
-
-def current_ground_truth(image: Image) -> GroundTruth | None:
-    return image.ground_truths.order_by("-id").first()
 
 
 # ---------------------------------------------------------------- rounds
