@@ -35,23 +35,29 @@ def exception_handler(exc, context):
 PNG = {(200, "image/png"): OpenApiTypes.BINARY}
 
 
-def png_response(name: str, request=None, *, binary: bool = False) -> HttpResponse:
+def png_response(name: str, request=None, *, form: str = "image") -> HttpResponse:
     """A stored PNG with no file name attached: a name would identify the image or mask.
 
-    `?max=1024` (512, 1024, 1536 or 2048) serves a cached downscaled copy for fast display.
+    `?max=1024` (512, 1024, 1536 or 2048) serves a cached downscaled copy for fast display;
+    `form` says how to make it (see storage.display_copy).
     """
     max_side = None
     if request is not None and request.query_params.get("max"):
         try:
             max_side = int(request.query_params["max"])
-            data = storage.display_copy(name, max_side, binary=binary)
-        except ValueError as exc:
-            raise DomainError(str(exc)) from None
-    else:
-        data = storage.read(name)
+        except ValueError:
+            raise DomainError(f"max must be one of {_display_sizes()}") from None
+    try:
+        data = storage.display_copy(name, max_side, form=form)
+    except ValueError as exc:
+        raise DomainError(str(exc)) from None
     response = HttpResponse(data, content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+def _display_sizes() -> str:
+    return ", ".join(map(str, storage.DISPLAY_SIZES))
 
 
 # ---------------------------------------------------------------- images
@@ -222,7 +228,7 @@ class MaskFileApi(APIView):
 
     @extend_schema(responses=PNG)
     def get(self, request, mask_id: int):
-        return png_response(get_object_or_404(Mask, pk=mask_id).file.name, request, binary=True)
+        return png_response(get_object_or_404(Mask, pk=mask_id).file.name, request, form="mask")
 
 
 # ---------------------------------------------------------------- rounds
@@ -355,7 +361,8 @@ class RoundCancelApi(APIView):
 
 class BlindCandidateOutput(serializers.Serializer):
     label = serializers.CharField()
-    mask_url = serializers.CharField()
+    mask_url = serializers.CharField(help_text="the mask, 0/255 grayscale")
+    overlay_url = serializers.CharField(help_text="the mask coloured for drawing on the CXR")
 
 
 class BlindItemOutput(serializers.Serializer):
@@ -384,8 +391,7 @@ def blind_item_payload(item: ReviewItem) -> dict:
         "width": item.image.width,
         "height": item.image.height,
         "candidates": [
-            {"label": c.label, "mask_url": reverse("api:item-candidate", args=[item.uuid, c.label])}
-            for c in selectors.item_candidates(item)
+            _blind_candidate(item, c.label) for c in selectors.item_candidates(item)
         ],
         "decision_url": reverse(
             "api:item-adjudicate"
@@ -395,6 +401,24 @@ def blind_item_payload(item: ReviewItem) -> dict:
         ),
         "page_url": reverse("review", args=[item.uuid]),
     }
+
+
+def _blind_candidate(item: ReviewItem, label: str) -> dict:
+    mask_url = reverse("api:item-candidate", args=[item.uuid, label])
+    return {"label": label, "mask_url": mask_url, "overlay_url": f"{mask_url}?overlay=1"}
+
+
+def first_display_urls(payload: dict) -> list[str]:
+    """What the review page draws an item from first: the smallest display copies of the CXR
+    and of every overlay (static/js/review.js asks for the same URLs; sharper ones follow
+    when the view needs them)."""
+    smallest = storage.DISPLAY_SIZES[0]
+    if max(payload["width"], payload["height"]) <= smallest:
+        return [payload["image_url"], *(c["overlay_url"] for c in payload["candidates"])]
+    return [
+        f"{payload['image_url']}?max={smallest}",
+        *(f"{c['overlay_url']}&max={smallest}" for c in payload["candidates"]),
+    ]
 
 
 def _visible_item(request, item_uuid) -> ReviewItem:
@@ -456,7 +480,12 @@ class ReviewCandidateApi(APIView):
         candidate = item.candidates.filter(label=label).select_related("mask").first()
         if candidate is None:
             raise DomainError(f"no candidate {label!r} in this item")
-        return png_response(candidate.mask.file.name, request, binary=True)
+        overlay = request.query_params.get("overlay")
+        if overlay not in (None, "1"):
+            raise DomainError("overlay must be 1 (the mask coloured for drawing) or left out")
+        return png_response(
+            candidate.mask.file.name, request, form="overlay" if overlay else "mask"
+        )
 
 
 class DecisionInput(serializers.Serializer):

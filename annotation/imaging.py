@@ -143,3 +143,32 @@ def downscaled_png(data: bytes, max_side: int, *, binary: bool = False) -> bytes
         resample = PILImage.Resampling.NEAREST if binary else PILImage.Resampling.LANCZOS
         img.thumbnail((max_side, max_side), resample)
     return encode_png(np.asarray(img))
+
+
+# The colour of a mask drawn over a CXR; the browser's own (--mask-color in static/css/app.css)
+# must be the same, and a test says so.
+OVERLAY_RGB = (255, 92, 56)
+OVERLAY_FILL_ALPHA = 150
+
+
+def overlay_png(data: bytes, max_side: int | None = None) -> bytes:
+    """A mask as an overlay ready to draw on its CXR: a translucent fill with an opaque outline
+    one pixel wide, halfway to white so edges read on bone, transparent elsewhere.
+
+    `max_side` downscales first (nearest neighbour), so the outline is one pixel of the copy.
+    The review page draws these as they come: the browser decodes them off its main thread.
+    """
+    img = PILImage.open(io.BytesIO(data)).convert("L")
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), PILImage.Resampling.NEAREST)
+    inside = np.asarray(img) > 127
+    around = np.pad(inside, 1)  # outside the image counts as outside the mask
+    interior = (
+        inside & around[:-2, 1:-1] & around[2:, 1:-1] & around[1:-1, :-2] & around[1:-1, 2:]
+    )
+    rgba = np.zeros((*inside.shape, 4), dtype=np.uint8)
+    rgba[inside] = (*OVERLAY_RGB, OVERLAY_FILL_ALPHA)
+    rgba[inside & ~interior] = (*(round(c + (255 - c) / 2) for c in OVERLAY_RGB), 255)
+    buf = io.BytesIO()
+    PILImage.fromarray(rgba, mode="RGBA").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()

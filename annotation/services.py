@@ -520,7 +520,7 @@ def _warm_display_copies(image: Image, candidates: Sequence[Candidate]) -> None:
     for side in (512, 1024):
         storage.display_copy(image.display.name, side)
         for candidate in candidates:
-            storage.display_copy(candidate.mask.file.name, side, binary=True)
+            storage.display_copy(candidate.mask.file.name, side, form="overlay")
 
 
 def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:

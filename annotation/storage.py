@@ -38,18 +38,31 @@ def open_file(name: str):
 DISPLAY_SIZES = (512, 1024, 1536, 2048)
 
 
-def display_copy(name: str, max_side: int | None, *, binary: bool = False) -> bytes:
-    """The stored PNG, or a cached downscaled copy of it (made once, then read from storage)."""
-    if not max_side:
-        return read(name)
-    if max_side not in DISPLAY_SIZES:
-        raise ValueError(f"max must be one of {', '.join(map(str, DISPLAY_SIZES))}")
-    from annotation.imaging import downscaled_png
+def display_copy(name: str, max_side: int | None, *, form: str = "image") -> bytes:
+    """The stored PNG or a copy of it for display, made once and then read from storage.
 
-    cached = f"display-cache/{max_side}/{name}"
+    `form` is "image" (a CXR: Lanczos), "mask" (nearest neighbour, stays 0/255) or "overlay"
+    (the mask coloured for drawing on its CXR; see imaging.overlay_png). Without `max_side`,
+    images and masks are the stored file itself and an overlay has the image's own size.
+    """
+    from annotation.imaging import downscaled_png, overlay_png
+
+    if form not in ("image", "mask", "overlay"):
+        raise ValueError(f"unknown display form {form!r}")
+    if max_side and max_side not in DISPLAY_SIZES:
+        raise ValueError(f"max must be one of {', '.join(map(str, DISPLAY_SIZES))}")
+    if not max_side and form != "overlay":
+        return read(name)
+    if form == "overlay":
+        cached = f"display-cache/overlay-{max_side or 'full'}/{name}"
+    else:
+        cached = f"display-cache/{max_side}/{name}"
     if default_storage.exists(cached):
         return read(cached)
-    data = downscaled_png(read(name), max_side, binary=binary)
+    if form == "overlay":
+        data = overlay_png(read(name), max_side)
+    else:
+        data = downscaled_png(read(name), max_side, binary=form == "mask")
     with contextlib.suppress(OSError):  # two requests at once: the first one's copy wins
         default_storage.save(cached, ContentFile(data))
     return data

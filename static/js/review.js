@@ -15,7 +15,6 @@ const CLICK_SLOP_PX = 4; // a press that moves less than this is a click, not a 
 
 const root = document.getElementById("review-app");
 const config = {
-  itemUrl: root.dataset.itemUrl,
   decisionUrl: root.dataset.decisionUrl,
   nextApiUrl: root.dataset.nextApiUrl,
   queueUrl: root.dataset.queueUrl || "/",
@@ -71,18 +70,6 @@ function networkMessage(err) {
   return err instanceof TypeError ? "Could not reach the server. Check the connection and try again." : err.message;
 }
 
-function parseHexColour(text, fallback) {
-  const m = /^#?([0-9a-f]{6})$/i.exec((text || "").trim());
-  if (!m) return fallback;
-  const n = parseInt(m[1], 16);
-  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
-}
-
-/** Halfway to white: the outline colour, brighter than the fill so edges read on bone. */
-function lighten(c) {
-  return Math.round(c + (255 - c) * 0.5);
-}
-
 function loadImage(url) {
   return new Promise((resolve, reject) => {
     const img = new Image();
@@ -93,12 +80,9 @@ function loadImage(url) {
   });
 }
 
-const [OR, OG, OB] = parseHexColour(getComputedStyle(root).getPropertyValue("--mask-color"), [255, 92, 56]);
-const FILL_RGBA = ((150 << 24) | (OB << 16) | (OG << 8) | OR) >>> 0; // little-endian RGBA
-const EDGE_RGBA = ((255 << 24) | (lighten(OB) << 16) | (lighten(OG) << 8) | lighten(OR)) >>> 0;
-
 // ---------------------------------------------------------------------------------------------
-// Loading an item: JSON, then the image and every mask decoded into a coloured overlay bitmap.
+// Loading an item: its data (with the page, or from the API for the next ones), then the CXR and
+// every candidate's overlay, decoded.
 
 async function getJson(url) {
   const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
@@ -115,11 +99,12 @@ function fetchNextItem(afterId) {
   return getJson(url.toString());
 }
 
-// Resolution levels. The server keeps cached downscaled copies of the CXR and of every mask
-// (`?max=512|1024|1536|2048`, masks nearest-neighbour so they stay 0/255). An item first loads
-// the smallest copy that still gives every device pixel a source pixel in the current layout;
-// a sharper one is fetched only when the view needs it (zooming in, one at a time), and the
-// full-resolution files only when zoomed in past the largest copy.
+// Resolution levels. The server keeps cached downscaled copies of the CXR and of every overlay
+// (`?max=512|1024|1536|2048`, overlays from nearest-neighbour masks). The page's first item
+// starts from the smallest copies, which the page's head has already asked for; a prefetched
+// item from the smallest copy that gives every device pixel a source pixel in the current
+// layout. A sharper one is fetched only when the view needs it (zooming in, one at a time),
+// and the full-resolution files only when zoomed in past the largest copy.
 
 const DISPLAY_SIZES = [512, 1024, 1536, 2048];
 
@@ -144,65 +129,22 @@ function levelFor(levels, need) {
   return i < 0 ? levels.length - 1 : i;
 }
 
-let scratch = null;
-
-/** The mask as a coloured overlay: translucent fill with an opaque one-pixel outline, so
- * boundaries stay legible on bone. Small copies come back at once as a canvas (no task to wait
- * for per candidate); large ones as a promise of an ImageBitmap. */
-function overlayFromImage(img, width, height, asBitmap) {
-  if (img.naturalWidth !== width || img.naturalHeight !== height) {
-    throw new Error(`A candidate mask is ${img.naturalWidth}×${img.naturalHeight}, not ${width}×${height}.`);
-  }
-  if (!scratch) scratch = document.createElement("canvas");
-  scratch.width = width;
-  scratch.height = height;
-  const ctx = scratch.getContext("2d", { willReadFrequently: true });
-  ctx.clearRect(0, 0, width, height);
-  ctx.drawImage(img, 0, 0);
-  const data = ctx.getImageData(0, 0, width, height);
-  const px = new Uint32Array(data.data.buffer);
-  const inside = new Uint8Array(width * height);
-  for (let i = 0; i < inside.length; i++) inside[i] = (px[i] & 255) > 127 ? 1 : 0;
-  let on = 0;
-  for (let y = 0, i = 0; y < height; y++) {
-    for (let x = 0; x < width; x++, i++) {
-      if (!inside[i]) {
-        px[i] = 0;
-        continue;
-      }
-      on++;
-      const edge =
-        x === 0 || y === 0 || x === width - 1 || y === height - 1 ||
-        !inside[i - 1] || !inside[i + 1] || !inside[i - width] || !inside[i + width];
-      px[i] = edge ? EDGE_RGBA : FILL_RGBA;
+/** Loads one level of an item: the CXR and every candidate's overlay at once. The server
+ * colours the overlays (translucent fill, opaque outline), so they are drawn as they come. */
+async function loadLevel(item, level) {
+  const [image, ...overlays] = await Promise.all([
+    loadImage(withMax(item.image_url, level.max)),
+    ...item.candidates.map((c) => loadImage(withMax(c.overlay_url, level.max))),
+  ]);
+  // Decode them in parallel, off the main thread where the browser can.
+  await Promise.all([image, ...overlays].map((img) => (img.decode ? img.decode().catch(() => {}) : null)));
+  for (const overlay of overlays) {
+    if (overlay.naturalWidth !== image.naturalWidth || overlay.naturalHeight !== image.naturalHeight) {
+      throw new Error(`A candidate mask is ${overlay.naturalWidth}×${overlay.naturalHeight}, ` +
+        `not ${image.naturalWidth}×${image.naturalHeight} like its image.`);
     }
   }
-  if (asBitmap && typeof createImageBitmap === "function") {
-    return createImageBitmap(data).then((bitmap) => ({ bitmap, on }));
-  }
-  const canvas = document.createElement("canvas");
-  canvas.width = width;
-  canvas.height = height;
-  canvas.getContext("2d").putImageData(data, 0, 0);
-  return { bitmap: canvas, on };
-}
-
-/** Loads one level of an item: the CXR and every candidate at once, then the overlays. */
-async function loadLevel(item, level, width, height) {
-  const [image, ...masks] = await Promise.all([
-    loadImage(withMax(item.image_url, level.max)),
-    ...item.candidates.map((c) => loadImage(withMax(c.mask_url, level.max))),
-  ]);
-  // Decode the CXR and the masks in parallel, off the main thread where the browser can.
-  await Promise.all([image, ...masks].map((img) => (img.decode ? img.decode().catch(() => {}) : null)));
   performance.mark("maskloop:files");
-  const w = level.max ? image.naturalWidth : width;
-  const h = level.max ? image.naturalHeight : height;
-  const overlays = [];
-  // One at a time keeps a single scratch buffer alive instead of one per candidate; the small
-  // copies of a first view are coloured in one go, without waiting on a task per candidate.
-  const asBitmap = w * h > 1 << 21;
-  for (const mask of masks) overlays.push(await overlayFromImage(mask, w, h, asBitmap));
   return { image, overlays, max: level.max };
 }
 
@@ -222,14 +164,16 @@ function fitScaleFor(width, height, count) {
   return best || 1;
 }
 
-/** Load and decode what an item needs for its first frame; resolves to a prepared item. */
-async function prepareItem(item) {
+/** Load and decode what an item needs for its first frame; resolves to a prepared item.
+ * `coarsest` takes the smallest copies (those the page's head already asked for), to show the
+ * page's first item at once; a sharper level follows if the view needs it. */
+async function prepareItem(item, { coarsest = false } = {}) {
   const width = item.width;
   const height = item.height;
   const levels = levelsFor(width, height);
   const dpr = window.devicePixelRatio || 1;
-  const first = levelFor(levels, fitScaleFor(width, height, item.candidates.length) * dpr);
-  const loaded = await loadLevel(item, levels[first], width, height);
+  const first = coarsest ? 0 : levelFor(levels, fitScaleFor(width, height, item.candidates.length) * dpr);
+  const loaded = await loadLevel(item, levels[first]);
   if (loaded.image.naturalWidth * loaded.image.naturalHeight > 1 << 21) warm(loaded.image, loaded.overlays);
   const prepared = { item, width, height, levels, loaded: [], pending: null, released: false };
   prepared.loaded[first] = loaded;
@@ -252,9 +196,9 @@ function levelToDraw(prepared, need) {
 function requestLevel(prepared, index) {
   if (prepared.pending !== null || prepared.loaded[index]) return;
   prepared.pending = index;
-  loadLevel(prepared.item, prepared.levels[index], prepared.width, prepared.height)
+  loadLevel(prepared.item, prepared.levels[index])
     .then((loaded) => {
-      if (prepared.released) return releaseLevel(loaded);
+      if (prepared.released) return;
       prepared.loaded[index] = loaded;
       if (state.current === prepared) markAll(true, true);
     })
@@ -276,20 +220,15 @@ function warm(image, overlays) {
   ctx.imageSmoothingQuality = "high";
   ctx.drawImage(image, 0, 0, 64, 64);
   ctx.imageSmoothingQuality = "low";
-  for (const overlay of overlays) ctx.drawImage(overlay.bitmap, 0, 0, 64, 64);
+  for (const overlay of overlays) ctx.drawImage(overlay, 0, 0, 64, 64);
   ctx.getImageData(0, 0, 1, 1);
 }
 
-function releaseLevel(loaded) {
-  for (const overlay of loaded.overlays) {
-    if (overlay.bitmap && typeof overlay.bitmap.close === "function") overlay.bitmap.close();
-  }
-}
-
+/** Forget an item's images once it is off screen (and any level still on its way). */
 function releasePrepared(prepared) {
   if (!prepared) return;
   prepared.released = true;
-  for (const loaded of prepared.loaded) if (loaded) releaseLevel(loaded);
+  prepared.loaded = [];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,7 +434,7 @@ function render() {
         // software rendering, and five panels pan together.
         ctx.imageSmoothingEnabled = m < 1;
         ctx.imageSmoothingQuality = "low";
-        ctx.drawImage(overlay.bitmap, 0, 0, W, H);
+        ctx.drawImage(overlay, 0, 0, W, H);
       }
     }
   }
@@ -956,13 +895,9 @@ async function start() {
   setBusy(true);
   setStatus("Loading…");
   try {
-    const item = await getJson(config.itemUrl);
+    const item = JSON.parse(document.getElementById("review-item").textContent);
     performance.mark("maskloop:item");
-    if (!item) {
-      window.location.assign(config.queueUrl);
-      return;
-    }
-    show(await prepareItem(item));
+    show(await prepareItem(item, { coarsest: true }));
   } catch (err) {
     loadingBox.hidden = true;
     const message = `This item could not be shown: ${networkMessage(err)}`;

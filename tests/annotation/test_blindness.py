@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 
 ITEM_KEYS = {"id", "round", "status", "image_url", "width", "height", "candidates",
              "decision_url", "page_url"}
-CANDIDATE_KEYS = {"label", "mask_url"}
+CANDIDATE_KEYS = {"label", "mask_url", "overlay_url"}
 PROVENANCE_WORDS = ["drawn", "predicted", "prediction", "manual", "imported", "author",
                     "source", "model", "network", "fold", "unet", "u-net", "dla",
                     "densenet", "resnet", "inception", "chexnet", *ARCHITECTURES, *ENCODERS]
@@ -103,6 +103,7 @@ def assert_blind_payload(body: dict, item: ReviewItem) -> None:
     for candidate in body["candidates"]:
         assert set(candidate) == CANDIDATE_KEYS
         assert candidate["mask_url"] == f"/api/review-items/{u}/candidates/{candidate['label']}.png"
+        assert candidate["overlay_url"] == f"{candidate['mask_url']}?overlay=1"
     assert_tells_nothing(json.dumps(body), item)
 
 
@@ -152,15 +153,32 @@ def test_the_review_page_tells_nothing(blind_round, md2, api):
         assert leaky not in html
 
 
+def test_the_review_page_carries_the_blind_item_and_asks_for_its_first_images(
+    blind_round, md2, api
+):
+    item = blind_round.items.select_related("round", "image").first()
+    client = api(md2)
+    html = client.get(f"/review/{item.uuid}/").content.decode()
+    inline = re.search(r'<script id="review-item" type="application/json">(.*?)</script>', html)
+    assert inline, "the item's data is not in the page"
+    body = json.loads(inline.group(1))
+    assert body == client.get(f"/api/review-items/{item.uuid}/").json()
+    assert_blind_payload(body, item)
+    # The reviewing_round images are 64 px: under the smallest display copy, so the originals.
+    preloads = re.findall(r'<link rel="preload" href="([^"]+)" as="image">', html)
+    assert preloads == [body["image_url"], *(c["overlay_url"] for c in body["candidates"])]
+
+
 # ---------------------------------------------------------------- (c) the candidate PNGs
 
 
 def test_candidate_pngs_carry_no_metadata_and_look_alike(blind_round, md2, api):
     client = api(md2)
-    for item in blind_round.items.all():
+    forms = ["", "?overlay=1", "?overlay=1&max=512", ""]  # masks, overlays, small overlays
+    for item, form in zip(blind_round.items.all(), forms, strict=True):
         headers, ihdrs = [], set()
         for label in "ABC":
-            response = client.get(f"/api/review-items/{item.uuid}/candidates/{label}.png")
+            response = client.get(f"/api/review-items/{item.uuid}/candidates/{label}.png{form}")
             assert response.status_code == 200
             assert response["Content-Type"] == "image/png"
             assert "Content-Disposition" not in response
@@ -197,12 +215,13 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
     uuid_re = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     allowed = re.compile(
         rf"^/(review/{uuid_re}/|api/review-items/{uuid_re}/"
-        rf"(image\.png|candidates/[A-Z]\.png|decision/))$"
+        rf"(image\.png|candidates/[A-Z]\.png(\?overlay=1)?|decision/))$"
     )
     for item in blind_round.items.all():
         body = client.get(f"/api/review-items/{item.uuid}/").json()
         urls = [body["image_url"], body["decision_url"], body["page_url"],
-                *(c["mask_url"] for c in body["candidates"])]
+                *(c["mask_url"] for c in body["candidates"]),
+                *(c["overlay_url"] for c in body["candidates"])]
         for url in urls:
             assert allowed.match(url), url
             assert str(item.uuid) in url
@@ -211,7 +230,6 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
     html = client.get(f"/review/{item.uuid}/").content.decode()
     data_urls = dict(re.findall(r'data-([a-z-]+-url)="([^"]*)"', html))
     assert data_urls == {
-        "item-url": f"/api/review-items/{item.uuid}/",
         "decision-url": f"/api/review-items/{item.uuid}/decision/",
         "next-api-url": "/api/review-items/next/",
         "queue-url": "/queue/",

@@ -195,7 +195,8 @@ def test_a_large_item_loads_small_copies_first_and_full_files_when_zoomed(
     shot(page, "grid")
     first = [u for u in pngs if item_id in u]
     assert len(first) == 4, first  # the CXR and three candidates
-    assert all("?max=" in u for u in first), first
+    assert all("max=512" in u for u in first), first
+    assert sum("?overlay=1&max=512" in u for u in first) == 3, first
 
     pngs.clear()
     page.keyboard.press("Tab")
@@ -205,10 +206,10 @@ def test_a_large_item_loads_small_copies_first_and_full_files_when_zoomed(
             page.keyboard.press("+")
     page.wait_for_function(
         "performance.getEntriesByType('resource')"
-        ".filter((e) => e.name.includes('/candidates/') && !e.name.includes('?')).length >= 3"
+        ".filter((e) => e.name.endsWith('.png?overlay=1')).length >= 3"
     )
     page.wait_for_timeout(300)
     shot(page, "zoomed-full-resolution")
-    full = [u for u in pngs if item_id in u and "?" not in u]
+    full = [u for u in pngs if item_id in u and "max=" not in u]
     assert len(full) == 4, full
     assert page.evaluate("window.maskloopReview.selected()") == "B"
