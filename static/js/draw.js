@@ -8,6 +8,8 @@
 //
 // Plain ES2020, no dependencies: the app runs offline.
 
+import { clamp, csrfToken, errorText, readJsonScript, setWindowLevelFilter } from "./common.js";
+
 const MAX_HISTORY = 100;
 const MIN_BRUSH = 1;
 const MAX_BRUSH = 400;
@@ -37,42 +39,6 @@ const uiCtx = uiLayer.getContext("2d");
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-function readJsonScript(id, fallback) {
-  const el = document.getElementById(id);
-  if (!el) return fallback;
-  try {
-    return JSON.parse(el.textContent);
-  } catch (err) {
-    return fallback;
-  }
-}
-
-function clamp(v, lo, hi) {
-  return v < lo ? lo : v > hi ? hi : v;
-}
-
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  if (match) return decodeURIComponent(match[1]);
-  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
-  return input ? input.value : "";
-}
-
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    if (body && typeof body.detail === "string") return body.detail;
-    if (body && typeof body === "object") {
-      return Object.entries(body)
-        .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : v}`)
-        .join("; ");
-    }
-  } catch (err) {
-    // not JSON: fall through to the status line
-  }
-  return `The server answered ${response.status} ${response.statusText || ""}`.trim() + ".";
-}
 
 function parseHexColour(text, fallback) {
   const m = /^#?([0-9a-f]{6})$/i.exec((text || "").trim());
@@ -752,18 +718,13 @@ function drawUi() {
 // Window / level: brightness moves the level, contrast narrows the window. Display only.
 
 const wl = { brightness: 0, contrast: 0 };
-const wlFuncs = Array.from(document.querySelectorAll("#draw-wl feFuncR, #draw-wl feFuncG, #draw-wl feFuncB"));
+const wlFilter = document.getElementById("draw-wl");
 
 function applyWindowLevel() {
   const level = 0.5 - wl.brightness / 200; // in [0, 1]
   const width = Math.pow(2, -wl.contrast / 40); // 1 = the full 0..255 range
-  const slope = 1 / width;
-  const intercept = -(level - width / 2) / width;
-  for (const f of wlFuncs) {
-    f.setAttribute("slope", slope.toFixed(5));
-    f.setAttribute("intercept", intercept.toFixed(5));
-  }
-  imageLayer.style.filter = wl.brightness === 0 && wl.contrast === 0 ? "" : "url(#draw-wl)";
+  const neutral = setWindowLevelFilter(wlFilter, level, width);
+  imageLayer.style.filter = neutral ? "" : "url(#draw-wl)";
   controls.brightness.value = String(Math.round(wl.brightness));
   controls.contrast.value = String(Math.round(wl.contrast));
   controls.wlReadout.textContent = `W ${Math.round(width * 255)} / L ${Math.round(level * 255)}`;

@@ -10,6 +10,8 @@
 //
 // Plain ES2020, no dependencies: the app runs offline.
 
+import { clamp, csrfToken, errorText, networkMessage, readJsonScript, setWindowLevelFilter } from "./common.js";
+
 const MAX_ZOOM = 64;
 const CLICK_SLOP_PX = 4; // a press that moves less than this is a click, not a pan
 
@@ -39,36 +41,6 @@ const controls = {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-function clamp(v, lo, hi) {
-  return v < lo ? lo : v > hi ? hi : v;
-}
-
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  if (match) return decodeURIComponent(match[1]);
-  const input = document.querySelector("input[name=csrfmiddlewaretoken]");
-  return input ? input.value : "";
-}
-
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    if (body && typeof body.detail === "string") return body.detail;
-    if (body && typeof body === "object") {
-      return Object.entries(body)
-        .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(" ") : v}`)
-        .join("; ");
-    }
-  } catch (err) {
-    // not JSON
-  }
-  return `The server answered ${response.status} ${response.statusText || ""}`.trim() + ".";
-}
-
-function networkMessage(err) {
-  return err instanceof TypeError ? "Could not reach the server. Check the connection and try again." : err.message;
-}
 
 function loadImage(url) {
   return new Promise((resolve, reject) => {
@@ -466,13 +438,7 @@ function zoomAt(panel, px, py, factor) {
 }
 
 function applyWindowLevel() {
-  const slope = 1 / wl.width;
-  const intercept = -(wl.level - wl.width / 2) / wl.width;
-  for (const f of root.querySelectorAll("#review-wl feFuncR, #review-wl feFuncG, #review-wl feFuncB")) {
-    f.setAttribute("slope", slope.toFixed(5));
-    f.setAttribute("intercept", intercept.toFixed(5));
-  }
-  const neutral = Math.abs(wl.width - 1) < 1e-6 && Math.abs(wl.level - 0.5) < 1e-6;
+  const neutral = setWindowLevelFilter(document.getElementById("review-wl"), wl.level, wl.width);
   stage.style.setProperty("--wl-filter", neutral ? "none" : "url(#review-wl)");
 }
 
@@ -895,7 +861,8 @@ async function start() {
   setBusy(true);
   setStatus("Loading…");
   try {
-    const item = JSON.parse(document.getElementById("review-item").textContent);
+    const item = readJsonScript("review-item", null);
+    if (!item) throw new Error("the page came without its item; reload it");
     performance.mark("maskloop:item");
     show(await prepareItem(item, { coarsest: true }));
   } catch (err) {
