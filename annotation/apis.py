@@ -9,7 +9,7 @@ from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
@@ -33,6 +33,19 @@ def exception_handler(exc, context):
 
 
 PNG = {(200, "image/png"): OpenApiTypes.BINARY}
+DISPLAY_MAX = OpenApiParameter(
+    "max",
+    OpenApiTypes.INT,
+    enum=list(storage.DISPLAY_SIZES),
+    description="A cached copy no larger than this on its long side, for display "
+    "(masks stay 0/255). Default: the stored file at full size.",
+)
+OVERLAY = OpenApiParameter(
+    "overlay",
+    OpenApiTypes.INT,
+    enum=[1],
+    description="The mask as an RGBA overlay: translucent fill, opaque one-pixel outline.",
+)
 
 
 def png_response(name: str, request=None, *, form: str = "image") -> HttpResponse:
@@ -140,7 +153,7 @@ class ImageDetailApi(APIView):
 class ImageDisplayApi(APIView):
     permission_classes = [IsAnyRole]
 
-    @extend_schema(responses=PNG)
+    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
     def get(self, request, image_id: int):
         return png_response(get_object_or_404(Image, pk=image_id).display.name, request)
 
@@ -226,7 +239,7 @@ class ImageMasksApi(APIView):
 class MaskFileApi(APIView):
     permission_classes = [IsAdminOrData]
 
-    @extend_schema(responses=PNG)
+    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
     def get(self, request, mask_id: int):
         return png_response(get_object_or_404(Mask, pk=mask_id).file.name, request, form="mask")
 
@@ -466,7 +479,7 @@ class ReviewNextApi(APIView):
 class ReviewItemImageApi(APIView):
     permission_classes = [IsReviewer]
 
-    @extend_schema(responses=PNG)
+    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
     def get(self, request, item_uuid):
         return png_response(_visible_item(request, item_uuid).image.display.name, request)
 
@@ -474,7 +487,7 @@ class ReviewItemImageApi(APIView):
 class ReviewCandidateApi(APIView):
     permission_classes = [IsReviewer]
 
-    @extend_schema(responses=PNG)
+    @extend_schema(parameters=[DISPLAY_MAX, OVERLAY], responses=PNG)
     def get(self, request, item_uuid, label: str):
         item = _visible_item(request, item_uuid)
         candidate = item.candidates.filter(label=label).select_related("mask").first()

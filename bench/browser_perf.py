@@ -7,11 +7,14 @@ Sets up a throw-away SQLite database under a temporary folder with one size×siz
 `--candidates` masks, serves it with `manage.py runserver --noreload` on a free loopback port
 and drives Chromium (Playwright, /usr/bin/chromium or $MASKLOOP_CHROMIUM) signed in as an MD.
 
-Prints, per page load (a fresh browser context each time, so nothing comes from the browser's
-cache; the first load also finds the server's downscaled-copy cache empty):
+Prints, per page load:
 
-* review page: ms from navigation start to `window.maskloopReview.ready` (the item is drawn
-  and the page takes keys), and the bytes of image and mask data it loaded for that;
+* review page, measured twice: in the MD's tab (the queue page, then the item, with the HTTP
+  cache emptied before each load, so every file is fetched again) and in a new browser
+  context per load (a new renderer process as well: a first visit). For each, ms from
+  navigation start to `window.maskloopReview.ready` (the item is drawn and the page takes
+  keys) and the bytes of image data it loaded for that; `--waterfall` adds the last load's
+  requests and the page's marks in order;
 * draw page (same image, opened before its round starts): ms to `window.maskloopDraw.ready`
   (the image is decoded; it shows on the next frame), then a long synthetic brush stroke,
   one pointer move per animation frame: the page's own per-segment time (rasterise + upload,
@@ -20,8 +23,9 @@ cache; the first load also finds the server's downscaled-copy cache empty):
   came more than 20 ms after the previous one (a missed 60 Hz vsync).
 
 Budget: the review page must be interactive within 300 ms (`--budget-ms`); the exit status is
-1 when the median of the loads after the first is over it. Timings are wall-clock: on a busy
-machine they measure the machine too (the load average is printed).
+1 when the median in the MD's tab is over it. Timings are wall-clock with the server, the
+browser and this script on one machine: on a busy one they measure the machine too (the load
+average is printed).
 
 `--js-from DIR` serves static/js/<name>.js from DIR instead (e.g. an older review.js and
 draw.js), to compare two versions of the scripts on the same data.
@@ -548,7 +552,7 @@ def measure(args, tmp: str, env: dict, viewport: dict) -> int:
     print(f"load average: {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(
         f"\nChromium {viewport['width']}×{viewport['height']}, CXR {args.size}×{args.size}, "
-        f"{args.candidates} candidates, {args.repeats} loads (fresh browser cache each)"
+        f"{args.candidates} candidates, {args.repeats} loads each"
         + (f", scripts from {args.js_from}" if args.js_from else "")
         + "\n"
     )
