@@ -789,7 +789,55 @@ function stagePoint(e) {
   return { sx: e.clientX - rect.left, sy: e.clientY - rect.top };
 }
 
+// Touch: one finger draws with the current tool, two fingers pinch to zoom and pan. A stroke
+// the first finger had begun is taken back when the second one lands: it was a gesture.
+const touches = new Map(); // pointerId -> {sx, sy}
+let pinch = null; // {dist, mx, my} at the last move
+
+function pinchNow() {
+  const [a, b] = touches.values();
+  return { dist: Math.hypot(a.sx - b.sx, a.sy - b.sy) || 1, mx: (a.sx + b.sx) / 2, my: (a.sy + b.sy) / 2 };
+}
+
+function startPinch() {
+  if (drag) {
+    const kind = drag.kind;
+    if (uiLayer.hasPointerCapture(drag.pointerId)) uiLayer.releasePointerCapture(drag.pointerId);
+    drag = null;
+    stage.dataset.drag = "";
+    if (kind === "paint") {
+      const seq = history.seq;
+      endOp();
+      if (history.seq !== seq) {
+        const step = history.undo.pop();
+        applyRuns(step.runs);
+        uploadRect(step.rect);
+        afterMaskChange();
+      }
+    } else if (kind === "lasso") {
+      cancelPolygon();
+    }
+  }
+  pinch = pinchNow();
+}
+
+/** Pen pressure thins the brush: the set size at half pressure and above (a pen that cannot
+ * sense pressure reports 0.5, so it draws at the set size), down to a tenth of it. */
+function brushRadius(e) {
+  const r = brushSize / 2;
+  if (e.pointerType !== "pen" || !(e.pressure > 0)) return r;
+  return Math.max(0.5, r * clamp(e.pressure * 2, 0.1, 1));
+}
+
 function onPointerDown(e) {
+  if (e.pointerType === "touch" && image) {
+    touches.set(e.pointerId, stagePoint(e));
+    if (touches.size >= 2) {
+      e.preventDefault();
+      if (touches.size === 2) startPinch();
+      return;
+    }
+  }
   if (drag || !image) return;
   const { sx, sy } = stagePoint(e);
   pointer.sx = sx;
@@ -815,7 +863,7 @@ function onPointerDown(e) {
     drag.brightness = wl.brightness;
     drag.contrast = wl.contrast;
   } else if (kind === "paint") {
-    const p = toImage(sx, sy);
+    const p = { ...toImage(sx, sy), r: brushRadius(e) };
     drag.value = tool === "eraser" ? 0 : 1;
     drag.last = p;
     beginOp(tool === "eraser" ? "erase" : "brush stroke");
@@ -843,12 +891,12 @@ function nearFirstVertex(sx, sy) {
   return Math.hypot(first.x * view.s + view.tx - sx, first.y * view.s + view.ty - sy) <= CLOSE_DISTANCE_PX;
 }
 
+/** Paints from the stroke's last point through `points` ({x, y, r}: image px, brush radius). */
 function paintBatch(points, inputTime) {
   const t0 = performance.now();
-  const r = brushSize / 2;
   let rect = null;
   for (const p of points) {
-    rect = unionRect(rect, paintSegment(drag.last.x, drag.last.y, p.x, p.y, r, drag.value));
+    rect = unionRect(rect, paintSegment(drag.last.x, drag.last.y, p.x, p.y, p.r, drag.value));
     drag.last = p;
   }
   uploadRect(rect);
@@ -860,6 +908,17 @@ function paintBatch(points, inputTime) {
 }
 
 function onPointerMove(e) {
+  if (touches.has(e.pointerId)) {
+    touches.set(e.pointerId, stagePoint(e));
+    if (pinch) {
+      const now = pinchNow();
+      view.tx += now.mx - pinch.mx;
+      view.ty += now.my - pinch.my;
+      zoomAt(now.mx, now.my, now.dist / pinch.dist);
+      pinch = now;
+      return;
+    }
+  }
   const { sx, sy } = stagePoint(e);
   pointer.sx = sx;
   pointer.sy = sy;
@@ -880,7 +939,7 @@ function onPointerMove(e) {
       const list = events.length ? events : [e];
       const rect = stage.getBoundingClientRect();
       paintBatch(
-        list.map((ev) => toImage(ev.clientX - rect.left, ev.clientY - rect.top)),
+        list.map((ev) => ({ ...toImage(ev.clientX - rect.left, ev.clientY - rect.top), r: brushRadius(ev) })),
         e.timeStamp,
       );
     } else if (drag.kind === "lasso") {
@@ -901,6 +960,10 @@ function onPointerMove(e) {
 }
 
 function onPointerUp(e) {
+  if (touches.delete(e.pointerId) && pinch) {
+    if (touches.size < 2) pinch = null; // the finger left behind does not draw
+    return;
+  }
   if (!drag || e.pointerId !== drag.pointerId) return;
   const done = drag;
   drag = null;

@@ -454,7 +454,29 @@ function panelPoint(e, panel) {
   return { x: e.clientX - rect.left, y: e.clientY - rect.top };
 }
 
+// Touch: one finger pans (a tap selects), two fingers pinch to zoom and pan, all panels together.
+const touches = new Map(); // pointerId -> {x, y} in the pinch panel's coordinates
+let pinch = null; // {panel, dist, mx, my} at the last move
+
+function pinchNow(panel) {
+  const [a, b] = touches.values();
+  return { panel, dist: Math.hypot(a.x - b.x, a.y - b.y) || 1, mx: (a.x + b.x) / 2, my: (a.y + b.y) / 2 };
+}
+
 function onPointerDown(e, panel) {
+  if (e.pointerType === "touch" && state.current) {
+    const pinchPanel = pinch ? pinch.panel : drag ? drag.panel : panel;
+    touches.set(e.pointerId, panelPoint(e, pinchPanel));
+    if (touches.size >= 2) {
+      e.preventDefault();
+      if (touches.size === 2) {
+        drag = null; // the first finger's pan (or tap) becomes the pinch
+        stage.dataset.drag = "";
+        pinch = pinchNow(pinchPanel);
+      }
+      return;
+    }
+  }
   if (!state.current || drag) return;
   const wlDrag = e.button === 2 || (e.button === 0 && keys.w);
   if (e.button !== 0 && e.button !== 1 && e.button !== 2) return;
@@ -480,6 +502,19 @@ function onPointerDown(e, panel) {
 }
 
 function onPointerMove(e) {
+  if (touches.has(e.pointerId)) {
+    const panel = pinch ? pinch.panel : drag ? drag.panel : null;
+    if (panel) touches.set(e.pointerId, panelPoint(e, panel));
+  }
+  if (pinch && touches.has(e.pointerId)) {
+    const now = pinchNow(pinch.panel);
+    const { s } = panelTransform(pinch.panel);
+    view.cx -= (now.mx - pinch.mx) / s;
+    view.cy -= (now.my - pinch.my) / s;
+    zoomAt(pinch.panel, now.mx, now.my, now.dist / pinch.dist);
+    pinch = now;
+    return;
+  }
   if (!drag || e.pointerId !== drag.pointerId) return;
   const dx = e.clientX - drag.lastX;
   const dy = e.clientY - drag.lastY;
@@ -503,6 +538,10 @@ function onPointerMove(e) {
 }
 
 function onPointerUp(e) {
+  if (touches.delete(e.pointerId) && pinch) {
+    if (touches.size < 2) pinch = null; // the finger left behind neither pans nor selects
+    return;
+  }
   if (!drag || e.pointerId !== drag.pointerId) return;
   const done = drag;
   drag = null;
@@ -885,5 +924,7 @@ window.maskloopReview = {
   prefetched: () =>
     prefetch ? prefetch.promise.then((p) => Boolean(p), () => false) : Promise.resolve(false),
   mode: () => state.mode,
+  /** The shared view: image point at the panels' centre and zoom relative to fit. */
+  view: () => ({ ...view }),
   selected: () => (state.selected === null ? null : labels()[state.selected]),
 };

@@ -4,6 +4,7 @@ window/level that changes only what is shown."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from annotation.models import Image, Mask
 from tests.browser.helpers import (
@@ -205,3 +206,87 @@ def test_window_level_changes_the_display_not_the_saved_mask(
     assert windowed.pk != plain.pk
     assert np.array_equal(read_png(windowed.file.name), read_png(plain.file.name))
     assert windowed.sha256 == plain.sha256 and windowed.area == plain.area > 0
+
+
+# Synthetic pointer events of a given kind (pen, touch), as a tablet sends them, at image
+# points under the view of when they start.
+POINTERS_JS = """
+async ({events}) => {
+  const ui = document.querySelector('.layer-ui');
+  const v = window.maskloopDraw.view();
+  const b = ui.getBoundingClientRect();
+  const r = {left: b.left + v.tx, top: b.top + v.ty};
+  const s = v.scale;
+  const frame = () => new Promise((res) => requestAnimationFrame(res));
+  for (const [type, id, kind, x, y, pressure] of events) {
+    ui.dispatchEvent(new PointerEvent(type, {
+      clientX: r.left + x * s, clientY: r.top + y * s, pointerId: id, pointerType: kind,
+      isPrimary: id !== 2, button: type === 'pointermove' ? -1 : 0,
+      buttons: type === 'pointerup' ? 0 : 1, pressure, bubbles: true, cancelable: true}));
+    await frame();
+  }
+}
+"""
+
+
+def pen_stroke(y: float, pressure: float) -> list:
+    """200 image px from x 100 to 300 at height y."""
+    return [
+        ["pointerdown", 1, "pen", 100, y, pressure],
+        *(["pointermove", 1, "pen", 100 + 20 * k, y, pressure] for k in range(1, 11)),
+        ["pointerup", 1, "pen", 300, y, 0],
+    ]
+
+
+def test_pen_pressure_thins_the_brush(page, sign_in, url, shot, md, make_image):
+    image = make_image(size=400)
+    sign_in(page, md)
+    page.goto(url(f"/draw/{image.pk}/"))
+    draw_ready(page)
+
+    page.evaluate(POINTERS_JS, {"events": pen_stroke(120, 0.5)})
+    full = mask_on(page)
+    page.evaluate(POINTERS_JS, {"events": pen_stroke(280, 0.1)})
+    light = mask_on(page) - full
+    shot(page, "pen-full-then-light")
+    # A 200 px stroke with round ends: 200 × width + π (width / 2)², at the set width of 24 px.
+    expected = 200 * BRUSH + np.pi * (BRUSH / 2) ** 2
+    assert abs(full - expected) < 0.05 * expected, (full, expected)
+    # A fifth of that width at a tenth of the pressure (whole pixels: 4 or 5 rows, not 4.8).
+    assert 0.15 < light / full < 0.25, (light, full)
+
+
+def test_two_fingers_zoom_and_pan_without_drawing(page, sign_in, url, shot, md, make_image):
+    image = make_image(size=400)
+    sign_in(page, md)
+    page.goto(url(f"/draw/{image.pk}/"))
+    draw_ready(page)
+    before = page.evaluate("window.maskloopDraw.view()")
+
+    # The first finger starts a stroke; the second turns it into a pinch that spreads from
+    # 60 to 160 image px apart (at the starting view).
+    page.evaluate(POINTERS_JS, {"events": [
+        ["pointerdown", 1, "touch", 170, 200, 0.5],
+        ["pointermove", 1, "touch", 180, 200, 0.5],
+        ["pointerdown", 2, "touch", 240, 200, 0.5],
+        *(["pointermove", id_, "touch", x, 200, 0.5]
+          for k in range(1, 6)
+          for id_, x in ((1, 180 - 10 * k), (2, 240 + 10 * k))),
+        ["pointerup", 2, "touch", 290, 200, 0],
+        ["pointermove", 1, "touch", 100, 220, 0.5],  # the finger left behind does not draw
+        ["pointerup", 1, "touch", 100, 220, 0],
+    ]})
+    after = page.evaluate("window.maskloopDraw.view()")
+    shot(page, "pinched")
+    assert after["scale"] == pytest.approx(before["scale"] * 160 / 60, rel=0.02)
+    assert mask_on(page) == 0, "a pinch must not leave paint behind"
+    assert page.evaluate("window.maskloopDraw.historySize().steps") == 0
+    assert page.evaluate("window.maskloopDraw.isDirty()") is False
+
+    # One finger alone draws.
+    page.evaluate(POINTERS_JS, {"events": [
+        ["pointerdown", 3, "touch", 200, 200, 0.5],
+        ["pointermove", 3, "touch", 220, 200, 0.5],
+        ["pointerup", 3, "touch", 220, 200, 0],
+    ]})
+    assert mask_on(page) > 0

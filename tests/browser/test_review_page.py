@@ -5,6 +5,7 @@ ground truth."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from annotation.models import (
     Decision,
@@ -213,3 +214,44 @@ def test_a_large_item_loads_small_copies_first_and_full_files_when_zoomed(
     full = [u for u in pngs if item_id in u and "max=" not in u]
     assert len(full) == 4, full
     assert page.evaluate("window.maskloopReview.selected()") == "B"
+
+
+def test_two_fingers_zoom_every_panel_and_pick_nothing(page, sign_in, url, shot, reviewing_round):
+    reviewing_round(images=2)
+    md2 = make_user("md2", Role.MD)
+    sign_in(page, md2)
+    page.goto(url("/review/next/"))
+    review_ready(page)
+    box = page.locator(".review-panel:not(.single)[data-label=A]").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    before = page.evaluate("window.maskloopReview.view()")
+    # Two fingers 40 px apart on panel A spread to 120 px apart.
+    page.evaluate(
+        """async ({x, y}) => {
+          const el = document.querySelector('.review-panel:not(.single)[data-label=A]');
+          const frame = () => new Promise((res) => requestAnimationFrame(res));
+          const fire = (type, id, px) => {
+            const init = {clientX: px, clientY: y, pointerId: id, pointerType: 'touch',
+                          isPrimary: id === 1, button: type === 'pointermove' ? -1 : 0,
+                          buttons: type === 'pointerup' ? 0 : 1, bubbles: true, cancelable: true};
+            (type === 'pointerdown' ? el : window).dispatchEvent(new PointerEvent(type, init));
+          };
+          fire('pointerdown', 1, x - 20); await frame();
+          fire('pointerdown', 2, x + 20); await frame();
+          for (let k = 1; k <= 4; k++) {
+            fire('pointermove', 1, x - 20 - 10 * k); fire('pointermove', 2, x + 20 + 10 * k);
+            await frame();
+          }
+          fire('pointerup', 2, x + 60); fire('pointerup', 1, x - 60); await frame();
+        }""",
+        {"x": x, "y": y},
+    )
+    after = page.evaluate("window.maskloopReview.view()")
+    shot(page, "pinched")
+    assert after["z"] == pytest.approx(before["z"] * 3, rel=0.02)
+    # Zoomed around the fingers' midpoint, which stayed put: the centre did not move.
+    assert after["cx"] == pytest.approx(before["cx"], abs=1) and after["cy"] == pytest.approx(
+        before["cy"], abs=1
+    )
+    assert page.evaluate("window.maskloopReview.selected()") is None  # a pinch is not a tap
+    assert not Decision.objects.exists()
