@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 from django.db.models import Prefetch
@@ -421,17 +422,22 @@ def _blind_candidate(item: ReviewItem, label: str) -> dict:
     return {"label": label, "mask_url": mask_url, "overlay_url": f"{mask_url}?overlay=1"}
 
 
-def first_display_urls(payload: dict) -> list[str]:
-    """What the review page draws an item from first: the smallest display copies of the CXR
-    and of every overlay (static/js/review.js asks for the same URLs; sharper ones follow
-    when the view needs them)."""
+def first_display_images(item: ReviewItem, payload: dict) -> dict[str, str]:
+    """The smallest display copies of the item's CXR and of every overlay, as data: URIs keyed
+    by the URLs static/js/review.js would ask for them at. The review page carries them, so its
+    first frame needs no image request; sharper copies are fetched when the view needs them."""
     smallest = storage.DISPLAY_SIZES[0]
-    if max(payload["width"], payload["height"]) <= smallest:
-        return [payload["image_url"], *(c["overlay_url"] for c in payload["candidates"])]
-    return [
-        f"{payload['image_url']}?max={smallest}",
-        *(f"{c['overlay_url']}&max={smallest}" for c in payload["candidates"]),
-    ]
+    max_side = smallest if max(payload["width"], payload["height"]) > smallest else None
+    files = [(payload["image_url"], item.image.display.name, "image")]
+    masks = {c.label: c.mask.file.name for c in item.candidates.select_related("mask")}
+    files += [(c["overlay_url"], masks[c["label"]], "overlay") for c in payload["candidates"]]
+    images = {}
+    for url, name, form in files:
+        if max_side:
+            url += f"{'&' if '?' in url else '?'}max={max_side}"
+        data = storage.display_copy(name, max_side, form=form)
+        images[url] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return images
 
 
 def _visible_item(request, item_uuid) -> ReviewItem:

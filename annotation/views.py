@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotation import selectors, services
-from annotation.apis import blind_item_payload, first_display_urls
+from annotation.apis import blind_item_payload, first_display_images
 from annotation.errors import DomainError
 from annotation.forms import ExportForm, RoundStartForm
 from annotation.models import Export, Image, ReviewItem, Role, Round
@@ -87,15 +87,15 @@ def review(request, item_uuid):
         return redirect(
             "review-next" if selectors.user_has_role(request.user, Role.MD) else "rounds"
         )
-    # The item's data comes with the page and its first images are asked for by the page's
-    # head, so they load while the script does: no round trip before the first frame.
+    # The item's data and its first (smallest) images come with the page: no request stands
+    # between the page's scripts and the item's first frame.
     payload = blind_item_payload(item)
     return render(
         request,
         "annotation/review.html",
         {
             "item": payload,
-            "preload_urls": first_display_urls(payload),
+            "first_images": first_display_images(item, payload),
             "decision_url": reverse(
                 "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
             ),

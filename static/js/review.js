@@ -42,13 +42,18 @@ const controls = {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
+// The first item's smallest copies come with the page as data: URIs, keyed by their URLs.
+const carried = new Map(Object.entries(readJsonScript("review-first-images", {})));
+
 function loadImage(url) {
+  const src = carried.get(url) || url;
+  carried.delete(url); // used once: the memory goes with the item
   return new Promise((resolve, reject) => {
     const img = new Image();
     img.decoding = "async";
     img.onload = () => resolve(img);
     img.onerror = () => reject(new Error("An image of this item could not be loaded."));
-    img.src = url;
+    img.src = src;
   });
 }
 
@@ -73,7 +78,7 @@ function fetchNextItem(afterId) {
 
 // Resolution levels. The server keeps cached downscaled copies of the CXR and of every overlay
 // (`?max=512|1024|1536|2048`, overlays from nearest-neighbour masks). The page's first item
-// starts from the smallest copies, which the page's head has already asked for; a prefetched
+// starts from the smallest copies, which come with the page; a prefetched
 // item from the smallest copy that gives every device pixel a source pixel in the current
 // layout. A sharper one is fetched only when the view needs it (zooming in, one at a time),
 // and the full-resolution files only when zoomed in past the largest copy.
@@ -137,8 +142,8 @@ function fitScaleFor(width, height, count) {
 }
 
 /** Load and decode what an item needs for its first frame; resolves to a prepared item.
- * `coarsest` takes the smallest copies (those the page's head already asked for), to show the
- * page's first item at once; a sharper level follows if the view needs it. */
+ * `coarsest` takes the smallest copies (those that come with the page), to show the page's
+ * first item at once; a sharper level follows if the view needs it. */
 async function prepareItem(item, { coarsest = false } = {}) {
   const width = item.width;
   const height = item.height;

@@ -7,6 +7,7 @@ name would be a leak, while md2's own name in the page's top bar is not.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections import Counter
@@ -142,20 +143,26 @@ def test_the_next_item_json_has_only_the_blind_fields(blind_round, md2, api):
 # ---------------------------------------------------------------- (b) the review page
 
 
+FIRST_IMAGES = re.compile(
+    r'<script id="review-first-images" type="application/json">(.*?)</script>'
+)
+
+
 def test_the_review_page_tells_nothing(blind_round, md2, api):
     item = blind_round.items.first()
     response = api(md2).get(f"/review/{item.uuid}/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "md2" in html  # the reviewer's own name is fine, and proves the page was rendered
-    assert_tells_nothing(html, item, viewer=md2)
+    # The images the page carries are the endpoints' own bytes (tested below as PNGs); their
+    # base64 could spell a word by chance, so the text scan leaves them out.
+    assert FIRST_IMAGES.search(html)
+    assert_tells_nothing(FIRST_IMAGES.sub("", html), item, viewer=md2)
     for leaky in ("/api/images/", "/api/masks/", "/draw/", "/media/"):
         assert leaky not in html
 
 
-def test_the_review_page_carries_the_blind_item_and_asks_for_its_first_images(
-    blind_round, md2, api
-):
+def test_the_review_page_carries_the_blind_item_and_its_first_images(blind_round, md2, api):
     item = blind_round.items.select_related("round", "image").first()
     client = api(md2)
     html = client.get(f"/review/{item.uuid}/").content.decode()
@@ -164,9 +171,36 @@ def test_the_review_page_carries_the_blind_item_and_asks_for_its_first_images(
     body = json.loads(inline.group(1))
     assert body == client.get(f"/api/review-items/{item.uuid}/").json()
     assert_blind_payload(body, item)
-    # The reviewing_round images are 64 px: under the smallest display copy, so the originals.
-    preloads = re.findall(r'<link rel="preload" href="([^"]+)" as="image">', html)
-    assert preloads == [body["image_url"], *(c["overlay_url"] for c in body["candidates"])]
+    # The reviewing_round images are 64 px, under the smallest display copy: the originals,
+    # at the URLs the page would fetch them from, byte for byte.
+    carried = json.loads(FIRST_IMAGES.search(html).group(1))
+    assert list(carried) == [body["image_url"], *(c["overlay_url"] for c in body["candidates"])]
+    for url, uri in carried.items():
+        prefix, data = uri.split(",", 1)
+        assert prefix == "data:image/png;base64"
+        assert base64.b64decode(data) == client.get(url).content, url
+
+
+def test_a_large_item_carries_its_smallest_copies(make_image, md, md2, admin_user, api):
+    from annotation.services import round_start
+    from tests.conftest import finish_runs_with, shifted
+
+    for _ in range(2):
+        make_image(size=700, manual_by=md)
+    rnd = round_start(stage=Round.Stage.STAGE_I, started_by=admin_user, folds=2, preset="tiny",
+                      networks=[("unet", "densenet121")])
+    finish_runs_with(rnd, shifted)
+    item = rnd.items.first()
+    client = api(md2)
+    html = client.get(f"/review/{item.uuid}/").content.decode()
+    carried = json.loads(FIRST_IMAGES.search(html).group(1))
+    assert sorted(carried) == sorted([
+        f"/api/review-items/{item.uuid}/image.png?max=512",
+        f"/api/review-items/{item.uuid}/candidates/A.png?overlay=1&max=512",
+        f"/api/review-items/{item.uuid}/candidates/B.png?overlay=1&max=512",
+    ])
+    for url, uri in carried.items():
+        assert base64.b64decode(uri.split(",", 1)[1]) == client.get(url).content, url
 
 
 # ---------------------------------------------------------------- (c) the candidate PNGs
