@@ -71,10 +71,6 @@ def images_to_draw() -> QuerySet[Image]:
     return Image.objects.filter(status=Image.Status.UNANNOTATED, image_class="covid19")
 
 
-def adjudication_items() -> QuerySet[ReviewItem]:
-    return ReviewItem.objects.filter(status=ReviewItem.Status.ADJUDICATION).select_related("round")
-
-
 @dataclass(frozen=True)
 class MdQueue:
     review: list[ReviewItem]

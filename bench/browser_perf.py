@@ -50,16 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (what the tests run)
+
 PASSWORD = "bench-md-pass"
 NETWORKS = [
     ("unet", "densenet121"),
@@ -209,12 +201,12 @@ def setup_database(size: int, candidates: int):
 
 def open_review_round(admin, images, candidates: int):
     """Stage I on the two images with `candidates - 1` networks; their 'predictions' are shifted
-    copies of the truth, added through the services the inference task uses."""
+    copies of the truth, added as the tests add them (through the inference task's services)."""
     import numpy as np
 
     from annotation import services
-    from annotation.models import Image, Mask, ReviewItem, Round
-    from training.models import ModelVersion, TrainingRun
+    from annotation.models import ReviewItem, Round
+    from tests.conftest import finish_runs_with
 
     rnd = services.round_start(
         stage=Round.Stage.STAGE_I,
@@ -224,29 +216,14 @@ def open_review_round(admin, images, candidates: int):
         preset="tiny",
     )
     truths = {img.pk: img.truth for img in images}
-    for k, run in enumerate(rnd.training_runs.order_by("id")):
-        mv = ModelVersion.objects.create(
-            run=run,
-            arch=run.arch,
-            encoder=run.encoder,
-            config=run.config,
-            weights="none.h5",
-            data_version="bench",
-        )
-        for image in Image.objects.filter(pk__in=run.target_image_ids):
-            truth = truths[image.pk]
-            shift = (k % 5 + 1) * max(1, image.width // 100)
-            mask = services.mask_create(
-                image=image,
-                mask=np.roll(truth, shift, axis=1 - k % 2),
-                source=Mask.Source.PREDICTED,
-                model_version=mv,
-                round=rnd,
-            )
-            services.candidate_add(round=rnd, image_id=image.pk, mask=mask)
-        run.status = TrainingRun.Status.SUCCEEDED
-        run.save(update_fields=["status"])
-    services.round_advance(round_id=rnd.pk)
+    order = list(rnd.training_runs.order_by("id").values_list("id", flat=True))
+
+    def shifted(image, run):
+        k = order.index(run.pk)
+        shift = (k % 5 + 1) * max(1, image.width // 100)
+        return np.roll(truths[image.pk], shift, axis=1 - k % 2)
+
+    finish_runs_with(rnd, shifted)
     item = ReviewItem.objects.get(round=rnd, image=images[0])
     assert item.status == ReviewItem.Status.OPEN, item.status
     assert item.candidates.count() == candidates, item.candidates.count()

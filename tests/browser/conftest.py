@@ -18,15 +18,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
-from django.db import connection
 
 # Playwright's sync API keeps an asyncio loop running in this thread; the ORM calls the tests
 # make between browser steps are still plain synchronous code.
@@ -34,18 +28,11 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
 
-ARTIFACTS = Path(settings.BASE_DIR) / "artifacts"
+from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.workers import ARTIFACTS  # noqa: E402
+from tests.workers import celery_workers as running_workers  # noqa: E402
+
 SCREENSHOTS = ARTIFACTS / "screenshots"
-CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1366, "height": 768}
 
 
@@ -123,90 +110,18 @@ def sign_in(url, shot):
 # ---------------------------------------------------------------- Celery workers
 
 
-class Workers:
-    def __init__(self, procs, media_root: Path):
-        self.procs = procs
-        self.media_root = media_root
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
-
-
 @pytest.fixture(scope="module")
 def celery_workers(django_db_setup, tmp_path_factory):
-    """Separate `celery worker` processes on the test database and the test broker: one for
-    `training` (a fresh child per task) and one for `inference` and `default`; shared by the
-    tests of a module (the database is still flushed between tests: workers only read the ids
-    they are sent)."""
-    broker = settings.CELERY_BROKER_URL
-    if not broker.startswith("redis://"):
-        pytest.fail("the worker browser tests need CELERY_BROKER_URL=redis://… (make test sets it)")
-    redis.Redis.from_url(broker).flushdb()
-    media_root = tmp_path_factory.mktemp("worker-media")
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": broker,
-        "MASKLOOP_MEDIA_ROOT": str(media_root),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    ARTIFACTS.mkdir(exist_ok=True)
-    procs, logs = [], []
-    for name, queues, extra in [
-        ("training", "training", ["--max-tasks-per-child", "1"]),
-        ("default", "inference,default", []),
-    ]:
-        log = (ARTIFACTS / f"browser-worker-{name}.log").open("w")
-        logs.append(log)
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "-Q",
-                    queues,
-                    "-n",
-                    f"{name}@browser",
-                    "--concurrency",
-                    "1",
-                    "--prefetch-multiplier",
-                    "1",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-l",
-                    "info",
-                    *extra,
-                ],
-                cwd=settings.BASE_DIR,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    yield Workers(procs, media_root)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for log in logs:
-        log.close()
+    """The real workers, shared by the tests of a module (the database is still flushed between
+    tests: workers only read the ids they are sent)."""
+    with running_workers("browser", tmp_path_factory.mktemp("worker-media")) as workers:
+        yield workers
 
 
 @pytest.fixture
 def worker(celery_workers, settings):
     """The module's workers, with this test's media in the folder they read and write."""
     if not celery_workers.alive():
-        pytest.fail("a Celery worker died; see artifacts/browser-worker-*.log")
+        pytest.fail(f"a Celery worker died; see {celery_workers.logs}")
     settings.MEDIA_ROOT = str(celery_workers.media_root)
     return celery_workers

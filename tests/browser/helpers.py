@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import numpy as np
@@ -12,6 +13,18 @@ from PIL import Image as PILImage
 from annotation import storage
 
 BROWSER = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+# Debian's Chromium, headless, as the tests and bench/browser_perf.py drive it.
+CHROMIUM = os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def wait_until(check, *, timeout: float, interval: float = 0.5, message: str = ""):

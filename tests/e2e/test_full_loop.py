@@ -10,19 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
-from django.conf import settings
-from django.db import connection
 from PIL import Image as PILImage
 
 from annotation import imaging
@@ -30,59 +22,17 @@ from annotation.demo import demo_dataset_write, demo_md_masks
 from annotation.ingest import ingest_folder
 from annotation.models import Export, GroundTruth, Image, Round
 from tests.conftest import make_user
+from tests.workers import ARTIFACTS, celery_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-ARTIFACTS = Path(settings.BASE_DIR) / "artifacts"
 ROUND_TIMEOUT = 20 * 60
 
 
 @pytest.fixture
 def worker(media_root):
-    """Separate `celery worker` processes on the test database and the test broker: one for
-    `training` (a fresh child per task) and one for `inference` and `default`."""
-    broker = settings.CELERY_BROKER_URL
-    if not broker.startswith("redis://"):
-        pytest.fail("the end-to-end test needs CELERY_BROKER_URL=redis://… (make test sets it)")
-    redis.Redis.from_url(broker).flushdb()
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "CELERY_BROKER_URL": broker,
-        "MASKLOOP_MEDIA_ROOT": str(media_root),
-        "PYTHONUNBUFFERED": "1",
-    }
-    ARTIFACTS.mkdir(exist_ok=True)
-    procs, logs = [], []
-    for name, queues, extra in [("training", "training", ["--max-tasks-per-child", "1"]),
-                                ("default", "inference,default", [])]:
-        log = (ARTIFACTS / f"e2e-worker-{name}.log").open("w")
-        logs.append(log)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues,
-             "-n", f"{name}@e2e", "--concurrency", "1", "--prefetch-multiplier", "1",
-             "--without-gossip", "--without-mingle", "-l", "info", *extra],
-            cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-        ))
-    yield Workers(procs)
-    for proc in procs:
-        proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    for log in logs:
-        log.close()
-
-
-class Workers:
-    def __init__(self, procs):
-        self.procs = procs
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
+    with celery_workers("e2e", media_root) as workers:
+        yield workers
 
 
 def wait_for(rnd: Round, status: str, worker) -> Round:
@@ -92,7 +42,7 @@ def wait_for(rnd: Round, status: str, worker) -> Round:
         if rnd.status == status:
             return rnd
         assert rnd.status != Round.Status.FAILED, rnd.failure_reason
-        assert worker.alive(), "a Celery worker died; see artifacts/e2e-worker-*.log"
+        assert worker.alive(), f"a Celery worker died; see {worker.logs}"
         time.sleep(1)
     runs = list(rnd.training_runs.values_list("status", "failure_reason"))
     raise AssertionError(f"round {rnd.number} still {rnd.status} after {ROUND_TIMEOUT}s: {runs}")

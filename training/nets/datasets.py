@@ -21,7 +21,7 @@ import csv
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,12 +95,6 @@ class FolderData:
     @property
     def groups(self) -> list[str | None]:
         return [s.group for s in self.samples]
-
-    def subset(self, keys: Iterable[str]) -> FolderData:
-        """The samples whose keys are in `keys`, in this data set's order."""
-        wanted = set(keys)
-        return FolderData(self.root, tuple(s for s in self.samples if s.key in wanted),
-                          self.layout)
 
     def summary(self) -> str:
         n_covid = sum(self.covid_flags)
