@@ -19,6 +19,9 @@ from django.utils import timezone
 from annotation import storage
 from annotation.models import Image, Mask, Round
 from training.models import ModelVersion, TrainingRun
+from training.nets.config import ARCHITECTURES as ARCHITECTURES  # the choices the apps offer
+from training.nets.config import ENCODERS as ENCODERS
+from training.nets.config import PRESETS as PRESETS
 
 
 def training_run_create(
