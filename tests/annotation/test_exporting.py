@@ -10,6 +10,7 @@ import pytest
 from PIL import Image as PILImage
 
 from annotation import services
+from annotation.errors import DomainError
 from annotation.exporting import write_zip
 from annotation.selectors import export_rows
 
@@ -68,5 +69,5 @@ def test_filters_select_by_class_and_round(reviewing_round, md, make_image):
     assert len(export_rows({"classes": ["normal"]})) == 1
     assert len(export_rows({"round": rnd.number})) == 2
     assert len(export_rows({"accepted_only": False})) == 3
-    with pytest.raises(services.DomainError, match="there is no round 42"):
+    with pytest.raises(DomainError, match="there is no round 42"):
         services.export_filters_clean({"round": 42})

@@ -1,0 +1,51 @@
+"""Every change to images, masks, rounds, review items, decisions, ground truth and exports.
+
+Services write; selectors read. A service validates, changes rows inside one transaction and
+raises a DomainError with a message for the user when a rule would be broken. One module per
+domain; the names most callers need are re-exported here.
+"""
+
+from annotation.services.accounts import user_set_roles
+from annotation.services.exports import (
+    export_build,
+    export_fail,
+    export_filters_clean,
+    export_request,
+)
+from annotation.services.images import (
+    DRAWABLE,
+    DuplicateImage,
+    image_create,
+    image_refresh_status,
+    latest_manual_mask,
+    mask_create,
+    mask_draw,
+)
+from annotation.services.review import decision_adjudicate, decision_create
+from annotation.services.rounds import (
+    candidate_add,
+    round_advance,
+    round_cancel,
+    round_start,
+)
+
+__all__ = [
+    "DRAWABLE",
+    "DuplicateImage",
+    "candidate_add",
+    "decision_adjudicate",
+    "decision_create",
+    "export_build",
+    "export_fail",
+    "export_filters_clean",
+    "export_request",
+    "image_create",
+    "image_refresh_status",
+    "latest_manual_mask",
+    "mask_create",
+    "mask_draw",
+    "round_advance",
+    "round_cancel",
+    "round_start",
+    "user_set_roles",
+]

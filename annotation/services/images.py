@@ -1,0 +1,209 @@
+"""Images and mask versions: import, drawing, and each image's workflow status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from annotation import imaging, storage
+from annotation.errors import Conflict, DomainError
+from annotation.models import (
+    GroundTruth,
+    Image,
+    ImageClass,
+    Mask,
+    ReviewItem,
+    Round,
+)
+
+
+class DuplicateImage(Conflict):
+    def __init__(self, existing: Image):
+        super().__init__(f"identical to image {existing.pk} ({existing.name}), already imported")
+        self.existing = existing
+
+
+@transaction.atomic
+def image_create(
+    *,
+    data: bytes,
+    name: str,
+    source: str,
+    image_class: str,
+    patient_id: str = "",
+    mask_data: bytes | None = None,
+    lung_mask_data: bytes | None = None,
+) -> Image:
+    """Imports one CXR (and its mask, if any) whole, or nothing.
+
+    The original bytes are kept unchanged; an 8-bit grayscale PNG is stored for display and
+    training. Control-class images get an empty mask as their ground truth: by definition they
+    show no COVID-19 infection.
+
+    Raises:
+        InvalidImageError: the image or its mask cannot be used (the message says why).
+        DuplicateImage: the same bytes were imported before.
+    """
+    if image_class not in ImageClass.values:
+        raise DomainError(
+            f"unknown class {image_class!r}; classes are {', '.join(ImageClass.values)}"
+        )
+    digest = imaging.sha256_bytes(data)
+    existing = Image.objects.filter(sha256=digest).first()
+    if existing:
+        raise DuplicateImage(existing)
+    decoded = imaging.decode_image(data, what=name)
+    w, h = decoded.width, decoded.height
+    mask = (
+        imaging.decode_mask(mask_data, width=w, height=h, what=f"the mask of {name}")
+        if (mask_data is not None)
+        else None
+    )
+    lungs = (
+        imaging.decode_mask(lung_mask_data, width=w, height=h, what=f"the lung mask of {name}")
+        if lung_mask_data is not None
+        else None
+    )
+
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else decoded.format.lower()
+    written: list[str] = []
+    try:
+        written.append(storage.store(f"originals/{digest[:2]}/{digest}.{ext}", data))
+        written.append(
+            storage.store(f"display/{digest[:2]}/{digest}.png", imaging.encode_png(decoded.gray))
+        )
+        if lungs is not None:
+            written.append(
+                storage.store(f"lungs/{digest[:2]}/{digest}.png", imaging.encode_mask(lungs))
+            )
+        image = Image.objects.create(
+            name=name,
+            original=written[0],
+            display=written[1],
+            lung_mask=written[2] if lungs is not None else "",
+            sha256=digest,
+            width=w,
+            height=h,
+            source=source,
+            image_class=image_class,
+            patient_id=patient_id,
+        )
+        if image.is_control:
+            control = mask_create(
+                image=image, mask=np.zeros((h, w), dtype=bool), source=Mask.Source.CONTROL
+            )
+            GroundTruth.objects.create(image=image, mask=control)
+        elif mask is not None:
+            mask_create(image=image, mask=mask, source=Mask.Source.IMPORTED)
+        image_refresh_status(image=image)
+    except BaseException:
+        transaction.set_rollback(True)
+        # Mask files written before the failure stay unreferenced; no row points at them.
+        storage.delete_quietly(written)
+        raise
+    return image
+
+
+def mask_create(
+    *,
+    image: Image,
+    mask: np.ndarray,
+    source: str,
+    author: Any = None,
+    model_version: Any = None,
+    round: Round | None = None,
+    based_on: Mask | None = None,
+) -> Mask:
+    """Adds a new mask version; earlier versions stay as they are."""
+    if mask.shape != (image.height, image.width):
+        raise DomainError(
+            f"mask is {mask.shape[1]}×{mask.shape[0]} but {image.name} is "
+            f"{image.width}×{image.height}"
+        )
+    with transaction.atomic():
+        Image.objects.select_for_update().filter(pk=image.pk).first()
+        version = (image.masks.aggregate(v=Max("version"))["v"] or 0) + 1
+        data = imaging.encode_mask(mask)
+        name = storage.store(f"masks/{image.pk}/v{version}.png", data)
+        try:
+            return Mask.objects.create(
+                image=image,
+                version=version,
+                file=name,
+                sha256=imaging.sha256_bytes(data),
+                area=int(mask.sum()),
+                source=source,
+                author=author,
+                model_version=model_version,
+                round=round,
+                based_on=based_on,
+            )
+        except BaseException:
+            storage.delete_quietly([name])
+            raise
+
+
+DRAWABLE = (Image.Status.UNANNOTATED, Image.Status.MANUAL, Image.Status.REDRAW)
+
+
+@transaction.atomic
+def mask_draw(*, image: Image, author: Any, data: bytes, based_on: Mask | None = None) -> Mask:
+    """Saves an MD's drawing as a new mask version.
+
+    A drawing for an image waiting for a redraw becomes its ground truth at once: the reviewers
+    already rejected every candidate, and the MD drew this one instead.
+    """
+    image = Image.objects.select_for_update().get(pk=image.pk)
+    if image.status not in DRAWABLE:
+        raise Conflict(
+            f"{image.name} is {image.get_status_display().lower()}; it can be drawn only while it "
+            "needs a first mask or a redraw"
+        )
+    if based_on is not None and based_on.image_id != image.pk:
+        raise DomainError("the mask to start from belongs to another image")
+    pixels = imaging.decode_mask(data, width=image.width, height=image.height)
+    mask = mask_create(
+        image=image, mask=pixels, source=Mask.Source.DRAWN, author=author, based_on=based_on
+    )
+    item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
+    if item is not None:
+        item.status = ReviewItem.Status.REDRAWN
+        item.resolved_at = timezone.now()
+        item.save(update_fields=["status", "resolved_at"])
+        GroundTruth.objects.create(image=image, mask=mask, item=item, accepted_by=author)
+    image_refresh_status(image=image)
+    return mask
+
+
+def image_refresh_status(*, image: Image) -> Image:
+    """Recomputes an image's workflow status from its masks, items and ground truth."""
+    items = image.review_items.exclude(status=ReviewItem.Status.CANCELLED)
+    statuses = set(items.values_list("status", flat=True))
+    if image.ground_truths.exists():
+        status = Image.Status.ACCEPTED
+    elif ReviewItem.Status.REDRAW in statuses:
+        status = Image.Status.REDRAW
+    elif statuses & {ReviewItem.Status.OPEN, ReviewItem.Status.ADJUDICATION}:
+        status = Image.Status.IN_REVIEW
+    elif ReviewItem.Status.PENDING in statuses:
+        status = Image.Status.IN_ROUND
+    elif image.masks.filter(source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]).exists():
+        status = Image.Status.MANUAL
+    else:
+        status = Image.Status.UNANNOTATED
+    if status != image.status:
+        Image.objects.filter(pk=image.pk).update(status=status)
+        image.status = status
+    return image
+
+
+def latest_manual_mask(image: Image) -> Mask | None:
+    return (
+        image.masks.filter(source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED])
+        .order_by("-version")
+        .first()
+    )
