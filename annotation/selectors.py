@@ -228,3 +228,21 @@ def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
             )
         )
     return rows
+
+
+def predicted_image_ids(*, model_version_id: int, round_id: int) -> set[int]:
+    """The images a model version has already predicted in a round."""
+    return set(
+        Mask.objects.filter(model_version_id=model_version_id, round_id=round_id).values_list(
+            "image_id", flat=True
+        )
+    )
+
+
+def final_round() -> Round | None:
+    """The newest finished final round, or None before there is one."""
+    return (
+        Round.objects.filter(stage=Round.Stage.FINAL, status=Round.Status.DONE)
+        .order_by("-number")
+        .first()
+    )

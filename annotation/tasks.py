@@ -1,9 +1,17 @@
-"""Celery tasks of the `default` queue."""
+"""Celery tasks of the `default` queue: exports, and the reports of the training and inference
+workers about a round's runs (sent by name with `config.celery.send`)."""
+
+from typing import Any
 
 from celery import shared_task
 
 from annotation import services
 from annotation.models import Export
+from annotation.services import runs
+
+# The workers' reports are small, idempotent database writes: retried on any error, since a
+# report that is never applied leaves its round waiting.
+REPORT = {"acks_late": True, "autoretry_for": (Exception,), "retry_backoff": 2, "max_retries": 5}
 
 
 @shared_task(acks_late=True)
@@ -14,3 +22,28 @@ def export_build(export_id: int) -> str:
         services.export_fail(export_id=export_id, reason=f"{type(exc).__name__}: {exc}")
         raise
     return f"export {export.uuid}: {export.size} bytes"
+
+
+@shared_task(**REPORT)
+def run_started(run_id: int) -> None:
+    runs.run_started(run_id=run_id)
+
+
+@shared_task(**REPORT)
+def run_trained(run_id: int) -> None:
+    runs.run_trained(run_id=run_id)
+
+
+@shared_task(**REPORT)
+def run_failed(run_id: int, reason: str) -> None:
+    runs.run_failed(run_id=run_id, reason=reason)
+
+
+@shared_task(**REPORT)
+def run_predictions_add(run_id: int, predictions: list[dict[str, Any]]) -> int:
+    return runs.run_predictions_add(run_id=run_id, predictions=predictions)
+
+
+@shared_task(**REPORT)
+def run_evaluated(run_id: int, metrics: dict[str, Any]) -> None:
+    runs.run_evaluated(run_id=run_id, metrics=metrics)

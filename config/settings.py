@@ -88,6 +88,8 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env.str("MASKLOOP_MEDIA_ROOT", default=str(VAR_DIR / "media")))
+# Worker-local scratch space (training work folders, checkpoints before upload): never shared.
+MASKLOOP_WORK_DIR = Path(env.str("MASKLOOP_WORK_DIR", default=str(VAR_DIR / "work")))
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 

@@ -1,111 +1,90 @@
-"""Turning trained model versions into candidate masks (and later, infection maps)."""
+"""Turning trained model versions into candidate masks, and measuring the final networks.
+
+The inference worker reads its run's work order (TrainingRun.inputs) and the stored files,
+stores what it predicts, and reports to annotation by Celery task name: the masks become
+mask versions and candidates there, and only annotation changes the run's status.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-from django.db import IntegrityError, transaction
-from django.utils import timezone
+from collections.abc import Iterator, Sequence
 
-from annotation import services as annotation_services
-from annotation import storage
-from annotation.models import GroundTruth, Image, ImageClass, Mask, Round
+import numpy as np
+
+from annotation import imaging
+from config import storage
+from config.celery import send
 from training.models import ModelVersion, TrainingRun
 from training.services import weights_path
 
 THRESHOLD = 0.5
+REPORT_EVERY = 32  # predictions per report: progress shows, and a lost report costs little
 
 
-def _gray(image: Image) -> np.ndarray:
+def _gray(name: str) -> np.ndarray:
     from training.nets.data import load_gray
 
-    return load_gray(storage.local_path(image.display.name))
+    return load_gray(storage.local_copy(name))
+
+
+def _mask(name: str) -> np.ndarray:
+    return imaging.read_mask_png(storage.read(name))
+
+
+def _batches(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _predicting(run_id: int) -> bool:
+    return TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PREDICTING).exists()
 
 
 def run_predict(*, run_id: int) -> str:
-    """Predicts every target image of a trained run that has no prediction yet.
+    """Predicts every target image of a trained run that has no prediction yet, and reports
+    the stored masks (with their Dice against the target's reference mask, where known).
 
-    Idempotent: each (image, model version, round) gets one mask, so a repeated task adds
-    nothing. When all are done the run succeeds and the round may open for review.
+    Idempotent: annotation records one mask per image, model version and round, so a
+    repeated task adds nothing; the last report completes the run.
     """
+    from annotation.selectors import predicted_image_ids
     from training.nets.config import TrainConfig
     from training.nets.predict import dice, load_model, predict_probabilities
 
-    run = TrainingRun.objects.select_related("round").get(pk=run_id)
+    run = TrainingRun.objects.get(pk=run_id)
     if run.status != TrainingRun.Status.PREDICTING:
         return f"run {run_id} is {run.status}; nothing to predict"
     mv = ModelVersion.objects.get(run=run)
-    if run.round.stage == Round.Stage.FINAL:
-        return _final_evaluate(run, mv)
-    done = set(
-        Mask.objects.filter(model_version=mv, round=run.round).values_list("image_id", flat=True)
-    )
-    todo = list(Image.objects.filter(pk__in=run.target_image_ids).exclude(pk__in=done))
+    done = predicted_image_ids(model_version_id=mv.pk, round_id=run.round_id)
+    todo = [i for i in run.target_image_ids if i not in done]
+    if not todo:
+        send("annotation.tasks.run_predictions_add", run_id, [])  # completes the run
+        return f"run {run_id} had nothing left to predict"
     config = TrainConfig.from_dict(mv.config)
-    if todo:
-        model = load_model(config, str(weights_path(mv)))
-        probs = predict_probabilities(model, (_gray(img) for img in todo), size=config.input_size)
-        for image, prob in zip(todo, probs, strict=True):
-            if (
-                TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PREDICTING).count()
-                == 0
-            ):
-                return f"run {run_id} was cancelled while predicting"
-            try:
-                with transaction.atomic():
-                    mask = annotation_services.mask_create(
-                        image=image,
-                        mask=prob >= THRESHOLD,
-                        source=Mask.Source.PREDICTED,
-                        model_version=mv,
-                        round=run.round,
-                    )
-                    annotation_services.candidate_add(round=run.round, image_id=image.pk, mask=mask)
-            except IntegrityError:
-                continue  # a concurrent copy of this task predicted it first
-            done.add(image.pk)
-            TrainingRun.objects.filter(pk=run_id).update(predicted=len(done))
-
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().get(pk=run_id)
-        if run.status != TrainingRun.Status.PREDICTING:
-            return f"run {run_id} is {run.status}"
-        mv.metrics = {**mv.metrics, **_held_out_agreement(run, mv, dice)}
-        mv.save(update_fields=["metrics"])
-        run.status = TrainingRun.Status.SUCCEEDED
-        run.predicted = len(run.target_image_ids)
-        run.finished_at = timezone.now()
-        run.save(update_fields=["status", "predicted", "finished_at"])
-        annotation_services.round_advance(round_id=run.round_id)
-    return f"run {run_id} predicted {len(todo)} image(s)"
-
-
-def _held_out_agreement(run: TrainingRun, mv: ModelVersion, dice) -> dict:
-    """Stage I folds predict images whose MD-drawn mask is known: how close did the model get?"""
-    if run.fold is None:
-        return {}
-    scores = []
-    for mask in Mask.objects.filter(model_version=mv, round=run.round).select_related("image"):
-        manual = annotation_services.latest_manual_mask(mask.image)
-        if manual is None:
-            continue
-        from annotation.imaging import read_mask_png
-
-        scores.append(
-            dice(
-                read_mask_png(storage.read(mask.file.name)),
-                read_mask_png(storage.read(manual.file.name)),
+    model = load_model(config, str(weights_path(mv)))
+    images, references = run.inputs["images"], run.inputs["references"]
+    for batch in _batches(todo, REPORT_EVERY):
+        if not _predicting(run_id):
+            return f"run {run_id} was cancelled while predicting"
+        grays = (_gray(images[str(i)]) for i in batch)
+        report = []
+        for image_id, prob in zip(
+            batch, predict_probabilities(model, grays, size=config.input_size), strict=True
+        ):
+            mask = prob >= THRESHOLD
+            data = imaging.encode_mask(mask)
+            reference = references.get(str(image_id))
+            report.append(
+                {
+                    "image": image_id,
+                    "file": storage.store(f"masks/{image_id}/predicted-run{run_id}.png", data),
+                    "sha256": imaging.sha256_bytes(data),
+                    "area": int(mask.sum()),
+                    "dice": dice(mask, _mask(reference)) if reference else None,
+                }
             )
-        )
-    return {
-        "held_out_dice_vs_manual": float(np.mean(scores)) if scores else None,
-        "held_out_images": len(scores),
-    }
-
-
-def run_predict_fail(*, run_id: int, reason: str) -> None:
-    from training.services import training_run_fail
-
-    training_run_fail(run_id=run_id, reason=reason)
+        send("annotation.tasks.run_predictions_add", run_id, report)
+    return f"run {run_id} predicted {len(todo)} image(s)"
 
 
 # ---------------------------------------------------------------- the final networks
@@ -132,19 +111,25 @@ def _level(conf, curve, auc: float) -> dict:
     return out
 
 
-def _final_evaluate(run: TrainingRun, mv: ModelVersion) -> str:
+def run_evaluate(*, run_id: int) -> str:
     """Measures a final network on its held-out images, pixel by pixel and image by image
-    (COVID-19 if any pixel ≥ 0.5), and stores the metrics with the model version."""
-    from annotation.imaging import read_mask_png
+    (COVID-19 if any pixel ≥ 0.5), and reports the figures for its model version."""
     from inference.maps import detect
     from training.nets import metrics
 
-    images = list(Image.objects.filter(pk__in=run.target_image_ids).order_by("pk"))
-    truth = [img.image_class == ImageClass.COVID for img in images]
-    if run.arch == "classifier":
-        scores_ = _classifier_scores(mv, images)
+    run = TrainingRun.objects.get(pk=run_id)
+    if run.status != TrainingRun.Status.PREDICTING:
+        return f"run {run_id} is {run.status}; nothing to evaluate"
+    mv = ModelVersion.objects.get(run=run)
+    images, references = run.inputs["images"], run.inputs["references"]
+    targets = sorted(run.target_image_ids)
+    covid = set(run.inputs["covid"])
+    truth = [image_id in covid for image_id in targets]
+    grays = (_gray(images[str(i)]) for i in targets)
+    pixel = None
+    if run.kind == TrainingRun.Kind.CLASSIFIER:
+        scores_ = _classifier_scores(mv, grays)
         predicted = [s >= THRESHOLD for s in scores_]
-        pixel = None
     else:
         from training.nets.config import TrainConfig
         from training.nets.predict import load_model, predict_probabilities
@@ -153,10 +138,9 @@ def _final_evaluate(run: TrainingRun, mv: ModelVersion) -> str:
         model = load_model(config, str(weights_path(mv)))
         pixels, curve = metrics.Accumulator(THRESHOLD), metrics.CurveAccumulator()
         scores_, predicted = [], []
-        probs = predict_probabilities(model, (_gray(i) for i in images), size=config.input_size)
-        for image, prob in zip(images, probs, strict=True):
-            gt = GroundTruth.objects.filter(image=image).order_by("-id").first()
-            mask = read_mask_png(storage.read(gt.mask.file.name))
+        probs = predict_probabilities(model, grays, size=config.input_size)
+        for image_id, prob in zip(targets, probs, strict=True):
+            mask = _mask(references[str(image_id)])
             pixels.update_prob(mask, prob)
             curve.update(mask, prob)
             scores_.append(float(prob.max()))
@@ -170,60 +154,47 @@ def _final_evaluate(run: TrainingRun, mv: ModelVersion) -> str:
         _curve(precision, recall),
         metrics.auc(y_true, y_score),
     )
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
-        if run.status != TrainingRun.Status.PREDICTING:
-            return f"run {run.pk} is {run.status}"
-        mv.metrics = {
-            **mv.metrics,
-            "test_images": len(images),
-            "image": image_level,
-            **({"pixel": pixel} if pixel else {}),
-        }
-        mv.save(update_fields=["metrics"])
-        run.status = TrainingRun.Status.SUCCEEDED
-        run.predicted = len(images)
-        run.finished_at = timezone.now()
-        run.save(update_fields=["status", "predicted", "finished_at"])
-        annotation_services.round_advance(round_id=run.round_id)
-    return f"run {run.pk} evaluated on {len(images)} held-out image(s)"
+    figures = {"test_images": len(targets), "image": image_level}
+    if pixel:
+        figures["pixel"] = pixel
+    send("annotation.tasks.run_evaluated", run_id, figures)
+    return f"run {run_id} evaluated on {len(targets)} held-out image(s)"
 
 
-def _classifier_scores(mv: ModelVersion, images: list[Image]) -> list[float]:
+def _classifier_scores(mv: ModelVersion, grays: Iterator[np.ndarray]) -> list[float]:
     from training.nets.classifier import ClassifierConfig, load_classifier
     from training.nets.data import preprocess
 
     config = ClassifierConfig(**mv.config)
     model = load_classifier(config, weights_path(mv))
     out = []
-    for image in images:
-        x = preprocess(_gray(image), config.input_size)[None]
+    for gray in grays:
+        x = preprocess(gray, config.input_size)[None]
         out.append(float(model(x, training=False).numpy()[0, 1]))
     return out
 
 
-def final_round() -> Round | None:
-    return (
-        Round.objects.filter(stage=Round.Stage.FINAL, status=Round.Status.DONE)
-        .order_by("-number")
-        .first()
-    )
+def final_round_id() -> int | None:
+    """The newest finished final round (whose networks make the infection maps)."""
+    from annotation.selectors import final_round
+
+    rnd = final_round()
+    return rnd.pk if rnd else None
 
 
 def final_model_versions() -> list[ModelVersion]:
     """The segmentation networks of the newest finished final round (their ensemble makes the
     infection maps); empty before any final round has finished."""
-    rnd = final_round()
-    if rnd is None:
-        return []
     return list(
-        ModelVersion.objects.filter(run__round=rnd).exclude(arch="classifier").order_by("id")
+        ModelVersion.objects.filter(
+            run__round_id=final_round_id(), run__kind=TrainingRun.Kind.SEGMENTATION
+        ).order_by("id")
     )
 
 
 def final_classifiers() -> dict[str, ModelVersion]:
     """The Grad-CAM classifiers of the newest finished final round, by encoder."""
-    rnd = final_round()
-    if rnd is None:
-        return {}
-    return {mv.encoder: mv for mv in ModelVersion.objects.filter(run__round=rnd, arch="classifier")}
+    versions = ModelVersion.objects.filter(
+        run__round_id=final_round_id(), run__kind=TrainingRun.Kind.CLASSIFIER
+    )
+    return {mv.encoder: mv for mv in versions}

@@ -1,19 +1,36 @@
-"""Celery tasks of the `inference` queue."""
+"""Celery tasks of the `inference` queue: thin wrappers that call one service and report a
+failure to annotation by task name."""
 
 from celery import shared_task
 from django.db import OperationalError
 
+from config.celery import send
 from inference import services
 
+RETRY = {"acks_late": True, "autoretry_for": (OperationalError,), "retry_backoff": 5}
 
-@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=5, max_retries=3)
+
+@shared_task(**RETRY, max_retries=3)
 def predict(run_id: int) -> str:
     try:
         return services.run_predict(run_id=run_id)
     except OperationalError:
         raise
     except Exception as exc:
-        services.run_predict_fail(
-            run_id=run_id, reason=f"prediction failed: {type(exc).__name__}: {exc}"
+        send(
+            "annotation.tasks.run_failed", run_id, f"prediction failed: {type(exc).__name__}: {exc}"
         )
         return f"run {run_id} failed while predicting: {exc}"
+
+
+@shared_task(**RETRY, max_retries=3)
+def evaluate(run_id: int) -> str:
+    try:
+        return services.run_evaluate(run_id=run_id)
+    except OperationalError:
+        raise
+    except Exception as exc:
+        send(
+            "annotation.tasks.run_failed", run_id, f"evaluation failed: {type(exc).__name__}: {exc}"
+        )
+        return f"run {run_id} failed while evaluating: {exc}"

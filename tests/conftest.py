@@ -21,9 +21,22 @@ from training.models import ModelVersion, TrainingRun
 _seq = itertools.count(1)
 
 
+@pytest.fixture
+def eager_tasks():
+    """Runs every task sent in this process at once, errors raised: the workers' reports to
+    annotation (sent by task name) are then applied before the worker's call returns."""
+    from config.celery import app
+
+    app.loader.import_default_modules()  # registers every app's tasks, as a worker does
+    app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    yield
+    app.conf.update(task_always_eager=False, task_eager_propagates=False)
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")
+    settings.MASKLOOP_WORK_DIR = tmp_path / "work"
     return settings.MEDIA_ROOT
 
 

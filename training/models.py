@@ -6,6 +6,18 @@ from django.db import models
 
 
 class TrainingRun(models.Model):
+    """One network's job in a round: train, then predict (or, in a final round, evaluate).
+
+    The row is the worker's whole work order: `inputs` names the stored files it trains on
+    and predicts, so a worker on another host needs only the database and the media storage.
+    Its status changes only through `annotation.services.states` (the round's state machine);
+    the worker writes its progress here and reports the rest by Celery task name.
+    """
+
+    class Kind(models.TextChoices):
+        SEGMENTATION = "segmentation", "Segmentation network"
+        CLASSIFIER = "classifier", "Grad-CAM classifier"
+
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         TRAINING = "training", "Training"
@@ -19,12 +31,18 @@ class TrainingRun(models.Model):
     round = models.ForeignKey(
         "annotation.Round", on_delete=models.PROTECT, related_name="training_runs"
     )
-    arch = models.CharField(max_length=20)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.SEGMENTATION)
+    arch = models.CharField(max_length=20, blank=True, help_text="Blank for a classifier.")
     encoder = models.CharField(max_length=20)
     fold = models.PositiveSmallIntegerField(null=True, blank=True)
     config = models.JSONField(default=dict)
-    train_image_ids = models.JSONField(default=list)
+    train_image_ids = models.JSONField(default=list, help_text="[image id, mask id] pairs.")
     target_image_ids = models.JSONField(default=list)
+    inputs = models.JSONField(
+        default=dict,
+        help_text="Stored file names by id: images, masks, references (the mask a target is "
+        "measured against), and which images are COVID-19.",
+    )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     epoch = models.PositiveIntegerField(default=0)
     epochs = models.PositiveIntegerField(default=0)
@@ -43,7 +61,11 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         fold = f" fold {self.fold}" if self.fold is not None else ""
-        return f"{self.arch}/{self.encoder}{fold} ({self.status})"
+        return f"{self.network}{fold} ({self.status})"
+
+    @property
+    def network(self) -> str:
+        return f"{self.arch or self.kind}/{self.encoder}"
 
     @property
     def is_terminal(self) -> bool:
@@ -72,7 +94,7 @@ class ModelVersion(models.Model):
     config = models.JSONField(default=dict)
     weights = models.FileField(upload_to="models/", max_length=255)
     metrics = models.JSONField(default=dict)
-    data_version = models.CharField(max_length=64)
+    data_version = models.CharField(max_length=100)
     code_version = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -80,4 +102,4 @@ class ModelVersion(models.Model):
         ordering = ["id"]
 
     def __str__(self) -> str:
-        return f"model v{self.pk} {self.arch}/{self.encoder}"
+        return f"model v{self.pk} {self.arch or 'classifier'}/{self.encoder}"

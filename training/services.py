@@ -1,10 +1,13 @@
-"""Training runs: planning, executing through the Django-free core, failing, progress."""
+"""Training runs: planning, executing through the Django-free core, progress.
+
+A run's row is its whole work order (see TrainingRun.inputs), so the worker reads nothing
+of the annotation app. It writes its progress and its model version here and reports what
+happened to annotation by Celery task name; annotation alone changes the run's status.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -14,40 +17,71 @@ from typing import Any
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
-from django.utils import timezone
 
-from annotation import storage
-from annotation.models import Image, Mask, Round
+from config import storage
+from config.celery import send
 from training.models import ModelVersion, TrainingRun
 from training.nets.config import ARCHITECTURES as ARCHITECTURES  # the choices the apps offer
 from training.nets.config import ENCODERS as ENCODERS
 from training.nets.config import PRESETS as PRESETS
+from training.nets.config import preset
+from training.nets.folds import grouped_stratified_folds as grouped_stratified_folds
+from training.nets.folds import grouped_train_test_split as grouped_train_test_split
+
+
+def train_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The named preset with `overrides`, as saved with a round and its runs.
+
+    Raises:
+        ValueError: an unknown preset or option (the message names it).
+    """
+    return preset(name, **overrides).to_dict()
+
+
+def classifier_config(config: dict[str, Any], *, encoder: str, preset: str) -> dict[str, Any]:
+    """The Grad-CAM classifier trained beside the final networks: the paper's 10 epochs at
+    1e-5 for the paper preset, the preset's own size and length otherwise."""
+    from training.nets.classifier import ClassifierConfig
+
+    paper = preset == "paper"
+    return ClassifierConfig(
+        encoder=encoder,
+        input_size=config["input_size"],
+        batch_size=config["batch_size"],
+        epochs=10 if paper else config["epochs"],
+        learning_rate=1e-5 if paper else config["learning_rate"],
+        seed=config["seed"],
+        augment=config["augment"],
+        weights=config["weights"],
+    ).to_dict()
 
 
 def training_run_create(
     *,
-    round: Round,
+    round: Any,
+    kind: str,
     arch: str,
     encoder: str,
     fold: int | None,
     config: dict[str, Any],
     train_set: Sequence[tuple[int, int]],
     targets: Sequence[int],
+    inputs: dict[str, Any],
 ) -> TrainingRun:
     """Plans one network's training and enqueues it once the round is committed."""
-    from training import tasks
-
     run = TrainingRun.objects.create(
         round=round,
+        kind=kind,
         arch=arch,
         encoder=encoder,
         fold=fold,
         config=config,
         train_image_ids=[list(pair) for pair in train_set],
         target_image_ids=list(targets),
+        inputs=inputs,
         epochs=config["epochs"],
     )
-    transaction.on_commit(lambda: tasks.train.delay(run.pk))
+    transaction.on_commit(lambda: send("training.tasks.train", run.pk))
     return run
 
 
@@ -67,99 +101,69 @@ def code_version() -> str:
         return "unknown"
 
 
-def data_version(pairs: Sequence[tuple[Image, Mask]]) -> str:
-    """A hash of exactly what a network was trained on: the images' and masks' bytes."""
-    digest = hashlib.sha256()
-    for image, mask in sorted(pairs, key=lambda p: (p[0].sha256, p[1].sha256)):
-        digest.update(f"{image.sha256}:{mask.sha256}\n".encode())
-    return digest.hexdigest()
-
-
-class RunCancelled(Exception):
-    pass
+WANTED = (TrainingRun.Status.QUEUED, TrainingRun.Status.TRAINING)
 
 
 def _still_wanted(run_id: int) -> bool:
-    status = TrainingRun.objects.filter(pk=run_id).values_list("status", flat=True).first()
-    return status in (TrainingRun.Status.TRAINING, TrainingRun.Status.PREDICTING)
+    return TrainingRun.objects.filter(pk=run_id, status__in=WANTED).exists()
 
 
-CLASSIFIER = "classifier"
-CHECKPOINT_MIN_SIZE = 128
-
-
-def classifier_config(config: Any, encoder: str, preset: str) -> Any:
-    """The Grad-CAM classifier trained beside the final networks: the paper's 10 epochs at
-    1e-5 for the paper preset, the preset's own size and length otherwise."""
-    from training.nets.classifier import ClassifierConfig
-
-    paper = preset == "paper"
-    return ClassifierConfig(
-        encoder=encoder,
-        input_size=config.input_size,
-        batch_size=config.batch_size,
-        epochs=10 if paper else config.epochs,
-        learning_rate=1e-5 if paper else config.learning_rate,
-        seed=config.seed,
-        augment=config.augment,
-        weights=config.weights,
-    )
-
-
-def _fit(run: TrainingRun, pairs, out_dir: str, on_progress, extra: dict):
+def _fit(run: TrainingRun, images: list[str], masks: list[str], out_dir: Path, on_progress):
     """Trains a segmentation network, or a classifier for a final round's Grad-CAM maps."""
-    from annotation.models import ImageClass, Round
     from training.nets.config import TrainConfig
+    from training.nets.datasets import data_version
     from training.nets.fit import fit
 
-    images = [storage.local_path(img.display.name) for img, _ in pairs]
-    covid = [img.image_class == ImageClass.COVID for img, _ in pairs]
-    if run.arch == CLASSIFIER:
+    covid = set(run.inputs["covid"])
+    flags = [image_id in covid for image_id, _ in run.train_image_ids]
+    extra = {
+        "data_version": data_version(images, masks),
+        "code_version": code_version(),
+        "train_set": run.train_image_ids,
+    }
+    if run.kind == TrainingRun.Kind.CLASSIFIER:
         from training.nets.classifier import ClassifierConfig, fit_classifier
 
-        return fit_classifier(
-            ClassifierConfig(**run.config), images, covid, out_dir=out_dir, on_progress=on_progress
+        result = fit_classifier(
+            ClassifierConfig(**run.config), images, flags, out_dir=out_dir, on_progress=on_progress
         )
-    final = run.round.stage == Round.Stage.FINAL
-    return fit(
-        TrainConfig.from_dict(run.config),
-        images,
-        [storage.local_path(mask.file.name) for _, mask in pairs],
-        out_dir=out_dir,
-        on_progress=on_progress,
-        extra=extra,
-        covid_flags=covid if final else None,
-    )
+    else:
+        result = fit(
+            TrainConfig.from_dict(run.config),
+            images,
+            masks,
+            out_dir=out_dir,
+            on_progress=on_progress,
+            extra=extra,
+            covid_flags=flags if run.round.stage == "final" else None,
+            resume=True,
+        )
+    return result, extra
 
 
 def training_run_execute(*, run_id: int) -> str:
-    """Trains one run and records its model version; predicting follows on the inference queue.
+    """Trains one run and stores its model version; annotation is told when it starts and
+    when its weights are stored (it then has the run predict on the inference queue).
 
-    Idempotent: a run that already has weights is not trained again.
+    Idempotent: a run that already has weights is not trained again, and a run that was
+    interrupted resumes from its last checkpoint.
 
     Returns:
         What happened, for the task's log.
     """
-    from inference import tasks as inference_tasks
     from training.nets.fit import TrainingStopped
 
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().get(pk=run_id)
-        if run.is_terminal:
-            return f"run {run_id} is already {run.status}"
-        if ModelVersion.objects.filter(run=run).exists():
-            run.status = TrainingRun.Status.PREDICTING
-            run.save(update_fields=["status"])
-            transaction.on_commit(lambda: inference_tasks.predict.delay(run_id))
-            return f"run {run_id} was trained before; predicting"
-        run.status = TrainingRun.Status.TRAINING
-        run.started_at = timezone.now()
-        run.save(update_fields=["status", "started_at"])
+    run = TrainingRun.objects.select_related("round").get(pk=run_id)
+    if run.status not in WANTED:
+        return f"run {run_id} is {run.status}; nothing to train"
+    if ModelVersion.objects.filter(run=run).exists():
+        send("annotation.tasks.run_trained", run_id)
+        return f"run {run_id} was trained before; predicting"
+    send("annotation.tasks.run_started", run_id)
 
-    images = {i.pk: i for i in Image.objects.filter(pk__in=[p[0] for p in run.train_image_ids])}
-    masks = {m.pk: m for m in Mask.objects.filter(pk__in=[p[1] for p in run.train_image_ids])}
-    pairs = [(images[i], masks[m]) for i, m in run.train_image_ids]
-    version = data_version(pairs)
+    files = run.inputs
+    images = [str(storage.local_copy(files["images"][str(i)])) for i, _ in run.train_image_ids]
+    masks = [str(storage.local_copy(files["masks"][str(m)])) for _, m in run.train_image_ids]
     history: list[float] = []
 
     def on_progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> bool:
@@ -170,69 +174,37 @@ def training_run_execute(*, run_id: int) -> str:
         )
         return _still_wanted(run_id)
 
-    # A persistent folder per run, so a redelivered task resumes from the last checkpoint.
-    work = Path(settings.MEDIA_ROOT) / "runs" / str(run_id)
+    # A worker-local folder per run: a redelivered task resumes from its last checkpoint.
+    work = Path(settings.MASKLOOP_WORK_DIR) / "runs" / str(run_id)
     work.mkdir(parents=True, exist_ok=True)
-    with _cleanup(work) as tmp:
-        try:
-            result = _fit(
-                run,
-                pairs,
-                tmp,
-                on_progress,
-                extra={
-                    "data_version": version,
-                    "code_version": code_version(),
-                    "train_set": run.train_image_ids,
-                },
-            )
-        except TrainingStopped:
-            return f"run {run_id} was cancelled while training"
-        with transaction.atomic():
-            run = TrainingRun.objects.select_for_update().get(pk=run_id)
-            if run.status != TrainingRun.Status.TRAINING:
-                return f"run {run_id} is {run.status}; weights discarded"
-            mv = ModelVersion(
-                run=run,
-                arch=run.arch,
-                encoder=run.encoder,
-                config=run.config,
-                data_version=version,
-                code_version=code_version(),
-                metrics={"train_loss": result.loss_history, "train_seconds": result.seconds},
-            )
-            with open(result.weights_path, "rb") as fh:
-                mv.weights.save(f"run-{run.pk}.weights.h5", File(fh), save=False)
-            mv.save()
-            run.status = TrainingRun.Status.PREDICTING
-            run.loss_history = result.loss_history
-            run.save(update_fields=["status", "loss_history"])
-            transaction.on_commit(lambda: inference_tasks.predict.delay(run_id))
+    try:
+        result, extra = _fit(run, images, masks, work, on_progress)
+    except TrainingStopped:
+        shutil.rmtree(work, ignore_errors=True)
+        return f"run {run_id} was cancelled while training"
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.status not in WANTED or ModelVersion.objects.filter(run=run).exists():
+            return f"run {run_id} is {run.status}; weights discarded"
+        mv = ModelVersion(
+            run=run,
+            arch=run.arch,
+            encoder=run.encoder,
+            config=run.config,
+            data_version=extra["data_version"],
+            code_version=extra["code_version"],
+            metrics={"train_loss": result.loss_history, "train_seconds": result.seconds},
+        )
+        with open(result.weights_path, "rb") as fh:
+            mv.weights.save(f"run-{run.pk}.weights.h5", File(fh), save=False)
+        mv.save()
+        run.loss_history = result.loss_history
+        run.save(update_fields=["loss_history"])
+    shutil.rmtree(work, ignore_errors=True)
+    send("annotation.tasks.run_trained", run_id)
     return f"run {run_id} trained"
 
 
-@contextlib.contextmanager
-def _cleanup(work: Path):
-    """Yields the run's work folder; removes it once the weights are stored or the run is
-    cancelled, keeps it (and its checkpoints) when the worker dies mid-way."""
-    yield str(work)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def training_run_fail(*, run_id: int, reason: str) -> None:
-    """Records why a run failed and fails its round (which says so on the dashboard)."""
-    from annotation.services import round_advance
-
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().get(pk=run_id)
-        if run.is_terminal:
-            return
-        run.status = TrainingRun.Status.FAILED
-        run.failure_reason = reason[:2000]
-        run.finished_at = timezone.now()
-        run.save(update_fields=["status", "failure_reason", "finished_at"])
-        round_advance(round_id=run.round_id)
-
-
 def weights_path(model_version: ModelVersion) -> Path:
-    return Path(storage.local_path(model_version.weights.name))
+    """A local copy of a model version's weights file, for Keras to load."""
+    return storage.local_copy(model_version.weights.name)

@@ -3,6 +3,7 @@
 from celery import shared_task
 from django.db import OperationalError
 
+from config.celery import send
 from training import services
 
 
@@ -19,5 +20,5 @@ def train(self, run_id: int) -> str:
     except OperationalError:
         raise
     except Exception as exc:
-        services.training_run_fail(run_id=run_id, reason=f"{type(exc).__name__}: {exc}")
+        send("annotation.tasks.run_failed", run_id, f"{type(exc).__name__}: {exc}")
         return f"run {run_id} failed: {exc}"

@@ -19,6 +19,7 @@ from annotation.models import (
     ReviewItem,
     Round,
 )
+from annotation.services import states
 
 
 class DuplicateImage(Conflict):
@@ -125,8 +126,7 @@ def mask_create(
             f"{image.width}×{image.height}"
         )
     with transaction.atomic():
-        Image.objects.select_for_update().filter(pk=image.pk).first()
-        version = (image.masks.aggregate(v=Max("version"))["v"] or 0) + 1
+        version = mask_next_version(image_id=image.pk)
         data = imaging.encode_mask(mask)
         name = storage.store(f"masks/{image.pk}/v{version}.png", data)
         try:
@@ -145,6 +145,12 @@ def mask_create(
         except BaseException:
             storage.delete_quietly([name])
             raise
+
+
+def mask_next_version(*, image_id: int) -> int:
+    """Locks the image (masks are numbered one after another) and returns its next version."""
+    Image.objects.select_for_update().filter(pk=image_id).first()
+    return (Mask.objects.filter(image_id=image_id).aggregate(v=Max("version"))["v"] or 0) + 1
 
 
 DRAWABLE = (Image.Status.UNANNOTATED, Image.Status.MANUAL, Image.Status.REDRAW)
@@ -171,9 +177,7 @@ def mask_draw(*, image: Image, author: Any, data: bytes, based_on: Mask | None =
     )
     item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
     if item is not None:
-        item.status = ReviewItem.Status.REDRAWN
-        item.resolved_at = timezone.now()
-        item.save(update_fields=["status", "resolved_at"])
+        states.move(item, ReviewItem.Status.REDRAWN, resolved_at=timezone.now())
         GroundTruth.objects.create(image=image, mask=mask, item=item, accepted_by=author)
     image_refresh_status(image=image)
     return mask

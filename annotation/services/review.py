@@ -16,6 +16,7 @@ from annotation.models import (
     ReviewItem,
     Round,
 )
+from annotation.services import states
 from annotation.services.images import image_refresh_status
 from annotation.services.rounds import round_complete_if_done
 
@@ -35,7 +36,9 @@ def decision_create(
 
     Once the round's quota of reviewers has decided, the majority wins; a tie goes to an admin.
     """
-    item = ReviewItem.objects.select_for_update().select_related("round").get(pk=item.pk)
+    item = (
+        ReviewItem.objects.select_for_update(of=("self",)).select_related("round").get(pk=item.pk)
+    )
     if round_number is not None and item.round.number != round_number:
         raise DomainError(
             f"this item belongs to round {item.round.number}, not round {round_number}"
@@ -98,8 +101,7 @@ def _item_tally(item: ReviewItem) -> None:
     ranked = votes.most_common()
     item.agreement = ranked[0][1] / len(decisions)
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-        item.status = ReviewItem.Status.ADJUDICATION
-        item.save(update_fields=["agreement", "status"])
+        states.move(item, ReviewItem.Status.ADJUDICATION, agreement=item.agreement)
         return
     winner = next(d for d in decisions if d.candidate_id == ranked[0][0])
     item.save(update_fields=["agreement"])
@@ -108,9 +110,9 @@ def _item_tally(item: ReviewItem) -> None:
 
 def _item_resolve(item: ReviewItem, decision: Decision) -> None:
     if decision.candidate is None:
-        item.status = ReviewItem.Status.REDRAW
+        states.move(item, ReviewItem.Status.REDRAW, resolved_at=timezone.now())
     else:
-        item.status = ReviewItem.Status.ACCEPTED
+        states.move(item, ReviewItem.Status.ACCEPTED, resolved_at=timezone.now())
         GroundTruth.objects.create(
             image=item.image,
             mask=decision.candidate.mask,
@@ -118,7 +120,5 @@ def _item_resolve(item: ReviewItem, decision: Decision) -> None:
             decision=decision,
             accepted_by=decision.reviewer,
         )
-    item.resolved_at = timezone.now()
-    item.save(update_fields=["status", "resolved_at"])
     image_refresh_status(image=item.image)
     round_complete_if_done(Round.objects.select_for_update().get(pk=item.round_id))

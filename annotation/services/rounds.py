@@ -1,4 +1,5 @@
-"""Rounds: planning the trainings, opening items for blind review, closing."""
+"""Rounds: starting one, opening its items for blind review once its networks are done,
+cancelling and closing it. Every status change goes through `states`."""
 
 from __future__ import annotations
 
@@ -6,38 +7,21 @@ import random
 import secrets
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from annotation import storage
 from annotation.errors import Conflict, DomainError
-from annotation.models import (
-    Candidate,
-    GroundTruth,
-    Image,
-    ImageClass,
-    Mask,
-    ReviewItem,
-    Round,
-)
-from annotation.services.images import image_refresh_status, latest_manual_mask
+from annotation.models import Candidate, Image, Mask, ReviewItem, Round
+from annotation.services import states
+from annotation.services.images import image_refresh_status
+from annotation.services.planning import check_networks, plan_round, work_inputs
 from training import services as training_services
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """What a round trains and what each network predicts."""
-
-    networks: list[tuple[str, str]]
-    folds: int | None
-    preset: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-
+from training.models import TrainingRun
 
 DEFAULT_STAGE_I = [("unet", "densenet121"), ("unetpp", "densenet121"), ("dla", "densenet121")]
 DEFAULT_STAGE_II = [
@@ -47,6 +31,14 @@ DEFAULT_STAGE_II = [
     ("unet", "resnet50"),
     ("unetpp", "resnet50"),
 ]
+DEFAULT_FINAL = [("unet", "densenet121"), ("unetpp", "densenet121"), ("dla", "densenet121")]
+DEFAULT_NETWORKS = {
+    Round.Stage.STAGE_I: DEFAULT_STAGE_I,
+    Round.Stage.STAGE_II: DEFAULT_STAGE_II,
+    Round.Stage.FINAL: DEFAULT_FINAL,
+}
+WAITING = (ReviewItem.Status.PENDING, ReviewItem.Status.OPEN, ReviewItem.Status.ADJUDICATION)
+LABELS = string.ascii_uppercase
 
 
 def _next_round_number() -> int:
@@ -58,9 +50,9 @@ def round_start(
     *,
     stage: str,
     started_by: Any,
-    networks: Sequence[tuple[str, str]] | None = None,
+    networks: Sequence[Sequence[str]] | None = None,
     folds: int = 5,
-    preset: str = "tiny",
+    preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     reviewers_per_item: int = 1,
     seed: int = 0,
@@ -73,188 +65,79 @@ def round_start(
     trains on every accepted mask and predicts each COVID-19 image that has none yet. The final
     stage trains the infection-map networks (and a Grad-CAM classifier per encoder) on the
     accepted masks and measures them on a patient-grouped held-out split.
-    """
-    from training.nets.config import preset as make_preset
 
+    Args:
+        preset: the training preset; by default the MASKLOOP_DEFAULT_PRESET setting.
+    """
     if Round.objects.select_for_update().filter(status__in=Round.ACTIVE).exists():
         raise Conflict("another round is still training or in review; finish or cancel it first")
     if stage not in Round.Stage.values:
         raise DomainError(f"stage must be one of {', '.join(Round.Stage.values)}, not {stage!r}")
     if reviewers_per_item < 1:
         raise DomainError("each item needs at least one reviewer")
-    default = {
-        Round.Stage.STAGE_I: DEFAULT_STAGE_I,
-        Round.Stage.STAGE_II: DEFAULT_STAGE_II,
-        Round.Stage.FINAL: DEFAULT_FINAL,
-    }[stage]
-    networks = [tuple(n) for n in (networks or default)]
-    _check_networks(networks)
+    nets = check_networks(networks or DEFAULT_NETWORKS[stage])
+    preset = preset or settings.MASKLOOP_DEFAULT_PRESET
     try:
-        config = make_preset(preset, **(overrides or {}), seed=seed)
+        config = training_services.train_config(preset, seed=seed, **(overrides or {}))
     except (TypeError, ValueError) as exc:
         raise DomainError(str(exc)) from None
 
-    planner = {
-        Round.Stage.STAGE_I: _plan_stage_one,
-        Round.Stage.STAGE_II: _plan_stage_two,
-        Round.Stage.FINAL: _plan_final,
-    }[stage]
-    plan = planner(folds=folds, seed=seed, test_fraction=test_fraction)
+    plan = plan_round(stage=stage, folds=folds, seed=seed, test_fraction=test_fraction)
     rnd = Round.objects.create(
         number=_next_round_number(),
         stage=stage,
         started_by=started_by,
         reviewers_per_item=reviewers_per_item,
         config={
-            "networks": [list(n) for n in networks],
+            "networks": [list(n) for n in nets],
             "folds": folds if stage == Round.Stage.STAGE_I else None,
             "test_fraction": test_fraction if stage == Round.Stage.FINAL else None,
             "preset": preset,
             "overrides": overrides or {},
             "seed": seed,
-            "train": config.to_dict(),
+            "train": config,
         },
     )
     for img in plan.review:
         item = ReviewItem.objects.create(round=rnd, image=img, fold=plan.fold_of.get(img.pk))
-        if plan.manual.get(img.pk) is not None:
-            Candidate.objects.create(item=item, mask=plan.manual[img.pk])
+        manual = plan.manual.get(img.pk)
+        if manual is not None:
+            Candidate.objects.create(item=item, mask=manual)
         image_refresh_status(image=img)
-    for train, targets, fold in plan.splits:
-        for arch, encoder in networks:
+    for split in plan.splits:
+        inputs = work_inputs(split)
+        jobs = [
+            (
+                TrainingRun.Kind.SEGMENTATION,
+                arch,
+                encoder,
+                {**config, "arch": arch, "encoder": encoder},
+            )
+            for arch, encoder in nets
+        ]
+        if stage == Round.Stage.FINAL:
+            jobs += [
+                (
+                    TrainingRun.Kind.CLASSIFIER,
+                    "",
+                    encoder,
+                    training_services.classifier_config(config, encoder=encoder, preset=preset),
+                )
+                for encoder in sorted({e for _, e in nets})
+            ]
+        for kind, arch, encoder, run_config in jobs:
             training_services.training_run_create(
                 round=rnd,
+                kind=kind,
                 arch=arch,
                 encoder=encoder,
-                fold=fold,
-                config=config.replace(arch=arch, encoder=encoder).to_dict(),
-                train_set=train,
-                targets=targets,
-            )
-    if stage == Round.Stage.FINAL:
-        for encoder in sorted({e for _, e in networks}):
-            training_services.training_run_create(
-                round=rnd,
-                arch=CLASSIFIER,
-                encoder=encoder,
-                fold=None,
-                config=training_services.classifier_config(config, encoder, preset).to_dict(),
-                train_set=plan.splits[0][0],
-                targets=plan.splits[0][1],
+                fold=split.fold,
+                config=run_config,
+                train_set=split.train,
+                targets=split.targets,
+                inputs=inputs,
             )
     return rnd
-
-
-CLASSIFIER = "classifier"
-DEFAULT_FINAL = [("unet", "densenet121"), ("unetpp", "densenet121"), ("dla", "densenet121")]
-
-
-@dataclass
-class _Plan:
-    """Which images a round reviews, and what each of its trainings learns from and predicts."""
-
-    review: list[Image] = field(default_factory=list)
-    manual: dict[int, Mask | None] = field(default_factory=dict)
-    fold_of: dict[int, int] = field(default_factory=dict)
-    # (train pairs of (image id, mask id), target image ids, fold)
-    splits: list[tuple[list[tuple[int, int]], list[int], int | None]] = field(default_factory=list)
-
-
-def _accepted_pairs(images: Sequence[Image]) -> list[tuple[int, int]]:
-    gts = {
-        gt.image_id: gt.mask_id
-        for gt in GroundTruth.objects.filter(image__in=images).order_by("image_id", "id")
-    }  # the newest row per image wins
-    return [(img.pk, gts[img.pk]) for img in images]
-
-
-def _plan_stage_one(*, folds: int, seed: int, **_: Any) -> _Plan:
-    from training.nets.folds import grouped_stratified_folds
-
-    if folds < 2:
-        raise DomainError("Stage I needs at least 2 folds")
-    targets = list(Image.objects.filter(image_class=ImageClass.COVID, status=Image.Status.MANUAL))
-    if len(targets) < 2:
-        raise DomainError(
-            f"Stage I needs at least 2 COVID-19 images with an MD-drawn mask; there are "
-            f"{len(targets)}"
-        )
-    plan = _Plan(review=targets, manual={img.pk: latest_manual_mask(img) for img in targets})
-    plan.fold_of = grouped_stratified_folds(
-        [img.pk for img in targets],
-        [img.image_class for img in targets],
-        [img.patient_id or f"image-{img.pk}" for img in targets],
-        n_folds=min(folds, len(targets)),
-        seed=seed,
-    )
-    for fold in sorted(set(plan.fold_of.values())):
-        held_out = [img.pk for img in targets if plan.fold_of[img.pk] == fold]
-        train = [
-            (img.pk, plan.manual[img.pk].pk)
-            for img in targets  # type: ignore[union-attr]
-            if plan.fold_of[img.pk] != fold
-        ]
-        plan.splits.append((train, held_out, fold))
-    return plan
-
-
-def _plan_stage_two(**_: Any) -> _Plan:
-    covid = Image.objects.filter(image_class=ImageClass.COVID)
-    trained = list(covid.filter(status=Image.Status.ACCEPTED))
-    targets = list(covid.filter(status__in=[Image.Status.UNANNOTATED, Image.Status.MANUAL]))
-    if len(trained) < 2:
-        raise DomainError(
-            f"Stage II trains on accepted masks; there are {len(trained)} (at least 2 needed). "
-            "Finish Stage I first"
-        )
-    if not targets:
-        raise DomainError("every COVID-19 image already has a mask accepted or under review")
-    plan = _Plan(review=targets, manual={img.pk: latest_manual_mask(img) for img in targets})
-    plan.splits.append((_accepted_pairs(trained), [img.pk for img in targets], None))
-    return plan
-
-
-def _plan_final(*, seed: int, test_fraction: float, **_: Any) -> _Plan:
-    from training.nets.folds import grouped_train_test_split
-
-    if not 0 < test_fraction < 1:
-        raise DomainError("the test fraction must be between 0 and 1")
-    accepted = list(Image.objects.filter(status=Image.Status.ACCEPTED))
-    classes = {img.image_class == ImageClass.COVID for img in accepted}
-    if len(accepted) < 4 or classes != {True, False}:
-        raise DomainError(
-            "the final networks need accepted masks of at least 4 images, COVID-19 and controls "
-            f"both; there are {len(accepted)}"
-        )
-    split = grouped_train_test_split(
-        [img.pk for img in accepted],
-        [img.image_class for img in accepted],
-        [img.patient_id or f"image-{img.pk}" for img in accepted],
-        test_fraction=test_fraction,
-        seed=seed,
-    )
-    train = [img for img in accepted if split[img.pk] == "train"]
-    test = [img.pk for img in accepted if split[img.pk] == "test"]
-    if not train or not test:
-        raise DomainError("too few patients to hold some out for testing")
-    return _Plan(splits=[(_accepted_pairs(train), test, None)])
-
-
-def _check_networks(networks: Sequence[tuple[str, ...]]) -> None:
-    from training.nets.config import ARCHITECTURES, ENCODERS
-
-    if not networks:
-        raise DomainError("choose at least one network")
-    for net in networks:
-        if len(net) != 2:
-            raise DomainError(f"a network is an (architecture, encoder) pair, not {net!r}")
-        arch, encoder = net
-        if arch not in ARCHITECTURES:
-            raise DomainError(
-                f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}"
-            )
-        if encoder not in ENCODERS:
-            raise DomainError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
 
 
 def candidate_add(*, round: Round, image_id: int, mask: Mask) -> Candidate:
@@ -262,9 +145,6 @@ def candidate_add(*, round: Round, image_id: int, mask: Mask) -> Candidate:
     item = ReviewItem.objects.get(round=round, image_id=image_id)
     candidate, _ = Candidate.objects.get_or_create(item=item, mask=mask)
     return candidate
-
-
-LABELS = string.ascii_uppercase
 
 
 @transaction.atomic
@@ -287,18 +167,16 @@ def round_advance(*, round_id: int) -> Round:
     if rnd.stage == Round.Stage.FINAL:
         return _round_close(rnd, Round.Status.DONE)
     shuffler = random.Random(secrets.randbits(64))
-    for item in rnd.items.filter(status=ReviewItem.Status.PENDING):
-        candidates = list(item.candidates.all())
+    for item in rnd.items.filter(status=ReviewItem.Status.PENDING).select_related("image"):
+        candidates = list(item.candidates.select_related("mask"))
         shuffler.shuffle(candidates)
         for label, candidate in zip(LABELS, candidates, strict=False):
             candidate.label = label
             candidate.save(update_fields=["label"])
-        item.status = ReviewItem.Status.OPEN
-        item.save(update_fields=["status"])
+        states.move(item, ReviewItem.Status.OPEN)
         image_refresh_status(image=item.image)
         _warm_display_copies(item.image, candidates)
-    rnd.status = Round.Status.REVIEWING
-    rnd.save(update_fields=["status"])
+    states.move(rnd, Round.Status.REVIEWING)
     return round_complete_if_done(rnd)
 
 
@@ -311,24 +189,13 @@ def _warm_display_copies(image: Image, candidates: Sequence[Candidate]) -> None:
 
 
 def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:
-    from training.models import TrainingRun
-
-    rnd.status = status
-    rnd.failure_reason = reason
-    rnd.finished_at = timezone.now()
-    rnd.save(update_fields=["status", "failure_reason", "finished_at"])
-    rnd.training_runs.exclude(status__in=TrainingRun.TERMINAL).update(
-        status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
-    )
-    for item in rnd.items.filter(
-        status__in=[
-            ReviewItem.Status.PENDING,
-            ReviewItem.Status.OPEN,
-            ReviewItem.Status.ADJUDICATION,
-        ]
-    ):
-        item.status = ReviewItem.Status.CANCELLED
-        item.save(update_fields=["status"])
+    """Ends a locked round: its unfinished runs and unreviewed items are cancelled."""
+    now = timezone.now()
+    states.move(rnd, status, failure_reason=reason, finished_at=now)
+    states.move_all(rnd.training_runs.all(), TrainingRun.Status.CANCELLED, finished_at=now)
+    withdrawn = list(rnd.items.filter(status__in=WAITING).select_related("image"))
+    states.move_all(rnd.items.filter(status__in=WAITING), ReviewItem.Status.CANCELLED)
+    for item in withdrawn:
         image_refresh_status(image=item.image)
     return rnd
 
@@ -348,15 +215,7 @@ def round_cancel(*, round: Round, by: Any) -> Round:
 
 
 def round_complete_if_done(rnd: Round) -> Round:
-    waiting = rnd.items.filter(
-        status__in=[
-            ReviewItem.Status.PENDING,
-            ReviewItem.Status.OPEN,
-            ReviewItem.Status.ADJUDICATION,
-        ]
-    )
-    if rnd.status == Round.Status.REVIEWING and not waiting.exists():
-        rnd.status = Round.Status.DONE
-        rnd.finished_at = timezone.now()
-        rnd.save(update_fields=["status", "finished_at"])
+    """A reviewing round (locked by the caller) is done once no item waits for a decision."""
+    if rnd.status == Round.Status.REVIEWING and not rnd.items.filter(status__in=WAITING).exists():
+        states.move(rnd, Round.Status.DONE, finished_at=timezone.now())
     return rnd

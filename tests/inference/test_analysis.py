@@ -274,8 +274,15 @@ def model_version(rnd: Round, weights: Path, *, arch: str, encoder: str = "dense
         config = ClassifierConfig(encoder=encoder, input_size=SIZE).to_dict()
     else:
         config = TrainConfig(arch=arch, encoder=encoder, input_size=SIZE).to_dict()
+    kind = TrainingRun.Kind.CLASSIFIER if arch == "classifier" else TrainingRun.Kind.SEGMENTATION
+    arch = "" if arch == "classifier" else arch
     run = TrainingRun.objects.create(
-        round=rnd, arch=arch, encoder=encoder, config=config, status=TrainingRun.Status.SUCCEEDED
+        round=rnd,
+        kind=kind,
+        arch=arch,
+        encoder=encoder,
+        config=config,
+        status=TrainingRun.Status.SUCCEEDED,
     )
     return ModelVersion.objects.create(
         run=run, arch=arch, encoder=encoder, config=config, weights=name, data_version="test"

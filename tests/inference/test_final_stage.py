@@ -23,7 +23,7 @@ def accept_truth(image):
     services.image_refresh_status(image=image)
 
 
-def test_final_round_trains_measures_and_serves_its_networks(make_image, admin_user):
+def test_final_round_trains_measures_and_serves_its_networks(make_image, admin_user, eager_tasks):
     for i in range(6):
         accept_truth(make_image(size=48, patient=f"C{i}"))
     for i in range(4):
@@ -31,14 +31,14 @@ def test_final_round_trains_measures_and_serves_its_networks(make_image, admin_u
     rnd = services.round_start(stage=Round.Stage.FINAL, started_by=admin_user, preset="tiny",
                                networks=[("unet", "densenet121")], test_fraction=0.3)
     runs = list(rnd.training_runs.order_by("id"))
-    assert [r.arch for r in runs] == ["unet", "classifier"]
+    assert [(r.kind, r.arch) for r in runs] == [("segmentation", "unet"), ("classifier", "")]
     train = {pair[0] for pair in runs[0].train_image_ids}
     assert train.isdisjoint(runs[0].target_image_ids)
     assert not rnd.items.exists()  # nothing to review in the final stage
 
     for run in runs:
         training_tasks.train(run.pk)
-        inference_tasks.predict(run.pk)
+        inference_tasks.evaluate(run.pk)
     rnd.refresh_from_db()
     assert rnd.status == Round.Status.DONE, rnd.failure_reason
 

@@ -11,7 +11,9 @@ from training.models import ModelVersion, TrainingRun
 pytestmark = pytest.mark.django_db
 
 
-def test_train_and_predict_twice_change_nothing_the_second_time(make_image, md, admin_user):
+def test_train_and_predict_twice_change_nothing_the_second_time(
+    make_image, md, admin_user, eager_tasks
+):
     for _ in range(4):
         make_image(manual_by=md, size=48)
     rnd = services.round_start(
@@ -25,13 +27,13 @@ def test_train_and_predict_twice_change_nothing_the_second_time(make_image, md, 
 
     training_tasks.train(run.pk)
     run.refresh_from_db()
-    assert run.status == TrainingRun.Status.PREDICTING
+    assert run.status == TrainingRun.Status.PREDICTING, run.failure_reason
     assert len(run.loss_history) == run.epochs == run.epoch == 30
     mv = ModelVersion.objects.get(run=run)
     assert mv.data_version and mv.config["arch"] == "unet"
 
     again = training_tasks.train(run.pk)
-    assert "trained before" in again
+    assert "nothing to train" in again
     assert ModelVersion.objects.filter(run=run).count() == 1
 
     inference_tasks.predict(run.pk)
@@ -49,7 +51,9 @@ def test_train_and_predict_twice_change_nothing_the_second_time(make_image, md, 
         assert (mask.image.width, mask.image.height) == (48, 48)
 
 
-def test_a_failing_training_records_its_reason_and_fails_the_round(make_image, md, admin_user):
+def test_a_failing_training_records_its_reason_and_fails_the_round(
+    make_image, md, admin_user, eager_tasks
+):
     for _ in range(2):
         make_image(manual_by=md, size=48)
     rnd = services.round_start(

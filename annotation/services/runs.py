@@ -1,0 +1,133 @@
+"""What the training and inference workers report about a round's runs.
+
+The workers call only their own services; they send these reports by Celery task name
+(annotation/tasks.py), and only here does a run's status change. Each report is idempotent
+and tolerates arriving late, twice or out of order: a run that has moved on ignores it.
+Lock order: Round, then TrainingRun, then Image (see `states`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotation import storage
+from annotation.models import Mask, ReviewItem, Round
+from annotation.services import states
+from annotation.services.images import mask_next_version
+from annotation.services.rounds import candidate_add, round_advance
+from config.celery import send
+from training.models import ModelVersion, TrainingRun
+
+T = TrainingRun.Status
+
+
+def _lock(run_id: int) -> TrainingRun:
+    """Locks the run's round, then the run (the documented lock order)."""
+    round_id = TrainingRun.objects.values_list("round_id", flat=True).get(pk=run_id)
+    Round.objects.select_for_update().filter(pk=round_id).first()
+    return TrainingRun.objects.select_for_update().select_related("round").get(pk=run_id)
+
+
+@transaction.atomic
+def run_started(*, run_id: int) -> None:
+    run = _lock(run_id)
+    if run.status == T.QUEUED:
+        states.move(run, T.TRAINING, started_at=run.started_at or timezone.now())
+
+
+@transaction.atomic
+def run_trained(*, run_id: int) -> None:
+    """The run's weights are stored: it predicts its targets (a final round's run measures
+    itself on the held-out images) on the inference queue."""
+    run = _lock(run_id)
+    if run.status not in (T.QUEUED, T.TRAINING):
+        return
+    states.move(run, T.PREDICTING, started_at=run.started_at or timezone.now())
+    task = "inference.tasks.evaluate" if run.round.stage == Round.Stage.FINAL else None
+    transaction.on_commit(lambda: send(task or "inference.tasks.predict", run_id))
+
+
+@transaction.atomic
+def run_failed(*, run_id: int, reason: str) -> None:
+    """Records why a run failed and fails its round (which says so on the dashboard)."""
+    run = _lock(run_id)
+    if run.is_terminal:
+        return
+    states.move(run, T.FAILED, failure_reason=reason[:2000], finished_at=timezone.now())
+    round_advance(round_id=run.round_id)
+
+
+@transaction.atomic
+def run_predictions_add(*, run_id: int, predictions: Sequence[dict[str, Any]]) -> int:
+    """Records stored predicted masks as new mask versions and candidates of their items.
+
+    Each prediction is {"image": id, "file": stored name, "sha256", "area", "dice" (against
+    the target's reference mask, or null)}. A prediction already recorded (a repeated report)
+    adds nothing and its duplicate file is removed. Once every target has its prediction the
+    run has succeeded and the round may open for review.
+
+    Returns:
+        How many predictions were new.
+    """
+    run = _lock(run_id)
+    if run.status != T.PREDICTING:
+        storage.delete_quietly([p["file"] for p in predictions])
+        return 0
+    mv = ModelVersion.objects.get(run=run)
+    existing = set(
+        Mask.objects.filter(model_version=mv, round=run.round).values_list("image_id", flat=True)
+    )
+    added, dice = 0, dict(mv.metrics.get("held_out_dice_by_image", {}))
+    for p in sorted(predictions, key=lambda p: p["image"]):
+        if p["image"] in existing:
+            storage.delete_quietly([p["file"]])
+            continue
+        mask = Mask.objects.create(
+            image_id=p["image"],
+            version=mask_next_version(image_id=p["image"]),
+            file=p["file"],
+            sha256=p["sha256"],
+            area=p["area"],
+            source=Mask.Source.PREDICTED,
+            model_version=mv,
+            round=run.round,
+        )
+        if ReviewItem.objects.filter(round=run.round, image_id=p["image"]).exists():
+            candidate_add(round=run.round, image_id=p["image"], mask=mask)
+        existing.add(p["image"])
+        if p.get("dice") is not None:
+            dice[str(p["image"])] = p["dice"]
+        added += 1
+    run.predicted = len(existing)
+    run.save(update_fields=["predicted"])
+    if dice:
+        mv.metrics = {
+            **mv.metrics,
+            "held_out_dice_by_image": dice,
+            "held_out_dice_vs_manual": sum(dice.values()) / len(dice),
+            "held_out_images": len(dice),
+        }
+        mv.save(update_fields=["metrics"])
+    if existing >= set(run.target_image_ids):
+        states.move(run, T.SUCCEEDED, finished_at=timezone.now())
+        round_advance(round_id=run.round_id)
+    return added
+
+
+@transaction.atomic
+def run_evaluated(*, run_id: int, metrics: dict[str, Any]) -> None:
+    """A final round's network was measured on its held-out images: keep the figures."""
+    run = _lock(run_id)
+    if run.status != T.PREDICTING:
+        return
+    mv = ModelVersion.objects.get(run=run)
+    mv.metrics = {**mv.metrics, **metrics}
+    mv.save(update_fields=["metrics"])
+    run.predicted = len(run.target_image_ids)
+    run.save(update_fields=["predicted"])
+    states.move(run, T.SUCCEEDED, finished_at=timezone.now())
+    round_advance(round_id=run.round_id)
