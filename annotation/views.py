@@ -8,7 +8,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotation import selectors, services
-from annotation.apis import blind_item_payload, first_display_images
 from annotation.errors import DomainError
 from annotation.forms import ExportForm, RoundStartForm
 from annotation.models import Export, Image, ReviewItem, Role, Round
@@ -89,13 +88,13 @@ def review(request, item_uuid):
         )
     # The item's data and its first (smallest) images come with the page: no request stands
     # between the page's scripts and the item's first frame.
-    payload = blind_item_payload(item)
+    payload = selectors.blind_item_payload(item)
     return render(
         request,
         "annotation/review.html",
         {
             "item": payload,
-            "first_images": first_display_images(item, payload),
+            "first_images": selectors.first_display_images(item, payload),
             "decision_url": reverse(
                 "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
             ),
