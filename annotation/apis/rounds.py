@@ -1,0 +1,136 @@
+"""Rounds: start one, follow its training and review, cancel it."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import selectors, services
+from annotation.models import ReviewItem, Round
+from annotation.permissions import IsAdmin
+
+
+class RunOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    arch = serializers.CharField()
+    encoder = serializers.CharField()
+    fold = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField()
+    status_display = serializers.CharField(source="get_status_display")
+    epoch = serializers.IntegerField()
+    epochs = serializers.IntegerField()
+    step = serializers.IntegerField()
+    steps = serializers.IntegerField()
+    loss = serializers.FloatField(allow_null=True)
+    loss_history = serializers.ListField(child=serializers.FloatField())
+    predicted = serializers.IntegerField()
+    targets = serializers.SerializerMethodField()
+    progress = serializers.FloatField()
+    failure_reason = serializers.CharField()
+    metrics = serializers.SerializerMethodField()
+
+    def get_targets(self, obj) -> int:
+        return len(obj.target_image_ids)
+
+    def get_metrics(self, obj) -> dict:
+        mv = getattr(obj, "model_version", None)
+        return mv.metrics if mv else {}
+
+
+class RoundOutput(serializers.ModelSerializer):
+    started_by = serializers.CharField(source="started_by.username")
+    stage_display = serializers.CharField(source="get_stage_display")
+    status_display = serializers.CharField(source="get_status_display")
+
+    class Meta:
+        model = Round
+        fields = [
+            "number",
+            "stage",
+            "stage_display",
+            "status",
+            "status_display",
+            "config",
+            "reviewers_per_item",
+            "started_by",
+            "created_at",
+            "finished_at",
+            "failure_reason",
+        ]
+
+
+class RoundListApi(APIView):
+    permission_classes = [IsAdmin]
+
+    class InputSerializer(serializers.Serializer):
+        stage = serializers.ChoiceField(choices=Round.Stage.choices)
+        networks = serializers.ListField(
+            child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
+            required=False,
+        )
+        folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
+        preset = serializers.ChoiceField(choices=["tiny", "small", "paper"], default="tiny")
+        epochs = serializers.IntegerField(min_value=1, max_value=500, required=False)
+        input_size = serializers.IntegerField(min_value=32, max_value=1024, required=False)
+        reviewers_per_item = serializers.IntegerField(min_value=1, max_value=9, default=1)
+        seed = serializers.IntegerField(default=0)
+        freeze_encoder = serializers.BooleanField(default=False)
+        test_fraction = serializers.FloatField(min_value=0.05, max_value=0.5, default=0.2)
+
+        class Meta:
+            ref_name = "RoundStartInput"
+
+    @extend_schema(responses=RoundOutput(many=True))
+    def get(self, request):
+        return Response(RoundOutput(Round.objects.select_related("started_by"), many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: RoundOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        overrides = {k: v[k] for k in ("epochs", "input_size") if k in v}
+        if v["freeze_encoder"]:
+            overrides["freeze_encoder"] = True
+        rnd = services.round_start(
+            stage=v["stage"],
+            started_by=request.user,
+            networks=v.get("networks"),
+            folds=v["folds"],
+            preset=v["preset"],
+            overrides=overrides,
+            reviewers_per_item=v["reviewers_per_item"],
+            seed=v["seed"],
+            test_fraction=v["test_fraction"],
+        )
+        return Response(RoundOutput(rnd).data, status=status.HTTP_201_CREATED)
+
+
+class RoundDetailApi(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses=RoundOutput)
+    def get(self, request, number: int):
+        rnd = get_object_or_404(Round.objects.select_related("started_by"), number=number)
+        runs = rnd.training_runs.select_related("model_version").order_by("fold", "id")
+        body = RoundOutput(rnd).data
+        body["runs"] = RunOutput(runs, many=True).data
+        body["statistics"] = selectors.round_statistics(rnd)
+        body["adjudication"] = [
+            {"id": str(i.uuid), "page_url": reverse("review", args=[i.uuid])}
+            for i in rnd.items.filter(status=ReviewItem.Status.ADJUDICATION)
+        ]
+        return Response(body)
+
+
+class RoundCancelApi(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=None, responses=RoundOutput)
+    def post(self, request, number: int):
+        rnd = get_object_or_404(Round, number=number)
+        return Response(RoundOutput(services.round_cancel(round=rnd, by=request.user)).data)
