@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from annotation import selectors, services
 from annotation.errors import DomainError
-from annotation.forms import ExportForm, RoundStartForm
+from annotation.forms import ExportForm, RoundStartForm, round_start_arguments
 from annotation.models import Export, Image, ReviewItem, Role, Round
 from annotation.permissions import role_required
 
@@ -110,19 +110,9 @@ def review(request, item_uuid):
 def rounds(request):
     form = RoundStartForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        d = form.cleaned_data
         try:
             rnd = services.round_start(
-                stage=d["stage"],
-                started_by=request.user,
-                networks=form.networks_list(),
-                folds=d["folds"],
-                preset=d["preset"],
-                overrides={
-                    **({"epochs": d["epochs"]} if d.get("epochs") else {}),
-                    **({"freeze_encoder": True} if d.get("freeze_encoder") else {}),
-                },
-                reviewers_per_item=d["reviewers_per_item"],
+                started_by=request.user, **round_start_arguments(form.cleaned_data)
             )
         except DomainError as exc:
             messages.error(request, str(exc))

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
+from annotation.forms import RoundStartInput, round_start_arguments
 from annotation.models import ReviewItem, Round
 from annotation.permissions import IsAdmin
 
@@ -66,23 +67,7 @@ class RoundOutput(serializers.ModelSerializer):
 class RoundListApi(APIView):
     permission_classes = [IsAdmin]
 
-    class InputSerializer(serializers.Serializer):
-        stage = serializers.ChoiceField(choices=Round.Stage.choices)
-        networks = serializers.ListField(
-            child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
-            required=False,
-        )
-        folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
-        preset = serializers.ChoiceField(choices=["tiny", "small", "paper"], default="tiny")
-        epochs = serializers.IntegerField(min_value=1, max_value=500, required=False)
-        input_size = serializers.IntegerField(min_value=32, max_value=1024, required=False)
-        reviewers_per_item = serializers.IntegerField(min_value=1, max_value=9, default=1)
-        seed = serializers.IntegerField(default=0)
-        freeze_encoder = serializers.BooleanField(default=False)
-        test_fraction = serializers.FloatField(min_value=0.05, max_value=0.5, default=0.2)
-
-        class Meta:
-            ref_name = "RoundStartInput"
+    InputSerializer = RoundStartInput  # the Rounds page takes the same
 
     @extend_schema(responses=RoundOutput(many=True))
     def get(self, request):
@@ -92,20 +77,8 @@ class RoundListApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        v = data.validated_data
-        overrides = {k: v[k] for k in ("epochs", "input_size") if k in v}
-        if v["freeze_encoder"]:
-            overrides["freeze_encoder"] = True
         rnd = services.round_start(
-            stage=v["stage"],
-            started_by=request.user,
-            networks=v.get("networks"),
-            folds=v["folds"],
-            preset=v["preset"],
-            overrides=overrides,
-            reviewers_per_item=v["reviewers_per_item"],
-            seed=v["seed"],
-            test_fraction=v["test_fraction"],
+            started_by=request.user, **round_start_arguments(data.validated_data)
         )
         return Response(RoundOutput(rnd).data, status=status.HTTP_201_CREATED)
 
