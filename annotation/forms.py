@@ -1,43 +1,141 @@
+"""What the pages accept.
+
+Starting a round is declared once, as `RoundStartInput`: the API validates with it, and the
+Rounds page's form draws its fields and checks what is posted with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
 from django import forms
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.fields import empty
 
 from annotation.models import ImageClass, Round
-from training.nets.config import ARCHITECTURES, ENCODERS
+from training.services import ARCHITECTURES, ENCODERS, PRESETS
 
+# How the Rounds page describes each stage.
+STAGE_CHOICES = [
+    (Round.Stage.STAGE_I, "Stage I — cross-validated, vs the MDs' masks"),
+    (Round.Stage.STAGE_II, "Stage II — predict the images without a mask"),
+    (Round.Stage.FINAL, "Final — infection-map networks on the accepted masks"),
+]
 NETWORK_CHOICES = [(f"{a}/{e}", f"{a} · {e}") for a in ARCHITECTURES for e in ENCODERS]
 
 
-class RoundStartForm(forms.Form):
-    stage = forms.ChoiceField(
-        choices=[
-            (Round.Stage.STAGE_I, "Stage I — cross-validated, vs the MDs' masks"),
-            (Round.Stage.STAGE_II, "Stage II — predict the images without a mask"),
-            (Round.Stage.FINAL, "Final — infection-map networks on the accepted masks"),
-        ]
-    )
-    networks = forms.MultipleChoiceField(
-        choices=NETWORK_CHOICES,
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        help_text=(
-            "Leave empty for the stage's defaults "
-            "(Stage I: U-Net, UNet++, DLA; Stage II: five networks)."
-        ),
-    )
-    folds = forms.IntegerField(min_value=2, max_value=10, initial=5)
-    preset = forms.ChoiceField(
-        choices=[
-            ("tiny", "tiny — 32 px, 30 short epochs (CPU demo)"),
-            ("small", "small — 64 px, 2 epochs"),
-            ("paper", "paper — 224 px, batch 32, 50 epochs (GPU)"),
-        ]
-    )
-    epochs = forms.IntegerField(min_value=1, max_value=500, required=False)
-    freeze_encoder = forms.BooleanField(required=False, label="Freeze the encoders")
-    reviewers_per_item = forms.IntegerField(min_value=1, max_value=9, initial=1)
+def preset_choices() -> list[tuple[str, str]]:
+    """The training presets, smallest first, each described by its size and length."""
+    by_size = sorted(PRESETS.items(), key=lambda item: (item[1].input_size, item[1].epochs))
+    return [
+        (name, f"{name} — {c.input_size} px, batch {c.batch_size}, {c.epochs} epochs")
+        for name, c in by_size
+    ]
 
-    def networks_list(self) -> list[tuple[str, str]] | None:
-        chosen = self.cleaned_data.get("networks") or []
-        return [tuple(n.split("/", 1)) for n in chosen] or None  # type: ignore[misc]
+
+def default_preset() -> str:
+    return settings.MASKLOOP_DEFAULT_PRESET
+
+
+class RoundStartInput(serializers.Serializer):
+    """What starting a round takes, on the Rounds page and through the API."""
+
+    stage = serializers.ChoiceField(choices=Round.Stage.choices)
+    networks = serializers.ListField(
+        child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
+        required=False,
+        help_text="Leave empty for the stage's defaults "
+        "(Stage I: U-Net, UNet++, DLA; Stage II: five networks).",
+    )
+    folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
+    preset = serializers.ChoiceField(choices=preset_choices(), default=default_preset)
+    epochs = serializers.IntegerField(min_value=1, max_value=500, required=False)
+    input_size = serializers.IntegerField(min_value=32, max_value=1024, required=False)
+    reviewers_per_item = serializers.IntegerField(min_value=1, max_value=9, default=1)
+    seed = serializers.IntegerField(default=0)
+    freeze_encoder = serializers.BooleanField(default=False, label="Freeze the encoders")
+    test_fraction = serializers.FloatField(min_value=0.05, max_value=0.5, default=0.2)
+
+    class Meta:
+        ref_name = "RoundStartInput"
+
+
+def round_start_arguments(data: Mapping[str, Any]) -> dict[str, Any]:
+    """RoundStartInput's validated data as `round_start`'s arguments (less `started_by`):
+    the training options become overrides of the preset."""
+    overrides = {k: data[k] for k in ("epochs", "input_size") if k in data}
+    if data["freeze_encoder"]:
+        overrides["freeze_encoder"] = True
+    return {
+        "stage": data["stage"],
+        "networks": data.get("networks"),
+        "folds": data["folds"],
+        "preset": data["preset"],
+        "overrides": overrides,
+        "reviewers_per_item": data["reviewers_per_item"],
+        "seed": data["seed"],
+        "test_fraction": data["test_fraction"],
+    }
+
+
+class RoundStartForm(forms.Form):
+    """The Rounds page's form: RoundStartInput's fields that the page shows, as widgets.
+
+    Its `cleaned_data` is RoundStartInput's validated data, defaults filled in, so the page
+    starts exactly the round the API would. Networks are checkboxes of "arch/encoder".
+    """
+
+    SHOWN = (
+        "stage",
+        "networks",
+        "folds",
+        "preset",
+        "epochs",
+        "freeze_encoder",
+        "reviewers_per_item",
+    )
+
+    def __init__(self, data=None):
+        super().__init__(data)
+        declared = RoundStartInput().fields
+        self.fields.update({name: _form_field(declared[name]) for name in self.SHOWN})
+        self.fields["stage"].choices = STAGE_CHOICES
+
+    def clean(self) -> dict[str, Any]:
+        if self.errors:  # e.g. a number that is not one: RoundStartInput would only repeat it
+            return self.cleaned_data
+        posted = {k: v for k, v in self.cleaned_data.items() if v not in (None, "", [])}
+        if "networks" in posted:
+            posted["networks"] = [n.split("/", 1) for n in posted["networks"]]
+        checked = RoundStartInput(data=posted)
+        if not checked.is_valid():
+            for name, errors in checked.errors.items():
+                self.add_error(name if name in self.fields else None, errors)
+            return self.cleaned_data
+        return checked.validated_data
+
+
+def _form_field(field: serializers.Field) -> forms.Field:
+    """A form field that draws a RoundStartInput field with its bounds, label and default."""
+    options = {
+        "required": field.required,
+        "label": field.label,
+        "help_text": field.help_text or "",
+        "initial": None if field.default is empty else field.default,
+    }
+    if isinstance(field, serializers.BooleanField):
+        return forms.BooleanField(**options)
+    if isinstance(field, serializers.ChoiceField):
+        return forms.ChoiceField(choices=list(field.choices.items()), **options)
+    if isinstance(field, serializers.IntegerField):
+        return forms.IntegerField(min_value=field.min_value, max_value=field.max_value, **options)
+    if field.field_name == "networks":
+        return forms.MultipleChoiceField(
+            choices=NETWORK_CHOICES, widget=forms.CheckboxSelectMultiple, **options
+        )
+    raise TypeError(f"the Rounds page cannot draw {field.field_name!r}")
 
 
 class ExportForm(forms.Form):

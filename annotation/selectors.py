@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.urls import reverse
 
 from annotation import storage
 from annotation.exporting import ExportRow
@@ -20,6 +22,7 @@ from annotation.models import (
     Role,
     Round,
 )
+from training.services import grouped_stratified_folds
 
 
 def user_roles(user: Any) -> set[str]:
@@ -111,6 +114,52 @@ def item_candidates(item: ReviewItem) -> list[Candidate]:
     return list(item.candidates.exclude(label="").order_by("label"))
 
 
+# ---------------------------------------------------------------- blind review
+
+
+def blind_item_payload(item: ReviewItem) -> dict[str, Any]:
+    """What a reviewer sees: an opaque id, the CXR, and candidates known only by label."""
+    return {
+        "id": str(item.uuid),
+        "round": item.round.number,
+        "status": item.status,
+        "image_url": reverse("api:item-image", args=[item.uuid]),
+        "width": item.image.width,
+        "height": item.image.height,
+        "candidates": [_blind_candidate(item, c.label) for c in item_candidates(item)],
+        "decision_url": reverse(
+            "api:item-adjudicate"
+            if item.status == ReviewItem.Status.ADJUDICATION
+            else "api:item-decision",
+            args=[item.uuid],
+        ),
+        "page_url": reverse("review", args=[item.uuid]),
+    }
+
+
+def _blind_candidate(item: ReviewItem, label: str) -> dict[str, str]:
+    mask_url = reverse("api:item-candidate", args=[item.uuid, label])
+    return {"label": label, "mask_url": mask_url, "overlay_url": f"{mask_url}?overlay=1"}
+
+
+def first_display_images(item: ReviewItem, payload: dict[str, Any]) -> dict[str, str]:
+    """The smallest display copies of the item's CXR and of every overlay, as data: URIs keyed
+    by the URLs static/js/review.js would ask for them at. The review page carries them, so its
+    first frame needs no image request; sharper copies are fetched when the view needs them."""
+    smallest = storage.DISPLAY_SIZES[0]
+    max_side = smallest if max(payload["width"], payload["height"]) > smallest else None
+    files = [(payload["image_url"], item.image.display.name, "image")]
+    masks = {c.label: c.mask.file.name for c in item.candidates.select_related("mask")}
+    files += [(c["overlay_url"], masks[c["label"]], "overlay") for c in payload["candidates"]]
+    images = {}
+    for url, name, form in files:
+        if max_side:
+            url += f"{'&' if '?' in url else '?'}max={max_side}"
+        data = storage.display_copy(name, max_side, form=form)
+        images[url] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return images
+
+
 # ---------------------------------------------------------------- rounds
 
 
@@ -163,8 +212,6 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
 
 def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
     """One row per exported image with the provenance of its accepted mask."""
-    from training.nets.folds import grouped_stratified_folds
-
     images = Image.objects.order_by("id")
     if filters.get("classes"):
         images = images.filter(image_class__in=filters["classes"])

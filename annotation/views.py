@@ -8,9 +8,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from annotation import selectors, services
-from annotation.apis import blind_item_payload, first_display_images
 from annotation.errors import DomainError
-from annotation.forms import ExportForm, RoundStartForm
+from annotation.forms import ExportForm, RoundStartForm, round_start_arguments
 from annotation.models import Export, Image, ReviewItem, Role, Round
 from annotation.permissions import role_required
 
@@ -89,13 +88,13 @@ def review(request, item_uuid):
         )
     # The item's data and its first (smallest) images come with the page: no request stands
     # between the page's scripts and the item's first frame.
-    payload = blind_item_payload(item)
+    payload = selectors.blind_item_payload(item)
     return render(
         request,
         "annotation/review.html",
         {
             "item": payload,
-            "first_images": first_display_images(item, payload),
+            "first_images": selectors.first_display_images(item, payload),
             "decision_url": reverse(
                 "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
             ),
@@ -111,19 +110,9 @@ def review(request, item_uuid):
 def rounds(request):
     form = RoundStartForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        d = form.cleaned_data
         try:
             rnd = services.round_start(
-                stage=d["stage"],
-                started_by=request.user,
-                networks=form.networks_list(),
-                folds=d["folds"],
-                preset=d["preset"],
-                overrides={
-                    **({"epochs": d["epochs"]} if d.get("epochs") else {}),
-                    **({"freeze_encoder": True} if d.get("freeze_encoder") else {}),
-                },
-                reviewers_per_item=d["reviewers_per_item"],
+                started_by=request.user, **round_start_arguments(form.cleaned_data)
             )
         except DomainError as exc:
             messages.error(request, str(exc))

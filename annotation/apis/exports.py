@@ -1,0 +1,93 @@
+"""Dataset exports: request one, follow it, download the zip."""
+
+from __future__ import annotations
+
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import services, storage
+from annotation.errors import DomainError
+from annotation.models import Export
+from annotation.permissions import IsData
+
+
+class ExportOutput(serializers.ModelSerializer):
+    requested_by = serializers.CharField(source="requested_by.username")
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Export
+        fields = [
+            "uuid",
+            "status",
+            "progress",
+            "filters",
+            "image_count",
+            "size",
+            "sha256",
+            "requested_by",
+            "created_at",
+            "finished_at",
+            "failure_reason",
+            "download_url",
+        ]
+
+    def get_download_url(self, obj: Export) -> str | None:
+        if obj.status != Export.Status.DONE:
+            return None
+        return reverse("api:export-download", args=[obj.uuid])
+
+
+class ExportListApi(APIView):
+    permission_classes = [IsData]
+
+    class InputSerializer(serializers.Serializer):
+        round = serializers.IntegerField(required=False, allow_null=True)
+        classes = serializers.ListField(child=serializers.CharField(), required=False)
+        accepted_only = serializers.BooleanField(default=True)
+
+        class Meta:
+            ref_name = "ExportRequestInput"
+
+    @extend_schema(responses=ExportOutput(many=True))
+    def get(self, request):
+        return Response(
+            ExportOutput(Export.objects.select_related("requested_by")[:100], many=True).data
+        )
+
+    @extend_schema(request=InputSerializer, responses={201: ExportOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        export = services.export_request(requested_by=request.user, filters=data.validated_data)
+        return Response(ExportOutput(export).data, status=status.HTTP_201_CREATED)
+
+
+class ExportDetailApi(APIView):
+    permission_classes = [IsData]
+
+    @extend_schema(responses=ExportOutput)
+    def get(self, request, export_uuid):
+        return Response(ExportOutput(get_object_or_404(Export, uuid=export_uuid)).data)
+
+
+class ExportDownloadApi(APIView):
+    permission_classes = [IsData]
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    def get(self, request, export_uuid):
+        export = get_object_or_404(Export, uuid=export_uuid)
+        if export.status != Export.Status.DONE:
+            raise DomainError(f"the export is {export.get_status_display().lower()}, not ready")
+        return FileResponse(
+            storage.open_file(export.file.name),
+            as_attachment=True,
+            filename=f"maskloop-export-{export.created_at:%Y%m%d}-{str(export.uuid)[:8]}.zip",
+            content_type="application/zip",
+        )

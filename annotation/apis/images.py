@@ -1,0 +1,185 @@
+"""Images, their display copies and their mask versions."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import services
+from annotation.apis.common import DISPLAY_MAX, PNG, png_response
+from annotation.errors import DomainError
+from annotation.models import Image, ImageClass, Mask
+from annotation.permissions import IsAdmin, IsAdminOrData, IsAnyRole, IsMD
+
+
+class ImageOutput(serializers.ModelSerializer):
+    display_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = [
+            "id",
+            "name",
+            "sha256",
+            "width",
+            "height",
+            "source",
+            "image_class",
+            "patient_id",
+            "status",
+            "created_at",
+            "display_url",
+        ]
+
+    def get_display_url(self, obj: Image) -> str:
+        return reverse("api:image-display", args=[obj.pk])
+
+
+class ImageListApi(APIView):
+    permission_classes = [IsAnyRole]
+
+    @extend_schema(responses=ImageOutput(many=True))
+    def get(self, request):
+        images = Image.objects.all()
+        if request.query_params.get("status"):
+            images = images.filter(status=request.query_params["status"])
+        if request.query_params.get("class"):
+            images = images.filter(image_class=request.query_params["class"])
+        return Response(ImageOutput(images[:1000], many=True).data)
+
+
+class ImageUploadApi(APIView):
+    permission_classes = [IsAdmin]
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField()
+        image_class = serializers.ChoiceField(choices=ImageClass.choices)
+        patient_id = serializers.CharField(required=False, allow_blank=True, default="")
+        source = serializers.CharField(required=False, default="upload")
+        mask = serializers.FileField(required=False)
+
+        class Meta:
+            ref_name = "ImageUploadInput"
+
+    @extend_schema(request=InputSerializer, responses={201: ImageOutput})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        image = services.image_create(
+            data=v["file"].read(),
+            name=v["file"].name,
+            source=v["source"],
+            image_class=v["image_class"],
+            patient_id=v["patient_id"],
+            mask_data=v["mask"].read() if v.get("mask") else None,
+        )
+        return Response(ImageOutput(image).data, status=status.HTTP_201_CREATED)
+
+
+class ImageDetailApi(APIView):
+    permission_classes = [IsAnyRole]
+
+    @extend_schema(responses=ImageOutput)
+    def get(self, request, image_id: int):
+        return Response(ImageOutput(get_object_or_404(Image, pk=image_id)).data)
+
+
+class ImageDisplayApi(APIView):
+    permission_classes = [IsAnyRole]
+
+    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
+    def get(self, request, image_id: int):
+        return png_response(get_object_or_404(Image, pk=image_id).display.name, request)
+
+
+class MaskOutput(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username", default=None)
+    model_version = serializers.SerializerMethodField()
+    round = serializers.IntegerField(source="round.number", default=None)
+    file_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Mask
+        fields = [
+            "id",
+            "image",
+            "version",
+            "source",
+            "author",
+            "model_version",
+            "round",
+            "based_on",
+            "area",
+            "sha256",
+            "created_at",
+            "file_url",
+        ]
+
+    def get_model_version(self, obj: Mask) -> str | None:
+        mv = obj.model_version
+        return f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else None
+
+    def get_file_url(self, obj: Mask) -> str:
+        return reverse("api:mask-file", args=[obj.pk])
+
+
+class ImageMasksApi(APIView):
+    """Mask versions with their provenance: never for MDs, whose reviews must stay blind."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_permissions(self):
+        return [IsMD()] if self.request.method == "POST" else [IsAdminOrData()]
+
+    class InputSerializer(serializers.Serializer):
+        mask = serializers.FileField()
+        based_on = serializers.IntegerField(required=False)
+
+        class Meta:
+            ref_name = "MaskDrawInput"
+
+    class CreatedOutput(serializers.Serializer):
+        id = serializers.IntegerField()
+        version = serializers.IntegerField()
+        image_status = serializers.CharField()
+
+    @extend_schema(responses=MaskOutput(many=True))
+    def get(self, request, image_id: int):
+        image = get_object_or_404(Image, pk=image_id)
+        masks = image.masks.select_related("author", "model_version", "round")
+        return Response(MaskOutput(masks, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: CreatedOutput})
+    def post(self, request, image_id: int):
+        image = get_object_or_404(Image, pk=image_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        based_on = None
+        if data.validated_data.get("based_on"):
+            based_on = Mask.objects.filter(pk=data.validated_data["based_on"]).first()
+            if based_on is None:
+                raise DomainError("the mask to start from does not exist")
+        mask = services.mask_draw(
+            image=image,
+            author=request.user,
+            data=data.validated_data["mask"].read(),
+            based_on=based_on,
+        )
+        image.refresh_from_db()
+        body = {"id": mask.pk, "version": mask.version, "image_status": image.status}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class MaskFileApi(APIView):
+    permission_classes = [IsAdminOrData]
+
+    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
+    def get(self, request, mask_id: int):
+        return png_response(get_object_or_404(Mask, pk=mask_id).file.name, request, form="mask")

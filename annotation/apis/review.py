@@ -1,0 +1,157 @@
+"""Blind review: an MD sees an item's CXR and its candidates by label only, never their source."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Prefetch
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, JSONParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import selectors, services
+from annotation.apis.common import DISPLAY_MAX, OVERLAY, PNG, png_response
+from annotation.errors import DomainError
+from annotation.models import ReviewItem
+from annotation.permissions import IsAdmin, IsMD, IsReviewer
+
+
+class BlindCandidateOutput(serializers.Serializer):
+    label = serializers.CharField()
+    mask_url = serializers.CharField(help_text="the mask, 0/255 grayscale")
+    overlay_url = serializers.CharField(help_text="the mask coloured for drawing on the CXR")
+
+
+class BlindItemOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    round = serializers.IntegerField()
+    status = serializers.CharField()
+    image_url = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    candidates = BlindCandidateOutput(many=True)
+    decision_url = serializers.CharField()
+    page_url = serializers.CharField()
+
+
+class NextUrlOutput(serializers.Serializer):
+    next_url = serializers.CharField()
+
+
+def _visible_item(request, item_uuid) -> ReviewItem:
+    item = get_object_or_404(
+        ReviewItem.objects.select_related("round", "image").prefetch_related(
+            Prefetch("candidates")
+        ),
+        uuid=item_uuid,
+    )
+    if item.status not in (
+        ReviewItem.Status.OPEN,
+        ReviewItem.Status.ADJUDICATION,
+        ReviewItem.Status.REDRAW,
+    ):
+        raise DomainError(f"this item is {item.get_status_display().lower()}")
+    return item
+
+
+class ReviewItemApi(APIView):
+    permission_classes = [IsReviewer]
+
+    @extend_schema(responses=BlindItemOutput)
+    def get(self, request, item_uuid):
+        return Response(selectors.blind_item_payload(_visible_item(request, item_uuid)))
+
+
+class ReviewNextApi(APIView):
+    permission_classes = [IsMD]
+
+    @extend_schema(responses={200: BlindItemOutput, 204: None})
+    def get(self, request):
+        current = None
+        if request.query_params.get("after"):
+            try:
+                after = uuid.UUID(request.query_params["after"])
+            except ValueError:
+                raise DomainError("'after' must be a review item id") from None
+            current = ReviewItem.objects.filter(uuid=after).first()
+        item = selectors.next_item_for(request.user, after=current)
+        if item is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(selectors.blind_item_payload(item))
+
+
+class ReviewItemImageApi(APIView):
+    permission_classes = [IsReviewer]
+
+    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
+    def get(self, request, item_uuid):
+        return png_response(_visible_item(request, item_uuid).image.display.name, request)
+
+
+class ReviewCandidateApi(APIView):
+    permission_classes = [IsReviewer]
+
+    @extend_schema(parameters=[DISPLAY_MAX, OVERLAY], responses=PNG)
+    def get(self, request, item_uuid, label: str):
+        item = _visible_item(request, item_uuid)
+        candidate = item.candidates.filter(label=label).select_related("mask").first()
+        if candidate is None:
+            raise DomainError(f"no candidate {label!r} in this item")
+        overlay = request.query_params.get("overlay")
+        if overlay not in (None, "1"):
+            raise DomainError("overlay must be 1 (the mask coloured for drawing) or left out")
+        return png_response(
+            candidate.mask.file.name, request, form="overlay" if overlay else "mask"
+        )
+
+
+class DecisionInput(serializers.Serializer):
+    choice = serializers.CharField(max_length=10)
+    seconds = serializers.FloatField(min_value=0, max_value=86400, default=0)
+    round = serializers.IntegerField(required=False)
+
+
+class ReviewDecisionApi(APIView):
+    permission_classes = [IsMD]
+    parser_classes = [JSONParser, FormParser]
+
+    @extend_schema(request=DecisionInput, responses={201: NextUrlOutput})
+    def post(self, request, item_uuid):
+        item = get_object_or_404(ReviewItem, uuid=item_uuid)
+        data = DecisionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        services.decision_create(
+            item=item,
+            reviewer=request.user,
+            choice=v["choice"],
+            seconds=v["seconds"],
+            round_number=v.get("round"),
+        )
+        nxt = selectors.next_item_for(request.user)
+        return Response(
+            {"next_url": reverse("review", args=[nxt.uuid]) if nxt else reverse("queue")},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class ReviewAdjudicateApi(APIView):
+    permission_classes = [IsAdmin]
+    parser_classes = [JSONParser, FormParser]
+
+    @extend_schema(request=DecisionInput, responses={201: NextUrlOutput})
+    def post(self, request, item_uuid):
+        item = get_object_or_404(ReviewItem, uuid=item_uuid)
+        data = DecisionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.decision_adjudicate(
+            item=item,
+            admin=request.user,
+            choice=data.validated_data["choice"],
+            seconds=data.validated_data["seconds"],
+        )
+        return Response({"next_url": reverse("rounds")}, status=status.HTTP_201_CREATED)
