@@ -22,6 +22,7 @@ from training.models import ModelVersion, TrainingRun
 from training.nets.config import ARCHITECTURES as ARCHITECTURES  # the choices the apps offer
 from training.nets.config import ENCODERS as ENCODERS
 from training.nets.config import PRESETS as PRESETS
+from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
 
 
 def training_run_create(
