@@ -121,6 +121,14 @@ def label_dataset(
     `make_dataset` already does the preprocessing, COVID-19 oversampling and paired
     augmentation; a 1×1 "mask" of 1 (COVID-19) or None (control) becomes an all-ones or
     all-zeros mask that no shift or rotation changes, and its maximum is the label.
+
+    Args:
+        images: paths of grayscale CXRs.
+        labels: 1 for COVID-19, 0 for controls.
+        config: size, batch size, augmentation and seed.
+
+    Returns:
+        Batches of (images, one-hot labels), class 1 COVID-19.
     """
     masks = [np.ones((1, 1), np.uint8) if int(y) == 1 else None for y in labels]
     ds = make_dataset(
