@@ -54,6 +54,7 @@ def classifier_config(config: dict[str, Any], *, encoder: str, preset: str) -> d
         augment=config["augment"],
         weights=config["weights"],
     ).to_dict()
+from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
 
 
 def training_run_create(

@@ -1,4 +1,5 @@
-"""The Django-free CLI and its folder loader, on synthetic phantoms.
+"""The Django-free CLIs (``training.cli``, ``inference.cli``) and the folder reader, on
+synthetic phantoms.
 
 One small sweep (tiny preset, 2 folds, U-Net DenseNet-121, not frozen) is trained once for the
 module; predict and evaluate reuse its weights.
@@ -18,8 +19,9 @@ from PIL import Image
 
 import training.nets  # noqa: F401  (sets the environment before TensorFlow loads)
 from annotation.phantoms import make_phantom
-from training.cli import ProgressBar, main
-from training.nets.datasets import from_images_dir, scan
+from inference.cli import main as inference_main
+from training.cli import ProgressBar, build_parser, main
+from training.nets.layouts import read_dataset
 
 PHANTOM = 64
 N_COVID = 6
@@ -45,10 +47,10 @@ def covid_qu_ex(root: Path) -> Path:
     return root
 
 
-def run_cli(*argv: str) -> tuple[int, str]:
+def run_cli(*argv: str, entry=main) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in argv])
+        code = entry([str(a) for a in argv])
     return code, out.getvalue()
 
 
@@ -73,18 +75,20 @@ def sweep(data_root, tmp_path_factory):
 # -- loader ------------------------------------------------------------------------------------
 
 
-def test_scan_reads_the_covid_qu_ex_layout(data_root):
-    data = scan(data_root)
+def test_the_reader_reads_the_covid_qu_ex_layout(data_root):
+    data = read_dataset(data_root)
 
     assert data.layout == "covid-qu-ex"
     assert len(data) == N_COVID + N_NORMAL
     assert sum(data.covid_flags) == N_COVID
-    assert all(s.mask is not None and s.lung is not None for s in data.samples)
-    assert {s.label for s in data.samples} == {"COVID-19", "Normal"}
-    assert all(s.mask.name == s.image.name for s in data.samples)
+    assert set(data.classes) == {"COVID-19", "Normal"}
+    assert all(s.lung is not None and s.annotated for s in data.samples)
+    # Controls' infection masks are empty by definition: only COVID-19 masks are read.
+    assert all((s.mask is not None) == s.covid for s in data.samples)
+    assert all(s.mask.name == s.image.name for s in data.samples if s.covid)
 
 
-def test_qata_masks_match_by_prefix_and_unmasked_images_are_controls(tmp_path):
+def test_qata_masks_match_by_prefix_and_unmasked_images_are_not_annotated(tmp_path):
     for i in range(3):
         ph = make_phantom(i, size=64, covid=True)
         save_gray(tmp_path / "Images" / f"covid_{i}.png", ph.image)
@@ -94,15 +98,46 @@ def test_qata_masks_match_by_prefix_and_unmasked_images_are_controls(tmp_path):
     save_gray(tmp_path / "Ground-truths" / "mask_orphan.png", np.zeros((64, 64), np.uint8))
     (tmp_path / "groups.csv").write_text("file,patient\ncovid_0.png,p1\ncovid_1.png,p1\n")
 
-    for data in (scan(tmp_path), from_images_dir(tmp_path / "Images"),
-                 from_images_dir(tmp_path / "Images", tmp_path / "Ground-truths")):
+    # The root, its Images folder, and that folder with its masks named: the same rules.
+    for data in (read_dataset(tmp_path), read_dataset(tmp_path / "Images"),
+                 read_dataset(tmp_path / "Images", tmp_path / "Ground-truths")):
+        assert data.layout == "qata"
         by_name = {s.image.name: s for s in data.samples}
         assert by_name["covid_0.png"].mask.name == "mask_covid_0.png"
-        assert by_name["covid_0.png"].covid and by_name["covid_1.png"].covid
-        assert by_name["covid_2.png"].mask is None and not by_name["covid_2.png"].covid
+        # QaTa's Images/ are COVID-19; one without a mask is waiting for its drawing.
+        assert all(s.covid for s in data.samples)
+        assert by_name["covid_2.png"].mask is None and not by_name["covid_2.png"].annotated
+        assert len(data.annotated()) == 2
         assert [p.name for p in data.unmatched_masks] == ["mask_orphan.png"]
-    grouped = scan(tmp_path)
-    assert [s.group for s in grouped.samples] == ["p1", "p1", None]
+    grouped = read_dataset(tmp_path)
+    assert grouped.groups == ["p1", "p1", None]
+
+
+def test_a_plain_folder_takes_each_class_from_its_mask(tmp_path):
+    for i, covid in enumerate([True, False, False]):
+        ph = make_phantom(i, size=64, covid=covid)
+        save_gray(tmp_path / "cxr" / f"x{i}.png", ph.image)
+        save_gray(tmp_path / "masks" / f"x{i}.png", ph.infection.astype(np.uint8) * 255)
+    save_gray(tmp_path / "cxr" / "x3.png", make_phantom(3, size=64).image)  # no mask at all
+
+    data = read_dataset(tmp_path / "cxr")
+
+    assert data.layout == "pairs"
+    assert data.classes == ["COVID-19", "Non-COVID", "Non-COVID", "Non-COVID"]
+    assert data.masks[0].endswith("x0.png") and data.masks[1:] == [None, None, None]
+    assert len(data.annotated()) == 4
+
+
+def test_the_default_preset_comes_from_the_environment(monkeypatch):
+    args = ["--images", "x", "--out", "y"]
+    monkeypatch.delenv("MASKLOOP_DEFAULT_PRESET", raising=False)
+    assert build_parser().parse_args(["train", *args]).preset == "paper"
+    assert build_parser().parse_args(["sweep", "--data", "x", "--out", "y"]).preset == "tiny"
+    monkeypatch.setenv("MASKLOOP_DEFAULT_PRESET", "small")
+    assert build_parser().parse_args(["train", *args]).preset == "small"
+    monkeypatch.setenv("MASKLOOP_DEFAULT_PRESET", "huge")
+    with pytest.raises(SystemExit, match="huge"):
+        build_parser()
 
 
 def test_progress_bar_prints_tenths_when_not_on_a_terminal():
@@ -172,7 +207,7 @@ def test_predict_writes_infection_maps_and_a_csv(sweep, data_root, tmp_path):
     images = data_root / "Train" / "COVID-19" / "images"
 
     code, stdout = run_cli("predict", "--weights", weights, "--images", images,
-                           "--out", tmp_path)
+                           "--out", tmp_path, entry=inference_main)
 
     assert code == 0
     with (tmp_path / "predictions.csv").open() as fh:

@@ -31,7 +31,7 @@ import tensorflow as tf
 from training.nets.config import ARCHITECTURES, ENCODERS
 
 # CheXNet is DenseNet-121 fine-tuned on ChestX-ray14: same graph, its own weights file.
-_BACKBONE_OF_ENCODER: dict[str, str] = {
+BACKBONE_OF_ENCODER: dict[str, str] = {
     "densenet121": "densenet121",
     "chexnet": "densenet121",
     "inceptionv3": "inceptionv3",
@@ -111,7 +111,7 @@ def build_model(
             "weights=..., or use encoder='densenet121' for ImageNet weights"
         )
 
-    backbone_name = _BACKBONE_OF_ENCODER[encoder]
+    backbone_name = BACKBONE_OF_ENCODER[encoder]
     encoder_weights = "imagenet" if weights == "imagenet" else None
     input_shape = (input_size, input_size, 3)
     try:
@@ -323,7 +323,7 @@ def _load_weights_file(model: tf.keras.Model, path: str, arch: str, encoder: str
     encoder_model = _encoder_of(model)
     fit_error = (
         f"weights file {path} fits neither a {arch}/{encoder} model "
-        f"nor its {_BACKBONE_OF_ENCODER[encoder]} encoder"
+        f"nor its {BACKBONE_OF_ENCODER[encoder]} encoder"
     )
 
     if path.endswith(".weights.h5"):

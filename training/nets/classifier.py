@@ -5,64 +5,29 @@ trains each encoder (CheXNet, DenseNet-121, Inception-v3, ResNet-50) as a COVID-
 classifier: the encoder, global average pooling, and a 2-neuron softmax output, fine-tuned with
 categorical cross-entropy for 10 epochs at learning rate 1e-5, other settings as for the
 segmentation networks (Adam, batch 32, the same preprocessing, augmentation and COVID-19
-oversampling). `inference.maps.gradcam.grad_cam` draws the activation maps.
+oversampling). `training.nets.fit.fit` trains them (a config with task "classifier";
+``preset("paper", task="classifier")`` is the paper's setting), with the same checkpoints and
+resumption as the segmentation networks. `inference.maps.gradcam.grad_cam` draws the
+activation maps.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 import segmentation_models as sm
 import tensorflow as tf
 
-from training.nets.builders import WeightsUnavailableError
-from training.nets.config import ENCODERS
+from training.nets.builders import BACKBONE_OF_ENCODER, WeightsUnavailableError
+from training.nets.config import ENCODERS, TrainConfig
 from training.nets.data import make_dataset
-from training.nets.fit import (
-    WEIGHTS_FILE,
-    FitResult,
-    ProgressCallback,
-    _json_default,
-    _Progress,
-    code_version,
-    library_versions,
-)
 
-_BACKBONE_OF_ENCODER = {"densenet121": "densenet121", "chexnet": "densenet121",
-                        "inceptionv3": "inceptionv3", "resnet50": "resnet50"}
 _MIN_INCEPTION_SIZE = 96
 LOGITS_LAYER = "logits"  # the class scores m_c before the softmax (paper eq. 14)
 CLASSES: tuple[str, str] = ("control", "covid19")
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Everything that determines a classifier run; the defaults are the paper's."""
-
-    encoder: str = "densenet121"
-    input_size: int = 224
-    batch_size: int = 32
-    epochs: int = 10
-    learning_rate: float = 1e-5
-    seed: int = 0
-    augment: bool = True
-    weights: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> ClassifierConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def build_classifier(
@@ -104,7 +69,7 @@ def build_classifier(
     elif weights == "imagenet" and encoder == "chexnet":
         raise ValueError("chexnet weights come from a ChestX-ray14 weights file: pass its path")
 
-    backbone_name = _BACKBONE_OF_ENCODER[encoder]
+    backbone_name = BACKBONE_OF_ENCODER[encoder]
     get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)
     try:
         backbone = get_backbone(
@@ -148,14 +113,22 @@ def _load(model: tf.keras.Model, backbone: tf.keras.Model, path: str) -> None:
                      f"({'; '.join(errors)})")
 
 
-def _label_dataset(
-    images: Sequence[str], labels: Sequence[int], config: ClassifierConfig
+def label_dataset(
+    images: Sequence[str], labels: Sequence[int], config: TrainConfig
 ) -> tf.data.Dataset:
     """The segmentation pipeline with the class carried as a constant mask.
 
     `make_dataset` already does the preprocessing, COVID-19 oversampling and paired
     augmentation; a 1×1 "mask" of 1 (COVID-19) or None (control) becomes an all-ones or
     all-zeros mask that no shift or rotation changes, and its maximum is the label.
+
+    Args:
+        images: paths of grayscale CXRs.
+        labels: 1 for COVID-19, 0 for controls.
+        config: size, batch size, augmentation and seed.
+
+    Returns:
+        Batches of (images, one-hot labels), class 1 COVID-19.
     """
     masks = [np.ones((1, 1), np.uint8) if int(y) == 1 else None for y in labels]
     ds = make_dataset(
@@ -171,77 +144,16 @@ def _label_dataset(
     return ds.map(to_label)
 
 
-def fit_classifier(
-    config: ClassifierConfig,
-    images: Sequence[str],
-    labels: Sequence[int | bool],
-    *,
-    out_dir: str | Path,
-    on_progress: ProgressCallback | None = None,
-) -> FitResult:
-    """Fine-tunes a classifier with categorical cross-entropy and saves weights + run.json.
+def load_classifier(config: TrainConfig, weights_path: str | os.PathLike[str]) -> tf.keras.Model:
+    """Rebuilds a trained classifier from its config and weights file.
 
     Args:
-        config: the classifier configuration (paper defaults: 10 epochs, lr 1e-5, batch 32).
-        images: paths of grayscale CXRs.
-        labels: 1 / True for COVID-19, 0 / False for controls.
-        out_dir: where `model.weights.h5`, `config.json` and `run.json` are written.
-        on_progress: as for `fit.fit`; return False to stop (raises TrainingStopped).
+        config: the classifier's config (only `encoder` and `input_size` matter here).
+        weights_path: the weights `fit` saved.
 
     Returns:
-        A `FitResult` (weights, config and run paths, loss per epoch, seconds).
+        The classifier, uncompiled.
     """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if not images:
-        raise ValueError("nothing to train on")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tf.keras.backend.clear_session()
-    tf.keras.utils.set_random_seed(config.seed)
-    dataset = _label_dataset(images, [int(bool(y)) for y in labels], config)
-    steps = int(dataset.cardinality().numpy())
-    if steps <= 0:
-        steps = max(1, math.ceil(len(images) / config.batch_size))
-    model = build_classifier(config.encoder, config.input_size, config.weights)
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999),
-        loss=tf.keras.losses.CategoricalCrossentropy(),
-        metrics=["accuracy"],
-    )
-    callbacks = [_Progress(on_progress, config.epochs, steps)] if on_progress else []
-    started = time.monotonic()
-    history = model.fit(dataset, epochs=config.epochs, callbacks=callbacks, verbose=0)
-    seconds = time.monotonic() - started
-    losses = [float(v) for v in history.history.get("loss", [])]
-    if not all(np.isfinite(losses)):
-        raise FloatingPointError(f"training diverged: loss per epoch was {losses}")
-    weights_path = out / WEIGHTS_FILE
-    model.save_weights(str(weights_path))
-    config_path = out / "config.json"
-    config_path.write_text(json.dumps({"config": config.to_dict(), "loss": losses}, indent=2))
-    run_path = out / "run.json"
-    run_path.write_text(json.dumps({
-        "task": "classification",
-        "config": config.to_dict(),
-        "seed": config.seed,
-        "classes": list(CLASSES),
-        "n_images": len(images),
-        "n_covid": int(sum(bool(y) for y in labels)),
-        "code_version": code_version(),
-        "versions": library_versions(),
-        "loss_history": losses,
-        "accuracy_history": [float(v) for v in history.history.get("accuracy", [])],
-        "seconds": seconds,
-        "weights": WEIGHTS_FILE,
-    }, indent=2, default=_json_default))
-    return FitResult(weights_path, config_path, losses, seconds, run_path, 0)
-
-
-def load_classifier(
-    config: ClassifierConfig, weights_path: str | os.PathLike[str]
-) -> tf.keras.Model:
-    """Rebuilds a trained classifier from its config and weights file."""
     model = build_classifier(config.encoder, config.input_size, None)
     model.load_weights(os.fspath(weights_path))
     return model

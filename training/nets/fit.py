@@ -1,10 +1,15 @@
-"""Fitting a segmentation network on CXR/mask pairs: one function, no Django.
+"""Fitting a network: one function for the segmentation networks and the Grad-CAM classifiers.
+
+`config.task` says which: "segmentation" trains `config.arch` on `config.encoder` with the
+hybrid focal + dice loss on CXR/mask pairs; "classifier" trains the encoder's COVID-19 / control
+classifier (`training.nets.classifier`) with categorical cross-entropy on the CXRs' classes.
+Everything else (seeding, COVID-19 oversampling, checkpoints, resumption, provenance) is shared.
 
 Every completed epoch is checkpointed (weights, optimizer state, epoch number) under
 ``out_dir/checkpoint/``, so an interrupted run continues with ``fit(..., resume=True)`` from its
 last completed epoch instead of starting over. A finished run leaves, side by side:
 
-- ``model.weights.h5``: the trained weights (what ``predict.load_model`` reads);
+- ``model.weights.h5``: the trained weights (what ``predict.load_model`` reads, for either task);
 - ``run.json``: everything needed to say what produced them (full config, seed, data version,
   code version, library versions, devices, precision, loss per epoch, timing);
 - ``config.json``: the config and losses (the platform's older, smaller record).
@@ -16,9 +21,7 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from training.nets.builders import build_model
+from training.nets.classifier import CLASSES, build_classifier, label_dataset
 from training.nets.config import TrainConfig
 from training.nets.data import make_dataset
-from training.nets.datasets import data_version
 from training.nets.losses import dice_coefficient, hybrid_loss
+from training.nets.provenance import code_version, data_version, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,6 @@ WEIGHTS_FILE = "model.weights.h5"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
 _STATE_FILE = "state.json"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TrainingStopped(Exception):
@@ -217,40 +220,6 @@ def _strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def code_version() -> str:
-    """`git rev-parse HEAD` of the checkout this module lives in, or "unknown"."""
-    env = os.environ.get("MASKLOOP_CODE_VERSION")
-    if env:
-        return env
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_REPO_ROOT, capture_output=True, text=True,
-            timeout=5, check=True,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide what a trained network computes."""
-    versions = {"python": platform.python_version(), "tensorflow": tf.__version__,
-                "numpy": np.__version__}
-    try:
-        import segmentation_models as sm
-
-        versions["segmentation_models"] = getattr(sm, "__version__", "unknown")
-    except ImportError:  # pragma: no cover - a hard dependency of builders
-        versions["segmentation_models"] = "missing"
-    try:
-        import tf_keras
-
-        versions["tf_keras"] = tf_keras.__version__
-    except ImportError:
-        pass
-    return versions
-
-
 def _float32_output(model: tf.keras.Model) -> tf.keras.Model:
     """Casts a mixed-precision model's output to float32.
 
@@ -268,10 +237,59 @@ def _float32_output(model: tf.keras.Model) -> tf.keras.Model:
 # --------------------------------------------------------------------------------------------
 
 
+def _dataset(
+    config: TrainConfig, images: Sequence[str], masks: Sequence[str | None] | None,
+    covid_flags: Sequence[bool] | None,
+) -> tf.data.Dataset:
+    if config.is_classifier:
+        return label_dataset(list(images), [int(bool(f)) for f in covid_flags or ()], config)
+    assert masks is not None  # checked by fit
+    return make_dataset(
+        list(images), list(masks), size=config.input_size, batch_size=config.batch_size,
+        augment=config.augment, seed=config.seed, shuffle=True, covid_flags=covid_flags,
+    )
+
+
+def _compiled_model(config: TrainConfig, mixed: bool) -> tf.keras.Model:
+    """The network of `config`, compiled with its task's loss and an Adam optimizer."""
+    if config.is_classifier:
+        # The classifier's softmax already computes in float32 (see build_classifier).
+        model = build_classifier(config.encoder, config.input_size, config.weights)
+        loss, metrics = tf.keras.losses.CategoricalCrossentropy(), ["accuracy"]
+    else:
+        model = build_model(
+            config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
+            input_size=config.input_size, weights=config.weights,
+        )
+        if mixed:
+            model = _float32_output(model)
+        loss, metrics = hybrid_loss, [dice_coefficient]
+    optimizer = tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    return model
+
+
+def _check_inputs(
+    config: TrainConfig, images: Sequence[str], masks: Sequence[str | None] | None,
+    covid_flags: Sequence[bool] | None,
+) -> None:
+    if not images:
+        raise ValueError("nothing to train on")
+    if config.is_classifier:
+        if covid_flags is None:
+            raise ValueError("a classifier trains on covid_flags: pass one per image")
+    elif masks is None:
+        raise ValueError("a segmentation network needs masks (None entries for controls)")
+    elif len(masks) != len(images):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    if covid_flags is not None and len(covid_flags) != len(images):
+        raise ValueError(f"{len(images)} images but {len(covid_flags)} covid_flags")
+
+
 def fit(
     config: TrainConfig,
     images: Sequence[str],
-    masks: Sequence[str | None],
+    masks: Sequence[str | None] | None = None,
     *,
     out_dir: str | Path,
     on_progress: ProgressCallback | None = None,
@@ -282,20 +300,23 @@ def fit(
     xla: bool = False,
     checkpoint: bool = True,
 ) -> FitResult:
-    """Trains `config`'s network on image/mask files and saves its weights and provenance.
+    """Trains `config`'s network on image (and mask) files and saves its weights and provenance.
 
     Args:
-        config: the full training configuration (saved beside the weights).
+        config: the full training configuration (saved beside the weights); `config.task`
+            chooses a segmentation network or a classifier.
         images: paths of 8-bit grayscale CXRs.
-        masks: paths of binary masks, one per image (None: an empty mask, a control).
+        masks: segmentation: paths of binary masks, one per image (None: an empty mask, a
+            control). A classifier reads no masks: leave it None.
         out_dir: where `model.weights.h5`, `run.json`, `config.json` and `checkpoint/` go.
         on_progress: called after training steps (at most once a second, and at the end of
             every epoch); return False to stop. Stopping raises `TrainingStopped`; the
             epochs completed so far stay checkpointed.
-        covid_flags: per image, whether it is COVID-19 (COVID-19 samples are then oversampled
-            up to the control count, paper Table II).
+        covid_flags: per image, whether it is COVID-19. Segmentation: COVID-19 samples are then
+            oversampled up to the control count (paper Table II); None: no oversampling.
+            Classifier: required, they are the labels (and oversampled the same way).
         extra: more facts for run.json and config.json. A "data_version" or "code_version"
-            given here is used instead of the one computed here.
+            given here is used instead of the one computed here (`training.nets.provenance`).
         resume: continue from the last completed epoch checkpointed in `out_dir/checkpoint/`
             (weights, optimizer state, epoch and loss history are restored). Without a
             checkpoint the run starts from scratch. Options other than `epochs`, and the
@@ -322,20 +343,19 @@ def fit(
         this call spent training.
 
     Raises:
-        ValueError: mismatched inputs, no data, or (resume) a checkpoint made with other
-            options or on other data.
+        ValueError: mismatched or missing inputs, no data, or (resume) a checkpoint made with
+            other options or on other data.
         FloatingPointError: the loss became NaN or infinite.
         TrainingStopped: `on_progress` returned False.
     """
-    if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    if not images:
-        raise ValueError("nothing to train on")
+    _check_inputs(config, images, masks, covid_flags)
+    # A classifier reads no masks: its data are the images (labels are not files).
+    masks_read = None if config.is_classifier else list(masks or ())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
     facts = dict(extra or {})
-    version = facts.get("data_version") or data_version(list(images), list(masks))
+    version = facts.get("data_version") or data_version(list(images), masks_read)
     if resume:
         _check_resumable(ckpt_dir, config, version)
     elif ckpt_dir.exists():
@@ -352,10 +372,7 @@ def fit(
         log.warning("mixed_precision ignored: no GPU visible (float16 is slower on a CPU)")
     strategy = _strategy()
 
-    dataset = make_dataset(
-        list(images), list(masks), size=config.input_size, batch_size=config.batch_size,
-        augment=config.augment, seed=config.seed, shuffle=True, covid_flags=covid_flags,
-    )
+    dataset = _dataset(config, images, masks_read, covid_flags)
     steps = int(dataset.cardinality().numpy())
     if steps <= 0:
         steps = max(1, math.ceil(len(images) / config.batch_size))
@@ -368,14 +385,7 @@ def fit(
         tf.config.optimizer.set_jit("autoclustering")
     try:
         with strategy.scope():
-            model = build_model(
-                config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
-                input_size=config.input_size, weights=config.weights,
-            )
-            if use_mixed:
-                model = _float32_output(model)
-            optimizer = tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999)
-            model.compile(optimizer=optimizer, loss=hybrid_loss, metrics=[dice_coefficient])
+            model = _compiled_model(config, use_mixed)
             # Slot variables must exist before a restore can fill them.
             model.optimizer.build(model.trainable_variables)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -414,6 +424,7 @@ def fit(
     run_path = out / RUN_FILE
     run = {
         **facts,
+        "task": config.task,
         "config": config.to_dict(),
         "seed": config.seed,
         "data_version": version,
@@ -421,6 +432,7 @@ def fit(
         "versions": library_versions(),
         "n_images": len(images),
         "n_covid": None if covid_flags is None else int(sum(bool(f) for f in covid_flags)),
+        **({"classes": list(CLASSES)} if config.is_classifier else {}),
         "steps_per_epoch": steps,
         "devices": {
             "gpus": [d.name for d in gpus],

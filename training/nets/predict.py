@@ -1,8 +1,14 @@
-"""Probability maps from trained weights, at each image's own resolution."""
+"""Probability maps from trained weights, at each image's own resolution, for one network or an
+ensemble of trained runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -10,15 +16,28 @@ import tensorflow as tf
 from training.nets.builders import build_model
 from training.nets.config import TrainConfig
 from training.nets.data import preprocess, resize_probability
+from training.nets.detection import ensemble
 
 
-def load_model(config: TrainConfig, weights_path: str) -> tf.keras.Model:
-    """Rebuilds the network of `config` and loads its trained weights."""
+def load_model(config: TrainConfig, weights_path: str | os.PathLike[str]) -> tf.keras.Model:
+    """Rebuilds the network of `config` and loads its trained weights.
+
+    Args:
+        config: the run's config; a classifier config gives the classifier.
+        weights_path: the weights `fit` saved.
+
+    Returns:
+        The network, uncompiled.
+    """
+    if config.is_classifier:
+        from training.nets.classifier import load_classifier
+
+        return load_classifier(config, weights_path)
     model = build_model(
         config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
         input_size=config.input_size, weights=None,
     )
-    model.load_weights(weights_path)
+    model.load_weights(os.fspath(weights_path))
     return model
 
 
@@ -48,3 +67,119 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+# --------------------------------------------------------------------------------------------
+# Trained runs and ensembles
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One trained network of an ensemble."""
+
+    config: TrainConfig
+    weights: Path
+    model: Any  # tf.keras.Model
+    _forward: Any = None
+    _calls: int = 0
+
+    # Eager calls before the forward pass is traced into a graph (see `predict`).
+    EAGER_CALLS = 2
+
+    def predict(self, x: np.ndarray, graph: bool | None = None) -> np.ndarray:
+        """(B, S, S, 3) inputs → (B, S, S) probabilities.
+
+        `graph` True / False forces the traced / eager forward pass; None chooses as below.
+
+        After the first `EAGER_CALLS` batches the network runs as one traced graph: calling a
+        Keras model eagerly walks its hundreds of layers in Python, which costs several times
+        the computation itself at batch 1 on a CPU (bench/predict_bench.py), but tracing
+        costs seconds once, more than a couple of eager batches.
+        """
+        self._calls += 1
+        if graph is False or (graph is None and self._calls <= self.EAGER_CALLS):
+            return self.model(x, training=False).numpy()[..., 0]
+        if self._forward is None:
+            size = self.config.input_size
+            self._forward = tf.function(
+                lambda t: self.model(t, training=False),
+                input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+            )
+        return self._forward(tf.constant(x, tf.float32)).numpy()[..., 0]
+
+
+def load_run(path: str | os.PathLike[str]) -> tuple[TrainConfig, Path]:
+    """A training run's config and weights file.
+
+    Args:
+        path: a run folder (with ``model.weights.h5`` and ``run.json`` or ``config.json``) or a
+            weights file with one of those JSON files beside it.
+
+    Returns:
+        (config, weights file).
+
+    Raises:
+        FileNotFoundError: no weights or no config found.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+        candidates = [path / "model.weights.h5", *sorted(path.glob("*.weights.h5")),
+                      *sorted(path.glob("*.h5"))]
+        weights = next((p for p in candidates if p.is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"no weights file (*.h5) in {path}")
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"weights not found: {path}")
+        folder, weights = path.parent, path
+    for name in ("run.json", "config.json"):
+        meta = folder / name
+        if meta.is_file():
+            data = json.loads(meta.read_text())
+            return TrainConfig.from_dict(data.get("config", data)), weights
+    raise FileNotFoundError(f"no run.json or config.json beside {weights}")
+
+
+def load_members(paths: Sequence[str | os.PathLike[str]]) -> list[Member]:
+    """Loads trained segmentation runs (folders or weights files) as ensemble members.
+
+    Raises:
+        FileNotFoundError: a run without weights or config.
+        ValueError: a run is a classifier (it draws no infection map).
+    """
+    members = []
+    for p in paths:
+        config, weights = load_run(p)
+        if config.is_classifier:
+            raise ValueError(f"{p} is a classifier; infection maps need segmentation networks")
+        members.append(Member(config, weights, load_model(config, weights)))
+    return members
+
+
+def predict_ensemble(
+    members: Sequence[Member], grays: Sequence[np.ndarray], graph: bool | None = None
+) -> list[np.ndarray]:
+    """Ensemble probability maps at network resolution (the largest member input size).
+
+    Each member sees the images at its own input size; members of a smaller size are
+    resized up bilinearly before the mean.
+
+    Args:
+        members: the ensemble (one member: a single network).
+        grays: 8-bit grayscale CXRs.
+        graph: see `Member.predict`.
+
+    Returns:
+        One (S, S) float32 map per image, S the largest member input size.
+    """
+    size = max(m.config.input_size for m in members)
+    per_member = []
+    for m in members:
+        x = np.stack([preprocess(g, m.config.input_size) for g in grays])
+        probs = m.predict(x, graph)
+        if m.config.input_size != size:
+            probs = np.stack([resize_probability(p, size, size) for p in probs])
+        per_member.append(probs)
+    return [ensemble([p[i] for p in per_member]) for i in range(len(grays))]

@@ -117,7 +117,8 @@ def test_importing_the_maps_stays_free_of_tensorflow():
 
 def test_classifier_data_carry_one_hot_labels_with_covid_oversampled(tmp_path):
     from annotation.phantoms import make_phantom
-    from training.nets.classifier import ClassifierConfig, _label_dataset
+    from training.nets.classifier import label_dataset
+    from training.nets.config import TrainConfig
 
     paths, labels = [], []
     for i, covid in enumerate([True, False, False, False]):
@@ -125,9 +126,9 @@ def test_classifier_data_carry_one_hot_labels_with_covid_oversampled(tmp_path):
         Image.fromarray(make_phantom(i, size=48, covid=covid).image).save(path)
         paths.append(str(path))
         labels.append(int(covid))
-    config = ClassifierConfig(input_size=32, batch_size=16, epochs=1)
+    config = TrainConfig(task="classifier", input_size=32, batch_size=16, epochs=1)
 
-    (x, y), = list(_label_dataset(paths, labels, config))
+    (x, y), = list(label_dataset(paths, labels, config))
 
     assert x.shape == (6, 32, 32, 3)  # 1 COVID-19 + 2 augmented copies, 3 controls
     assert y.shape == (6, 2)

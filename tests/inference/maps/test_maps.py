@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from inference import maps
+from inference.maps import extent
 
 
 def hue_of(rgb: np.ndarray) -> float:
@@ -175,7 +176,7 @@ def test_components_match_scipy():
     ndimage = pytest.importorskip("scipy.ndimage")
     rng = np.random.default_rng(3)
     mask = rng.random((40, 50)) < 0.45
-    labels, sizes = maps._components(mask)
+    labels, sizes = extent._components(mask)
     ref, n = ndimage.label(mask)
     assert labels.max() == n
     assert sorted(sizes[1:].tolist()) == sorted(np.bincount(ref.ravel())[1:].tolist())
