@@ -68,14 +68,14 @@ def lut_infection_map_factory() -> Callable[[np.ndarray, np.ndarray], np.ndarray
     CXR's gray level, so every output colour is one of 256 × 256, computable up front with
     inference.maps' own HSV functions (the result is compared with infection_map below).
     """
-    from inference import maps
+    from inference.maps import colour
 
-    jet_hsv = maps._JET_HSV  # (256, 3)
+    jet_hsv = colour._JET_HSV  # (256, 3)
     value = np.arange(256, dtype=np.float64) / 255.0
     h = np.broadcast_to(jet_hsv[:, None, 0], (256, 256))
     s = np.broadcast_to(jet_hsv[:, None, 1], (256, 256))
     v = np.broadcast_to(value[None, :], (256, 256))
-    lut = np.clip(np.rint(maps._hsv_to_rgb(h, s, v) * 255.0), 0, 255).astype(np.uint8)
+    lut = np.clip(np.rint(colour._hsv_to_rgb(h, s, v) * 255.0), 0, 255).astype(np.uint8)
 
     def lut_map(gray: np.ndarray, prob: np.ndarray, epsilon: float = 0.02) -> np.ndarray:
         # prob is float32 in [0, 1] at the CXR's size; * 256 is exact, so this is floor().

@@ -257,10 +257,11 @@ def _segmentation_model(mv: ModelVersion) -> tuple[Any, int]:
 
 
 def _classifier_model(mv: ModelVersion) -> Any:
-    from training.nets.classifier import ClassifierConfig, load_classifier
+    from training.nets.classifier import load_classifier
+    from training.nets.config import TrainConfig
 
-    config = ClassifierConfig(
-        **{"encoder": mv.encoder, **_known_fields(ClassifierConfig, mv.config)}
+    config = TrainConfig(
+        **{"encoder": mv.encoder, **_known_fields(TrainConfig, mv.config), "task": "classifier"}
     )
     path = _weights_file(mv)
     return _cache.get(("cls", path), lambda: load_classifier(config, path))

@@ -15,9 +15,9 @@ from annotation import imaging
 from config import storage
 from config.celery import send
 from training.models import ModelVersion, TrainingRun
+from training.nets.detection import THRESHOLD
 from training.services import weights_path
 
-THRESHOLD = 0.5
 REPORT_EVERY = 32  # predictions per report: progress shows, and a lost report costs little
 
 
@@ -162,10 +162,11 @@ def run_evaluate(*, run_id: int) -> str:
 
 
 def _classifier_scores(mv: ModelVersion, grays: Iterator[np.ndarray]) -> list[float]:
-    from training.nets.classifier import ClassifierConfig, load_classifier
+    from training.nets.classifier import load_classifier
+    from training.nets.config import TrainConfig
     from training.nets.data import preprocess
 
-    config = ClassifierConfig(**mv.config)
+    config = TrainConfig.from_dict({**mv.config, "task": "classifier"})
     model = load_classifier(config, weights_path(mv))
     out = []
     for gray in grays:

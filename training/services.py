@@ -7,9 +7,7 @@ happened to annotation by Celery task name; annotation alone changes the run's s
 
 from __future__ import annotations
 
-import functools
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,14 @@ from django.db import transaction
 from config import storage
 from config.celery import send
 from training.models import ModelVersion, TrainingRun
+from training.nets import config as nets_config
 from training.nets.config import ARCHITECTURES as ARCHITECTURES  # the choices the apps offer
 from training.nets.config import ENCODERS as ENCODERS
 from training.nets.config import PRESETS as PRESETS
-from training.nets.config import preset
+from training.nets.config import TrainConfig, preset
 from training.nets.folds import grouped_stratified_folds as grouped_stratified_folds
 from training.nets.folds import grouped_train_test_split as grouped_train_test_split
+from training.nets.provenance import code_version, data_version
 
 
 def train_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -39,22 +39,9 @@ def train_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def classifier_config(config: dict[str, Any], *, encoder: str, preset: str) -> dict[str, Any]:
-    """The Grad-CAM classifier trained beside the final networks: the paper's 10 epochs at
-    1e-5 for the paper preset, the preset's own size and length otherwise."""
-    from training.nets.classifier import ClassifierConfig
-
-    paper = preset == "paper"
-    return ClassifierConfig(
-        encoder=encoder,
-        input_size=config["input_size"],
-        batch_size=config["batch_size"],
-        epochs=10 if paper else config["epochs"],
-        learning_rate=1e-5 if paper else config["learning_rate"],
-        seed=config["seed"],
-        augment=config["augment"],
-        weights=config["weights"],
-    ).to_dict()
-from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
+    """The Grad-CAM classifier trained beside the final networks (the paper's 10 epochs at
+    1e-5 for the paper preset, the preset's own size and length otherwise)."""
+    return nets_config.classifier_config(TrainConfig.from_dict(config), preset, encoder).to_dict()
 
 
 def training_run_create(
@@ -86,22 +73,6 @@ def training_run_create(
     return run
 
 
-@functools.cache
-def code_version() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=settings.BASE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 WANTED = (TrainingRun.Status.QUEUED, TrainingRun.Status.TRAINING)
 
 
@@ -110,35 +81,29 @@ def _still_wanted(run_id: int) -> bool:
 
 
 def _fit(run: TrainingRun, images: list[str], masks: list[str], out_dir: Path, on_progress):
-    """Trains a segmentation network, or a classifier for a final round's Grad-CAM maps."""
-    from training.nets.config import TrainConfig
-    from training.nets.datasets import data_version
+    """Trains a segmentation network, or a classifier for a final round's Grad-CAM maps,
+    resuming from the checkpoint in `out_dir` when there is one."""
     from training.nets.fit import fit
 
     covid = set(run.inputs["covid"])
     flags = [image_id in covid for image_id, _ in run.train_image_ids]
+    config = TrainConfig.from_dict(run.config)
     extra = {
         "data_version": data_version(images, masks),
         "code_version": code_version(),
         "train_set": run.train_image_ids,
     }
-    if run.kind == TrainingRun.Kind.CLASSIFIER:
-        from training.nets.classifier import ClassifierConfig, fit_classifier
-
-        result = fit_classifier(
-            ClassifierConfig(**run.config), images, flags, out_dir=out_dir, on_progress=on_progress
-        )
-    else:
-        result = fit(
-            TrainConfig.from_dict(run.config),
-            images,
-            masks,
-            out_dir=out_dir,
-            on_progress=on_progress,
-            extra=extra,
-            covid_flags=flags if run.round.stage == "final" else None,
-            resume=True,
-        )
+    segmentation = run.kind == TrainingRun.Kind.SEGMENTATION
+    result = fit(
+        config,
+        images,
+        masks if segmentation else None,
+        out_dir=out_dir,
+        on_progress=on_progress,
+        extra=extra,
+        covid_flags=flags if (run.round.stage == "final" or not segmentation) else None,
+        resume=True,
+    )
     return result, extra
 
 

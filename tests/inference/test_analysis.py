@@ -263,7 +263,6 @@ def weight_files(tmp_path_factory) -> dict[str, Path]:
 
 def model_version(rnd: Round, weights: Path, *, arch: str, encoder: str = "densenet121"):
     """A trained network as the final round records it: run, model version, weights in media."""
-    from training.nets.classifier import ClassifierConfig
     from training.nets.config import TrainConfig
 
     name = f"models/{rnd.number}-{arch}-{weights.name}"
@@ -271,7 +270,7 @@ def model_version(rnd: Round, weights: Path, *, arch: str, encoder: str = "dense
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target)
     if arch == "classifier":
-        config = ClassifierConfig(encoder=encoder, input_size=SIZE).to_dict()
+        config = TrainConfig(task="classifier", encoder=encoder, input_size=SIZE).to_dict()
     else:
         config = TrainConfig(arch=arch, encoder=encoder, input_size=SIZE).to_dict()
     kind = TrainingRun.Kind.CLASSIFIER if arch == "classifier" else TrainingRun.Kind.SEGMENTATION
