@@ -169,10 +169,6 @@ def _local_stamp(path: Path) -> list[Any]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _stored_stamp(name: str) -> list[Any]:
-    return [default_storage.size(name), default_storage.get_modified_time(name).isoformat()]
-
-
 def upload_dir(local_dir: Path | str, prefix: str) -> list[str]:
     """Uploads the files of `local_dir` (recursively) to `prefix/<relative path>`.
 
@@ -214,8 +210,11 @@ def _walk(prefix: str) -> Iterator[str]:
 
 def download_dir(prefix: str, local_dir: Path | str) -> list[Path]:
     """Copies every stored file under `prefix/` into `local_dir`, keeping relative paths: to
-    resume a training run on another host. A file already downloaded and unchanged on both
-    sides since is skipped; an object replaced in storage is fetched again.
+    resume a training run on a host whose work folder lacks it.
+
+    Every file is fetched (object stores date objects to the second, too coarse to tell a
+    rewritten checkpoint from the one before); what was fetched is recorded so that a later
+    `upload_dir` of the folder sends only what changes after.
 
     Returns:
         The local files written.
@@ -232,19 +231,10 @@ def download_dir(prefix: str, local_dir: Path | str) -> list[Path]:
     for rel in names:
         if rel.startswith(SYNC_STATE):
             continue
-        name = f"{prefix}/{rel}"
         target = local_dir.joinpath(*_relative_parts(rel))
-        stored = _stored_stamp(name)
-        known = state.get(rel, {})
-        if (
-            target.is_file()
-            and known.get("local") == _local_stamp(target)
-            and known.get("stored") == stored
-        ):
-            continue
-        with default_storage.open(name, "rb") as src:
+        with default_storage.open(f"{prefix}/{rel}", "rb") as src:
             _copy_atomically(src, target)
-        state[rel] = {"local": _local_stamp(target), "stored": stored}
+        state[rel] = {"local": _local_stamp(target)}
         fetched.append(target)
     if fetched:
         _save_state(local_dir, state)

@@ -115,14 +115,15 @@ if MASKLOOP_S3_ENDPOINT_URL:
             "secret_key": env.str("MASKLOOP_S3_SECRET_KEY"),
             "region_name": env.str("MASKLOOP_S3_REGION", default="us-east-1"),
             "location": env.str("MASKLOOP_S3_PREFIX", default=""),
-            "signature_version": "s3v4",
-            "addressing_style": "path",
             "file_overwrite": True,  # names are unique already; checkpoints replace theirs
             "default_acl": None,
             "querystring_expire": MASKLOOP_DOWNLOAD_URL_SECONDS,
-            # Checksums only where S3 requires them: not every S3-compatible store accepts
-            # the CRC headers boto3 sends by default.
+            # Path-style URLs and SigV4 work on every S3-compatible store; checksums only
+            # where S3 requires them, as not every store accepts the CRC headers boto3 sends
+            # by default.
             "client_config": _BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
                 retries={"max_attempts": 5, "mode": "standard"},
