@@ -28,8 +28,8 @@ def test_web_and_workers_share_only_postgres_redis_and_the_object_store():
     assert "media" not in spec.get("volumes", {}), "no shared media volume any more"
     for name in APP_SERVICES:
         env = services[name]["environment"]
-        assert env["DATABASE_URL"].startswith("postgres://")
-        assert env["CELERY_BROKER_URL"].startswith("redis://")
+        assert "postgres://" in env["DATABASE_URL"]  # ${DATABASE_URL:-…} on other hosts
+        assert "redis://" in env["CELERY_BROKER_URL"]
         assert "objectstore:8333" in env["MASKLOOP_S3_ENDPOINT_URL"]
         for key in ("BUCKET", "ACCESS_KEY", "SECRET_KEY"):
             assert env[f"MASKLOOP_S3_{key}"], key
