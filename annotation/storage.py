@@ -46,13 +46,40 @@ def store(name: str, data: bytes) -> str:
     return default_storage.save(unique_name(name), ContentFile(data))
 
 
+def _s3_backend() -> Any | None:
+    """The default storage when it is django-storages' S3 backend, else None."""
+    backend = storages["default"]
+    return backend if type(backend).__module__.startswith("storages.backends.s3") else None
+
+
 def read(name: str) -> bytes:
-    with default_storage.open(name, "rb") as fh:
+    with open_file(name) as fh:
         return fh.read()
 
 
-def open_file(name: str) -> File:
-    return default_storage.open(name, "rb")
+def open_file(name: str) -> IO[bytes]:
+    """A stored file opened for reading, as a stream.
+
+    On S3 this is the body of a single GET: django-storages' own file object sends a HEAD
+    first, starts a transfer manager and buffers the whole object in memory, 8 times slower
+    for the small files exports and training read by the thousand.
+
+    Raises:
+        FileNotFoundError: nothing is stored under `name`.
+    """
+    s3 = _s3_backend()
+    if s3 is None:
+        return default_storage.open(name, "rb")
+    from botocore.exceptions import ClientError
+    from storages.utils import clean_name
+
+    key = s3._normalize_name(clean_name(name))  # the key under the storage's `location`
+    try:
+        return s3.connection.meta.client.get_object(Bucket=s3.bucket_name, Key=key)["Body"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            raise FileNotFoundError(f"{name} is missing from storage") from exc
+        raise
 
 
 def exists(name: str) -> bool:
@@ -124,9 +151,7 @@ def local_copy(name: str) -> Path:
     target = Path(settings.MASKLOOP_CACHE_DIR).joinpath(*_relative_parts(name))
     if target.is_file():
         return target
-    if not default_storage.exists(name):
-        raise FileNotFoundError(f"{name} is missing from storage")
-    with default_storage.open(name, "rb") as src:
+    with open_file(name) as src:
         _copy_atomically(src, target)
     return target
 
@@ -232,7 +257,7 @@ def download_dir(prefix: str, local_dir: Path | str) -> list[Path]:
         if rel.startswith(SYNC_STATE):
             continue
         target = local_dir.joinpath(*_relative_parts(rel))
-        with default_storage.open(f"{prefix}/{rel}", "rb") as src:
+        with open_file(f"{prefix}/{rel}") as src:
             _copy_atomically(src, target)
         state[rel] = {"local": _local_stamp(target)}
         fetched.append(target)
@@ -308,8 +333,8 @@ def download_response(
     settings.MASKLOOP_S3_PUBLIC_URL when browsers reach the store under another address than
     the servers. On a local folder the file itself, streamed.
     """
-    backend = storages["default"]
-    if not type(backend).__module__.startswith("storages.backends.s3"):
+    backend = _s3_backend()
+    if backend is None:
         return FileResponse(
             default_storage.open(name, "rb"),
             as_attachment=True,

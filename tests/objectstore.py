@@ -80,6 +80,7 @@ class ObjectStore:
 
     def client(self):
         import boto3
+        from botocore.config import Config
 
         return boto3.client(
             "s3",
@@ -87,6 +88,7 @@ class ObjectStore:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
+            config=Config(max_pool_connections=32),
         )
 
 
@@ -156,7 +158,9 @@ def seaweedfs(folder: Path, *, log: Path | None = None) -> Iterator[ObjectStore]
         "-s3",
         f"-s3.port={s3}",
         f"-s3.port.grpc={s3_grpc}",
+        # Servers with fixed default ports: off, so that several weed servers can run at once.
         "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         f"-debug.port={debug}",
         "-master.volumeSizeLimitMB=512",  # 8 volumes of at most 512 MB: enough for tests
     ]

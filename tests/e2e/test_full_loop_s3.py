@@ -3,9 +3,10 @@ S3-compatible object store (SeaweedFS), as when a hospital adds GPU hosts as Cel
 
 Each worker process gets its own empty MEDIA_ROOT, work folder and cache; the test process (the
 web host) writes to the object store too. A shorter loop than test_full_loop.py, which runs the
-whole two-stage loop on one host: Stage I (two networks × two folds, trained and predicted on
-the workers) → blind picks → export built by a worker, downloaded from a presigned URL, checked
-against its manifest, and built a second time byte for byte.
+whole two-stage loop on one host: Stage I (one network × two folds, trained and predicted on
+the workers, about 4 minutes on 2 CPU cores) → blind picks → export built by a worker,
+downloaded from a presigned URL, checked against its manifest, and built a second time byte for
+byte.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def test_stage_one_to_export_on_hosts_that_share_only_postgres_redis_and_s3(
             "stage": "I",
             "folds": 2,
             "preset": "tiny",
-            "networks": [["unet", "densenet121"], ["unetpp", "densenet121"]],
+            "networks": [["unet", "densenet121"]],
         },
         format="json",
     )
     assert response.status_code == 201, response.content
     stage1 = wait_for(Round.objects.get(number=response.json()["number"]), "reviewing", worker)
-    assert stage1.training_runs.filter(status="succeeded").count() == 4
-    assert all(item.candidates.count() == 3 for item in stage1.items.all())
+    assert stage1.training_runs.filter(status="succeeded").count() == 2
+    assert all(item.candidates.count() == 2 for item in stage1.items.all())
     assert len(review_everything(api(md))) == 6
     assert wait_for(stage1, "done", worker)
     loop_seconds = time.monotonic() - started
