@@ -1,7 +1,8 @@
 """The benchmark dataset as a zip, written as a stream so memory stays flat however large it is.
 
 Re-running an export on the same data gives the same bytes: entries are written in a fixed
-order with fixed timestamps and permissions, and PNGs are stored as they are.
+order with fixed timestamps and permissions, and PNGs are stored as they are. The zip is written
+front to back, never seeking, so `out` may be a non-seekable stream such as an upload.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import io
 import json
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
+
+Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
 EPOCH = (1980, 1, 1, 0, 0, 0)
 CHUNK = 1 << 20
@@ -23,9 +27,9 @@ CHUNK = 1 << 20
 class ExportRow:
     image_id: int
     image_name: str  # the arcname stem
-    image_path: str  # local file of the original image
+    image_path: str  # the original image: what write_zip's `opener` opens
     image_ext: str
-    mask_path: str | None
+    mask_path: str | None  # the mask, likewise
     image_class: str
     patient_id: str
     source: str
@@ -69,9 +73,14 @@ def _info(name: str, compress: int) -> zipfile.ZipInfo:
     return info
 
 
-def _write_file(zf: zipfile.ZipFile, name: str, path: str, compress: int) -> str:
+def _local_file(path: str) -> AbstractContextManager[IO[bytes]]:
+    return open(path, "rb")  # noqa: SIM115 - the caller's `with` closes it
+
+
+def _write_file(zf: zipfile.ZipFile, name: str, src_file: AbstractContextManager[IO[bytes]]) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as src, zf.open(_info(name, compress), "w", force_zip64=True) as dst:
+    info = _info(name, zipfile.ZIP_STORED)
+    with src_file as src, zf.open(info, "w", force_zip64=True) as dst:
         for chunk in iter(lambda: src.read(CHUNK), b""):
             digest.update(chunk)
             dst.write(chunk)
@@ -94,9 +103,16 @@ def write_zip(
     rows: Sequence[ExportRow],
     out: BinaryIO,
     *,
+    opener: Opener = _local_file,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, str]:
     """Writes images/, masks/, metadata.csv, folds.csv and manifest.json to `out`.
+
+    Args:
+        rows: one per image, in any order (they are written by image id).
+        out: where the zip goes; written front to back, so it need not be seekable.
+        opener: opens a row's image_path / mask_path for reading (default: local files).
+        on_progress: called with (done, total) every 25 images.
 
     Returns:
         The manifest: archive name → sha256 of the file's bytes.
@@ -108,9 +124,9 @@ def write_zip(
         for i, row in enumerate(sorted(rows, key=lambda r: r.image_id)):
             image_name = f"images/{row.image_name}.{row.image_ext}"
             mask_name = f"masks/{row.image_name}.png" if row.mask_path else ""
-            manifest[image_name] = _write_file(zf, image_name, row.image_path, zipfile.ZIP_STORED)
+            manifest[image_name] = _write_file(zf, image_name, opener(row.image_path))
             if row.mask_path:
-                manifest[mask_name] = _write_file(zf, mask_name, row.mask_path, zipfile.ZIP_STORED)
+                manifest[mask_name] = _write_file(zf, mask_name, opener(row.mask_path))
             meta.append(
                 [
                     image_name,

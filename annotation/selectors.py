@@ -255,9 +255,9 @@ def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
             ExportRow(
                 image_id=img.pk,
                 image_name=f"{img.pk:06d}_{stem}",
-                image_path=storage.local_path(img.original.name),
+                image_path=img.original.name,
                 image_ext=img.original.name.rsplit(".", 1)[-1],
-                mask_path=storage.local_path(mask.file.name) if mask else None,
+                mask_path=mask.file.name if mask else None,
                 image_class=img.image_class,
                 patient_id=img.patient_id,
                 source=img.source,

@@ -1,38 +1,46 @@
-"""Where files live in the media storage. One place, so names never drift."""
+"""Media files for the annotation app: the storage helpers every app shares (config.storage,
+re-exported here) and the cached display copies of CXRs, masks and overlays."""
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from config.storage import (
+    CHUNK,
+    delete_quietly,
+    download_dir,
+    download_response,
+    exists,
+    local_copy,
+    open_file,
+    read,
+    store,
+    stream_to,
+    unique_name,
+    upload_dir,
+    work_dir,
+)
 
-def store(name: str, data: bytes) -> str:
-    """Saves bytes under a fresh, unguessable name (nothing is ever overwritten)."""
-    stem, dot, ext = name.rpartition(".")
-    unique = f"{stem}-{uuid.uuid4().hex[:12]}.{ext}" if dot else f"{name}-{uuid.uuid4().hex[:12]}"
-    return default_storage.save(unique, ContentFile(data))
-
-
-def read(name: str) -> bytes:
-    with default_storage.open(name, "rb") as fh:
-        return fh.read()
-
-
-def local_path(name: str) -> str:
-    return default_storage.path(name)
-
-
-def delete_quietly(names: list[str]) -> None:
-    for name in names:
-        with contextlib.suppress(OSError):
-            default_storage.delete(name)
-
-
-def open_file(name: str):
-    return default_storage.open(name, "rb")
+__all__ = [
+    "CHUNK",
+    "delete_quietly",
+    "download_dir",
+    "download_response",
+    "exists",
+    "local_copy",
+    "open_file",
+    "read",
+    "store",
+    "stream_to",
+    "unique_name",
+    "upload_dir",
+    "work_dir",
+    "DISPLAY_SIZES",
+    "display_copy",
+]
 
 
 DISPLAY_SIZES = (512, 1024, 1536, 2048)

@@ -88,8 +88,51 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env.str("MASKLOOP_MEDIA_ROOT", default=str(VAR_DIR / "media")))
-# Worker-local scratch space (training work folders, checkpoints before upload): never shared.
+# This host's own folders, never shared between hosts: training work folders, and local copies
+# of stored files for TensorFlow and PIL (see annotation.storage.local_copy).
 MASKLOOP_WORK_DIR = Path(env.str("MASKLOOP_WORK_DIR", default=str(VAR_DIR / "work")))
+# How often a training's checkpoint is copied to the media storage, so that another host can
+# resume it (a checkpoint holds the weights and Adam's moments: ~3× the weights).
+MASKLOOP_CHECKPOINT_SECONDS = env.int("MASKLOOP_CHECKPOINT_SECONDS", default=600)
+MASKLOOP_CACHE_DIR = Path(env.str("MASKLOOP_CACHE_DIR", default=str(VAR_DIR / "cache")))
+
+# Files: the MEDIA_ROOT folder (the demo, one host), or an S3-compatible object store shared by
+# the web host and every worker host when MASKLOOP_S3_ENDPOINT_URL is set.
+MASKLOOP_S3_ENDPOINT_URL = env.str("MASKLOOP_S3_ENDPOINT_URL", default="")
+# Where browsers reach the store, when not at the endpoint the servers use (presigned downloads).
+MASKLOOP_S3_PUBLIC_URL = env.str("MASKLOOP_S3_PUBLIC_URL", default="")
+MASKLOOP_DOWNLOAD_URL_SECONDS = env.int("MASKLOOP_DOWNLOAD_URL_SECONDS", default=300)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if MASKLOOP_S3_ENDPOINT_URL:
+    from botocore.config import Config as _BotoConfig
+
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "endpoint_url": MASKLOOP_S3_ENDPOINT_URL,
+            "bucket_name": env.str("MASKLOOP_S3_BUCKET"),
+            "access_key": env.str("MASKLOOP_S3_ACCESS_KEY"),
+            "secret_key": env.str("MASKLOOP_S3_SECRET_KEY"),
+            "region_name": env.str("MASKLOOP_S3_REGION", default="us-east-1"),
+            "location": env.str("MASKLOOP_S3_PREFIX", default=""),
+            "file_overwrite": True,  # names are unique already; checkpoints replace theirs
+            "default_acl": None,
+            "querystring_expire": MASKLOOP_DOWNLOAD_URL_SECONDS,
+            # Path-style URLs and SigV4 work on every S3-compatible store; checksums only
+            # where S3 requires them, as not every store accepts the CRC headers boto3 sends
+            # by default.
+            "client_config": _BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"max_attempts": 5, "mode": "standard"},
+            ),
+        },
+    }
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 

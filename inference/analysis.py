@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -236,12 +235,12 @@ def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _weights_file(mv: ModelVersion) -> str:
-    path = storage.local_path(mv.weights.name)
-    if not os.path.isfile(path):
+    try:
+        return str(storage.local_copy(mv.weights.name))
+    except FileNotFoundError:
         raise Conflict(
             f"the weights of model v{mv.pk} ({mv.weights.name}) are missing from storage"
-        )
-    return path
+        ) from None
 
 
 def _segmentation_model(mv: ModelVersion) -> tuple[Any, int]:
@@ -401,7 +400,7 @@ def image_analyse(image: Image) -> Analysis:
     from training.nets.data import load_gray
 
     models, classifier = final_ensemble()
-    gray = load_gray(storage.local_path(image.display.name))
+    gray = load_gray(storage.local_copy(image.display.name))
     lungs = read_mask_png(storage.read(image.lung_mask.name)) if image.lung_mask else None
     if lungs is not None and lungs.shape != gray.shape:
         lungs = None  # a lung mask must match its image; never stretch one onto another

@@ -37,6 +37,7 @@ def eager_tasks():
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")
     settings.MASKLOOP_WORK_DIR = tmp_path / "work"
+    settings.MASKLOOP_CACHE_DIR = tmp_path / "cache"
     return settings.MEDIA_ROOT
 
 

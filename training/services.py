@@ -8,6 +8,7 @@ happened to annotation by Celery task name; annotation alone changes the run's s
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -140,13 +141,28 @@ def training_run_execute(*, run_id: int) -> str:
         )
         return _still_wanted(run_id)
 
-    # A worker-local folder per run: a redelivered task resumes from its last checkpoint.
-    work = Path(settings.MASKLOOP_WORK_DIR) / "runs" / str(run_id)
-    work.mkdir(parents=True, exist_ok=True)
+    # A worker-local folder per run, its checkpoints mirrored to storage after an epoch every
+    # MASKLOOP_CHECKPOINT_SECONDS:
+    # a redelivered task resumes from the last one, on this host or on another.
+    work, checkpoints = storage.work_dir("runs", str(run_id)), f"checkpoints/run-{run_id}"
+    if not any(work.iterdir()):
+        storage.download_dir(checkpoints, work)
+
+    mirrored = time.monotonic()
+
+    def on_epoch(epoch: int, epochs: int, step: int, steps: int, loss: float) -> bool:
+        nonlocal mirrored
+        wanted = on_progress(epoch, epochs, step, steps, loss)
+        if step == steps and time.monotonic() - mirrored > settings.MASKLOOP_CHECKPOINT_SECONDS:
+            storage.upload_dir(work, checkpoints)  # a checkpoint is as large as Adam's state
+            mirrored = time.monotonic()
+        return wanted
+
     try:
-        result, extra = _fit(run, images, masks, work, on_progress)
+        result, extra = _fit(run, images, masks, work, on_epoch)
     except TrainingStopped:
         shutil.rmtree(work, ignore_errors=True)
+        storage.delete_dir(checkpoints)
         return f"run {run_id} was cancelled while training"
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().get(pk=run_id)
@@ -162,11 +178,12 @@ def training_run_execute(*, run_id: int) -> str:
             metrics={"train_loss": result.loss_history, "train_seconds": result.seconds},
         )
         with open(result.weights_path, "rb") as fh:
-            mv.weights.save(f"run-{run.pk}.weights.h5", File(fh), save=False)
+            mv.weights.save(storage.unique_name(f"run-{run.pk}.weights.h5"), File(fh), save=False)
         mv.save()
         run.loss_history = result.loss_history
         run.save(update_fields=["loss_history"])
     shutil.rmtree(work, ignore_errors=True)
+    storage.delete_dir(checkpoints)
     send("annotation.tasks.run_trained", run_id)
     return f"run {run_id} trained"
 
