@@ -38,7 +38,7 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
 
-    from annotation import imaging, services
+    from annotation import imaging, services, storage
     from annotation.exporting import write_zip
     from annotation.models import GroundTruth, Image, Mask
     from annotation.phantoms import make_phantom
@@ -61,7 +61,7 @@ def main() -> None:
         tracemalloc.start()
         started = time.perf_counter()
         with out.open("wb") as fh:
-            write_zip(rows, fh)
+            write_zip(rows, fh, opener=storage.open_file)
         seconds = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

@@ -27,6 +27,7 @@ from training.nets.config import PRESETS as PRESETS
 from training.nets.config import TrainConfig, preset
 from training.nets.folds import grouped_stratified_folds as grouped_stratified_folds
 from training.nets.folds import grouped_train_test_split as grouped_train_test_split
+from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
 from training.nets.provenance import code_version, data_version
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from annotation import services
+from annotation import services, storage
 from annotation.errors import DomainError
 from annotation.exporting import write_zip
 from annotation.selectors import export_rows
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 def build(rows) -> bytes:
     out = io.BytesIO()
-    write_zip(rows, out)
+    write_zip(rows, out, opener=storage.open_file)
     return out.getvalue()
 
 
