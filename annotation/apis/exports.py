@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -85,9 +84,9 @@ class ExportDownloadApi(APIView):
         export = get_object_or_404(Export, uuid=export_uuid)
         if export.status != Export.Status.DONE:
             raise DomainError(f"the export is {export.get_status_display().lower()}, not ready")
-        return FileResponse(
-            storage.open_file(export.file.name),
-            as_attachment=True,
-            filename=f"maskloop-export-{export.created_at:%Y%m%d}-{str(export.uuid)[:8]}.zip",
+        # Streamed from the local folder, or a redirect to a short-lived presigned URL on S3.
+        return storage.download_response(
+            export.file.name,
+            f"maskloop-export-{export.created_at:%Y%m%d}-{str(export.uuid)[:8]}.zip",
             content_type="application/zip",
         )

@@ -17,7 +17,8 @@ from annotation.permissions import IsAdmin
 
 class RunOutput(serializers.Serializer):
     id = serializers.IntegerField()
-    arch = serializers.CharField()
+    kind = serializers.CharField()
+    arch = serializers.CharField(help_text="Blank for a classifier.")
     encoder = serializers.CharField()
     fold = serializers.IntegerField(allow_null=True)
     status = serializers.CharField()

@@ -24,7 +24,7 @@ function text(tag, value, cls) {
   return el;
 }
 
-const runName = (run) => `${run.arch} · ${run.encoder}${run.fold === null ? "" : ` · fold ${run.fold + 1}`}`;
+const runName = (run) => `${run.arch || run.kind} · ${run.encoder}${run.fold === null ? "" : ` · fold ${run.fold + 1}`}`;
 
 function runNotes(run) {
   if (run.failure_reason) return run.failure_reason;
