@@ -179,7 +179,9 @@ def training_run_execute(*, run_id: int) -> str:
             metrics={"train_loss": result.loss_history, "train_seconds": result.seconds},
         )
         with open(result.weights_path, "rb") as fh:
-            mv.weights.save(storage.unique_name(f"run-{run.pk}.weights.h5"), File(fh), save=False)
+            # Keras reads the format from the ending: the unique part goes before ".weights.h5".
+            name = f"{storage.unique_name(f'run-{run.pk}')}.weights.h5"
+            mv.weights.save(name, File(fh), save=False)
         mv.save()
         run.loss_history = result.loss_history
         run.save(update_fields=["loss_history"])
