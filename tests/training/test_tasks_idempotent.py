@@ -73,6 +73,6 @@ def test_a_failing_training_records_its_reason_and_fails_the_round(
     run.refresh_from_db()
     rnd.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
-    assert "No such file" in run.failure_reason or "not found" in run.failure_reason.lower()
+    assert f"{mask.file.name} is missing from storage" in run.failure_reason
     assert rnd.status == Round.Status.FAILED
     assert str(run) in rnd.failure_reason
