@@ -163,9 +163,7 @@ def overlay_png(data: bytes, max_side: int | None = None) -> bytes:
         img.thumbnail((max_side, max_side), PILImage.Resampling.NEAREST)
     inside = np.asarray(img) > 127
     around = np.pad(inside, 1)  # outside the image counts as outside the mask
-    interior = (
-        inside & around[:-2, 1:-1] & around[2:, 1:-1] & around[1:-1, :-2] & around[1:-1, 2:]
-    )
+    interior = inside & around[:-2, 1:-1] & around[2:, 1:-1] & around[1:-1, :-2] & around[1:-1, 2:]
     rgba = np.zeros((*inside.shape, 4), dtype=np.uint8)
     rgba[inside] = (*OVERLAY_RGB, OVERLAY_FILL_ALPHA)
     rgba[inside & ~interior] = (*(round(c + (255 - c) / 2) for c in OVERLAY_RGB), 255)

@@ -25,8 +25,11 @@ from training.services import read_dataset
 IMPORTABLE_LAYOUTS = ("qata", "covid-qu-ex", "csv")
 
 # The reader's class names → the platform's.
-IMAGE_CLASSES = {"COVID-19": ImageClass.COVID, "Non-COVID": ImageClass.NON_COVID,
-                 "Normal": ImageClass.NORMAL}
+IMAGE_CLASSES = {
+    "COVID-19": ImageClass.COVID,
+    "Non-COVID": ImageClass.NON_COVID,
+    "Normal": ImageClass.NORMAL,
+}
 
 _LAYOUT_HELP = (
     "expected Images/ + Ground-truths/ (QaTa-COV19), <split>/<class>/images (COVID-QU-Ex), "

@@ -50,7 +50,9 @@ def main() -> None:
         while made < target:
             p = make_phantom(made, size=args.size)
             image = services.image_create(
-                data=imaging.encode_png(p.image), name=f"bench_{made}.png", source="bench",
+                data=imaging.encode_png(p.image),
+                name=f"bench_{made}.png",
+                source="bench",
                 image_class="covid19",
             )
             mask = services.mask_create(image=image, mask=p.infection, source=Mask.Source.IMPORTED)

@@ -137,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 px and few repeats")
     parser.add_argument("--size", type=int, help="network input side (default 224; quick 64)")
-    parser.add_argument("--image-size", type=int, default=None, dest="image_size",
-                        help="side of the source CXR PNG (default 256, COVID-QU-Ex's size)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        dest="image_size",
+        help="side of the source CXR PNG (default 256, COVID-QU-Ex's size)",
+    )
     parser.add_argument("--repeats", type=int, help="timed repeats per figure")
     parser.add_argument("--archs", nargs="+", default=["unet", "unetpp", "dla"])
     parser.add_argument("--encoder", default="densenet121")
@@ -154,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.quick else 10)
     png, _ = cxr_png(image_size)
 
-    print(f"# predict_bench: {args.encoder} encoder, input {size}x{size}, source PNG "
-          f"{image_size}x{image_size} ({len(png) / 1024:.0f} KiB), median of {repeats}")
-    print(f"# TF {tf.__version__}, {os.cpu_count()} CPU(s), GPUs: "
-          f"{len(tf.config.list_physical_devices('GPU'))}, Python {platform.python_version()}")
+    print(
+        f"# predict_bench: {args.encoder} encoder, input {size}x{size}, source PNG "
+        f"{image_size}x{image_size} ({len(png) / 1024:.0f} KiB), median of {repeats}"
+    )
+    print(
+        f"# TF {tf.__version__}, {os.cpu_count()} CPU(s), GPUs: "
+        f"{len(tf.config.list_physical_devices('GPU'))}, Python {platform.python_version()}"
+    )
 
     # The non-network stages do not depend on the architecture: time them once.
     gray = load_gray(io.BytesIO(png))
@@ -178,30 +187,41 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in stage_ms.items():
         print(f"  {name:<14} {ms:8.2f}")
     print(f"  {'total':<14} {sum(stage_ms.values()):8.2f}")
-    print(f"  (infection_map as one 256x256 colour-table lookup: {lut_ms:.2f} ms, "
-          f"{stage_ms['infection_map'] / lut_ms:.0f}x faster, identical output: {same})")
+    print(
+        f"  (infection_map as one 256x256 colour-table lookup: {lut_ms:.2f} ms, "
+        f"{stage_ms['infection_map'] / lut_ms:.0f}x faster, identical output: {same})"
+    )
 
     rows = []
     for arch in args.archs:
         row = bench_arch(arch, args.encoder, size, png, repeats)
         rows.append(row)
         _, build_s, fwd_1, fwd_16, eager_1, full, ratio, train = row
-        print(f"\n## {arch}: built in {build_s:.1f} s; forward b1 {fwd_1:.1f} ms, b16 "
-              f"{fwd_16:.1f} ms/img, eager b1 {eager_1:.1f} ms; full path {full:.1f} ms "
-              f"(ratio {ratio:.2f}); train step b8 {train:.0f} ms", flush=True)
+        print(
+            f"\n## {arch}: built in {build_s:.1f} s; forward b1 {fwd_1:.1f} ms, b16 "
+            f"{fwd_16:.1f} ms/img, eager b1 {eager_1:.1f} ms; full path {full:.1f} ms "
+            f"(ratio {ratio:.2f}); train step b8 {train:.0f} ms",
+            flush=True,
+        )
 
     print(f"\n## Summary ({size} px, ms)")
-    print("| arch | forward b1 | forward b16 /img | eager b1 | full path b1 | full/forward "
-          "| train step b8 |")
+    print(
+        "| arch | forward b1 | forward b16 /img | eager b1 | full path b1 | full/forward "
+        "| train step b8 |"
+    )
     print("|---|---|---|---|---|---|---|")
     for arch, _, f1, f16, e1, full, ratio, train in rows:
         verdict = "ok" if ratio <= GOAL else f"> {GOAL}"
-        print(f"| {arch} | {f1:.1f} | {f16:.1f} | {e1:.1f} | {full:.1f} | {ratio:.2f} "
-              f"({verdict}) | {train:.0f} |")
+        print(
+            f"| {arch} | {f1:.1f} | {f16:.1f} | {e1:.1f} | {full:.1f} | {ratio:.2f} "
+            f"({verdict}) | {train:.0f} |"
+        )
     overhead = sum(stage_ms.values())
-    print(f"\nNon-network stages add {overhead:.1f} ms/image "
-          f"(largest: {max(stage_ms, key=stage_ms.get)} "
-          f"{max(stage_ms.values()):.1f} ms).")
+    print(
+        f"\nNon-network stages add {overhead:.1f} ms/image "
+        f"(largest: {max(stage_ms, key=stage_ms.get)} "
+        f"{max(stage_ms.values()):.1f} ms)."
+    )
     return 0
 
 

@@ -48,8 +48,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with ProgressBar(len(data), "predict") as bar:
         for batch in batches(list(data.samples), args.batch_size):
             grays = [load_gray(s.image) for s in batch]
-            for sample, gray, prob in zip(batch, grays, predict_ensemble(members, grays),
-                                          strict=True):
+            for sample, gray, prob in zip(
+                batch, grays, predict_ensemble(members, grays), strict=True
+            ):
                 height, width = gray.shape[:2]
                 full = resize_probability(prob, height, width)
                 map_path = (maps_dir / sample.key).with_suffix(".png")
@@ -62,18 +63,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 sev = severity(full, lung, threshold=THRESHOLD)
                 on_lungs = sev.lung_fraction is not None
                 share = sev.lung_fraction if on_lungs else sev.infected_fraction
-                rows.append({
-                    "file": sample.key,
-                    "covid19": int(detect(prob, THRESHOLD)),
-                    "max_probability": f"{float(np.max(prob)):.4f}",
-                    "infected_share": f"{share:.4f}",
-                    "share_of": "lungs" if on_lungs else "image",
-                    "right_lung_share": _fmt(sev.right_lung_fraction),
-                    "left_lung_share": _fmt(sev.left_lung_fraction),
-                    "severity_grade": "" if sev.grade is None else sev.grade,
-                    "severity": sev.label or "",
-                    "map": map_path.relative_to(out).as_posix(),
-                })
+                rows.append(
+                    {
+                        "file": sample.key,
+                        "covid19": int(detect(prob, THRESHOLD)),
+                        "max_probability": f"{float(np.max(prob)):.4f}",
+                        "infected_share": f"{share:.4f}",
+                        "share_of": "lungs" if on_lungs else "image",
+                        "right_lung_share": _fmt(sev.right_lung_fraction),
+                        "left_lung_share": _fmt(sev.left_lung_fraction),
+                        "severity_grade": "" if sev.grade is None else sev.grade,
+                        "severity": sev.label or "",
+                        "map": map_path.relative_to(out).as_posix(),
+                    }
+                )
             bar.advance(len(batch))
     csv_path = out / "predictions.csv"
     with csv_path.open("w", newline="") as fh:
@@ -81,11 +84,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     n_covid = sum(r["covid19"] for r in rows)
-    print(f"{len(rows)} image(s), {n_covid} detected as COVID-19; maps in {maps_dir}, "
-          f"table in {csv_path}")
+    print(
+        f"{len(rows)} image(s), {n_covid} detected as COVID-19; maps in {maps_dir}, "
+        f"table in {csv_path}"
+    )
     if not any(lungs.values()):
-        say("no lung masks: shares are of the whole image and no severity grade is given "
-             "(pass --lungs DIR)")
+        say(
+            "no lung masks: shares are of the whole image and no severity grade is given "
+            "(pass --lungs DIR)"
+        )
     return 0
 
 
@@ -100,19 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
         A parser whose namespaces carry `func`, the command to run.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m inference.cli", description=__doc__.split("\n\n")[0],
+        prog="python -m inference.cli",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("predict", help="infection maps and a CSV of findings")
-    p.add_argument("--weights", nargs="+", required=True,
-                   help="run folder(s) or weights file(s); several = ensemble (mean)")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        required=True,
+        help="run folder(s) or weights file(s); several = ensemble (mean)",
+    )
     p.add_argument("--images", required=True, help="folder of CXRs (or a data root)")
     p.add_argument("--out", required=True, help="output folder: maps/ and predictions.csv")
     p.add_argument("--lungs", help="folder of lung masks (same names): per-lung shares, grade")
     p.add_argument("--batch-size", type=int, default=8, dest="batch_size")
-    p.add_argument("--epsilon", type=float, default=0.02,
-                   help="probabilities below it are not drawn on the map")
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        default=0.02,
+        help="probabilities below it are not drawn on the map",
+    )
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -61,8 +61,12 @@ def test_core_modules_never_import_django_or_app_modules():
     loaded = _loaded_after_importing(CORE)
     django = [m for m in loaded if m == "django" or m.startswith("django.")]
     assert django == [], f"Django imported by the ML core: {django}"
-    apps = [m for m in loaded if m.split(".")[0] in ("annotation", "training", "inference")
-            and m.split(".")[-1] in APP_MODULES]
+    apps = [
+        m
+        for m in loaded
+        if m.split(".")[0] in ("annotation", "training", "inference")
+        and m.split(".")[-1] in APP_MODULES
+    ]
     assert apps == [], f"app modules imported by the ML core: {apps}"
 
 

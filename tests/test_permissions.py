@@ -37,57 +37,57 @@ def only(*roles: str) -> frozenset[str]:
 # {export} a finished export
 POLICY: list[tuple[str, str, frozenset[str]]] = [
     # ---------------------------------------------------------------- pages
-    ("GET",  "/",                                          ANY_ROLE),
-    ("GET",  "/queue/",                                    only(MD)),
-    ("GET",  "/draw/{image}/",                             only(MD)),
-    ("GET",  "/review/next/",                              only(MD)),
-    ("GET",  "/review/{item}/",                            only(MD, ADMIN)),
-    ("GET",  "/rounds/",                                   only(ADMIN)),
-    ("POST", "/rounds/",                                   only(ADMIN)),
-    ("GET",  "/rounds/{round}/",                           only(ADMIN)),
-    ("POST", "/rounds/{round}/",                           only(ADMIN)),
-    ("GET",  "/exports/",                                  only(DATA)),
-    ("POST", "/exports/",                                  only(DATA)),
+    ("GET", "/", ANY_ROLE),
+    ("GET", "/queue/", only(MD)),
+    ("GET", "/draw/{image}/", only(MD)),
+    ("GET", "/review/next/", only(MD)),
+    ("GET", "/review/{item}/", only(MD, ADMIN)),
+    ("GET", "/rounds/", only(ADMIN)),
+    ("POST", "/rounds/", only(ADMIN)),
+    ("GET", "/rounds/{round}/", only(ADMIN)),
+    ("POST", "/rounds/{round}/", only(ADMIN)),
+    ("GET", "/exports/", only(DATA)),
+    ("POST", "/exports/", only(DATA)),
     # ---------------------------------------------------------------- API: images and masks
-    ("GET",  "/api/images/",                               ANY_ROLE),
-    ("POST", "/api/images/upload/",                        only(ADMIN)),
-    ("GET",  "/api/images/{image}/",                       ANY_ROLE),
-    ("GET",  "/api/images/{image}/display.png",            ANY_ROLE),
-    ("GET",  "/api/images/{image}/masks/",                 only(ADMIN, DATA)),  # provenance
-    ("POST", "/api/images/{image}/masks/",                 only(MD)),           # drawing
-    ("GET",  "/api/masks/{mask}/file.png",                 only(ADMIN, DATA)),
+    ("GET", "/api/images/", ANY_ROLE),
+    ("POST", "/api/images/upload/", only(ADMIN)),
+    ("GET", "/api/images/{image}/", ANY_ROLE),
+    ("GET", "/api/images/{image}/display.png", ANY_ROLE),
+    ("GET", "/api/images/{image}/masks/", only(ADMIN, DATA)),  # provenance
+    ("POST", "/api/images/{image}/masks/", only(MD)),  # drawing
+    ("GET", "/api/masks/{mask}/file.png", only(ADMIN, DATA)),
     # ---------------------------------------------------------------- API: rounds
-    ("GET",  "/api/rounds/",                               only(ADMIN)),
-    ("POST", "/api/rounds/",                               only(ADMIN)),
-    ("GET",  "/api/rounds/{round}/",                       only(ADMIN)),
-    ("POST", "/api/rounds/{round}/cancel/",                only(ADMIN)),
+    ("GET", "/api/rounds/", only(ADMIN)),
+    ("POST", "/api/rounds/", only(ADMIN)),
+    ("GET", "/api/rounds/{round}/", only(ADMIN)),
+    ("POST", "/api/rounds/{round}/cancel/", only(ADMIN)),
     # ---------------------------------------------------------------- API: blind review
-    ("GET",  "/api/review-items/next/",                    only(MD)),
-    ("GET",  "/api/review-items/{item}/",                  only(MD, ADMIN)),
-    ("GET",  "/api/review-items/{item}/image.png",         only(MD, ADMIN)),
-    ("GET",  "/api/review-items/{item}/candidates/A.png",  only(MD, ADMIN)),
-    ("POST", "/api/review-items/{item}/decision/",         only(MD)),
-    ("POST", "/api/review-items/{item}/adjudicate/",       only(ADMIN)),
+    ("GET", "/api/review-items/next/", only(MD)),
+    ("GET", "/api/review-items/{item}/", only(MD, ADMIN)),
+    ("GET", "/api/review-items/{item}/image.png", only(MD, ADMIN)),
+    ("GET", "/api/review-items/{item}/candidates/A.png", only(MD, ADMIN)),
+    ("POST", "/api/review-items/{item}/decision/", only(MD)),
+    ("POST", "/api/review-items/{item}/adjudicate/", only(ADMIN)),
     # ---------------------------------------------------------------- API: exports
-    ("GET",  "/api/exports/",                              only(DATA)),
-    ("POST", "/api/exports/",                              only(DATA)),
-    ("GET",  "/api/exports/{export}/",                     only(DATA)),
-    ("GET",  "/api/exports/{export}/download/",            only(DATA)),
+    ("GET", "/api/exports/", only(DATA)),
+    ("POST", "/api/exports/", only(DATA)),
+    ("GET", "/api/exports/{export}/", only(DATA)),
+    ("GET", "/api/exports/{export}/download/", only(DATA)),
     # ---------------------------------------------------------------- infection maps and demo
-    ("GET",  "/maps/",                                     ANY_ROLE),
-    ("GET",  "/images/{image}/map/",                       ANY_ROLE),
-    ("GET",  "/demo/",                                     ANY_ROLE),
-    ("POST", "/api/infer/",                                ANY_ROLE),
-    ("GET",  "/api/images/{image}/infection-map/",         ANY_ROLE),
+    ("GET", "/maps/", ANY_ROLE),
+    ("GET", "/images/{image}/map/", ANY_ROLE),
+    ("GET", "/demo/", ANY_ROLE),
+    ("POST", "/api/infer/", ANY_ROLE),
+    ("GET", "/api/images/{image}/infection-map/", ANY_ROLE),
     # ---------------------------------------------------------------- API: schema
-    ("GET",  "/api/schema/",                               SIGNED_IN),
+    ("GET", "/api/schema/", SIGNED_IN),
 ]
+
 
 def _cases():
     for method, url, allowed in POLICY:
         for role in ROLES:
-            yield pytest.param(method, url, allowed, role,
-                               id=f"{method} {url} as {role}")
+            yield pytest.param(method, url, allowed, role, id=f"{method} {url} as {role}")
 
 
 class World(dict):
@@ -127,8 +127,13 @@ class World(dict):
 
     def _new_export(self):
         name = storage.store("exports/test.zip", b"PK\x05\x06" + b"\0" * 18)  # an empty zip
-        export = Export.objects.create(requested_by=self._data_user, status=Export.Status.DONE,
-                                       file=name, size=22, progress=1.0)
+        export = Export.objects.create(
+            requested_by=self._data_user,
+            status=Export.Status.DONE,
+            file=name,
+            size=22,
+            progress=1.0,
+        )
         return export.uuid
 
 
@@ -140,8 +145,7 @@ def fast_passwords(settings):
 
 @pytest.fixture
 def world(make_image, reviewing_round, md, data_user):
-    return World(make_image=make_image, reviewing_round=reviewing_round, md=md,
-                 data_user=data_user)
+    return World(make_image=make_image, reviewing_round=reviewing_round, md=md, data_user=data_user)
 
 
 @pytest.fixture
@@ -197,11 +201,11 @@ def _routes(patterns, prefix: str = "") -> set[str]:
 
 def test_the_table_covers_every_route():
     every = {
-        r for r in _routes(get_resolver().url_patterns)
+        r
+        for r in _routes(get_resolver().url_patterns)
         if not r.startswith(("django-admin/", "accounts/"))
     }
-    placeholders = {"image": 1, "mask": 1, "round": 1, "item": uuid.uuid4(),
-                    "export": uuid.uuid4()}
+    placeholders = {"image": 1, "mask": 1, "round": 1, "item": uuid.uuid4(), "export": uuid.uuid4()}
     covered = {resolve(url.format(**placeholders)).route for _, url, _ in POLICY}
     assert every - covered == set(), "routes missing from POLICY"
 
@@ -210,14 +214,21 @@ def test_the_table_keeps_provenance_from_mds_and_decisions_from_admins():
     """The rules that blind review rests on, stated once more so that an edit of the table
     that breaks them fails here with a name that says why."""
     allowed = {(method, url): roles for method, url, roles in POLICY}
-    for method, url in [("GET", "/api/images/{image}/masks/"),
-                        ("GET", "/api/masks/{mask}/file.png"),
-                        ("GET", "/api/rounds/"), ("GET", "/api/rounds/{round}/"),
-                        ("GET", "/rounds/"), ("GET", "/rounds/{round}/")]:
+    for method, url in [
+        ("GET", "/api/images/{image}/masks/"),
+        ("GET", "/api/masks/{mask}/file.png"),
+        ("GET", "/api/rounds/"),
+        ("GET", "/api/rounds/{round}/"),
+        ("GET", "/rounds/"),
+        ("GET", "/rounds/{round}/"),
+    ]:
         assert MD not in allowed[method, url], f"MDs must not reach {url}"
-    for method, url in [("GET", "/api/review-items/{item}/"),
-                        ("GET", "/api/review-items/{item}/candidates/A.png"),
-                        ("GET", "/api/review-items/next/"), ("GET", "/review/{item}/")]:
+    for method, url in [
+        ("GET", "/api/review-items/{item}/"),
+        ("GET", "/api/review-items/{item}/candidates/A.png"),
+        ("GET", "/api/review-items/next/"),
+        ("GET", "/review/{item}/"),
+    ]:
         assert DATA not in allowed[method, url], f"the data team must not reach {url}"
     assert ADMIN in allowed["GET", "/api/review-items/{item}/"]
     assert ADMIN not in allowed["POST", "/api/review-items/{item}/decision/"]
@@ -242,11 +253,9 @@ def test_admin_adjudicates_a_tie_but_cannot_cast_a_reviewers_decision(
     body = admin.get(f"/api/review-items/{item.uuid}/").json()
     assert body["decision_url"] == f"/api/review-items/{item.uuid}/adjudicate/"
 
-    refused = admin.post(f"/api/review-items/{item.uuid}/decision/", {"choice": "A"},
-                         format="json")
+    refused = admin.post(f"/api/review-items/{item.uuid}/decision/", {"choice": "A"}, format="json")
     assert refused.status_code == 403
-    done = admin.post(f"/api/review-items/{item.uuid}/adjudicate/", {"choice": "A"},
-                      format="json")
+    done = admin.post(f"/api/review-items/{item.uuid}/adjudicate/", {"choice": "A"}, format="json")
     assert done.status_code == 201
     item.refresh_from_db()
     assert item.status == ReviewItem.Status.ACCEPTED
@@ -259,8 +268,12 @@ def test_an_md_cannot_adjudicate_and_is_sent_back_from_a_tied_item(
     services.decision_create(item=item, reviewer=md, choice="A", seconds=1)
     services.decision_create(item=item, reviewer=md2, choice="none", seconds=1)
     client = api(md3)
-    assert client.post(f"/api/review-items/{item.uuid}/adjudicate/", {"choice": "A"},
-                       format="json").status_code == 403
+    assert (
+        client.post(
+            f"/api/review-items/{item.uuid}/adjudicate/", {"choice": "A"}, format="json"
+        ).status_code
+        == 403
+    )
     page = client.get(f"/review/{item.uuid}/")
     assert page.status_code == 302 and page["Location"] == "/queue/"
     item.refresh_from_db()

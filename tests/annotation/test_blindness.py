@@ -22,12 +22,39 @@ from training.nets.config import ARCHITECTURES, ENCODERS
 
 pytestmark = pytest.mark.django_db
 
-ITEM_KEYS = {"id", "round", "status", "image_url", "width", "height", "candidates",
-             "decision_url", "page_url"}
+ITEM_KEYS = {
+    "id",
+    "round",
+    "status",
+    "image_url",
+    "width",
+    "height",
+    "candidates",
+    "decision_url",
+    "page_url",
+}
 CANDIDATE_KEYS = {"label", "mask_url", "overlay_url"}
-PROVENANCE_WORDS = ["drawn", "predicted", "prediction", "manual", "imported", "author",
-                    "source", "model", "network", "fold", "unet", "u-net", "dla",
-                    "densenet", "resnet", "inception", "chexnet", *ARCHITECTURES, *ENCODERS]
+PROVENANCE_WORDS = [
+    "drawn",
+    "predicted",
+    "prediction",
+    "manual",
+    "imported",
+    "author",
+    "source",
+    "model",
+    "network",
+    "fold",
+    "unet",
+    "u-net",
+    "dla",
+    "densenet",
+    "resnet",
+    "inception",
+    "chexnet",
+    *ARCHITECTURES,
+    *ENCODERS,
+]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -43,19 +70,40 @@ def fast_passwords(settings):
 def distinctive_ids(admin_user):
     """Makes image, mask, item and candidate ids start at numbers that cannot turn up in a
     page by chance, so that "no id in the page" is a test that can fail."""
-    image = Image.objects.create(id=9_100_000, name="placeholder", original="x", display="x",
-                                 sha256="0" * 64, width=1, height=1, source="x",
-                                 image_class=ImageClass.NORMAL)
-    mask = Mask.objects.create(id=9_200_000, image=image, version=1, file="x", sha256="x",
-                               area=0, source=Mask.Source.CONTROL)
-    rnd = Round.objects.create(number=999_999, stage=Round.Stage.STAGE_I,
-                               status=Round.Status.CANCELLED, started_by=admin_user)
-    item = ReviewItem.objects.create(id=9_300_000, round=rnd, image=image,
-                                     status=ReviewItem.Status.CANCELLED)
+    image = Image.objects.create(
+        id=9_100_000,
+        name="placeholder",
+        original="x",
+        display="x",
+        sha256="0" * 64,
+        width=1,
+        height=1,
+        source="x",
+        image_class=ImageClass.NORMAL,
+    )
+    mask = Mask.objects.create(
+        id=9_200_000,
+        image=image,
+        version=1,
+        file="x",
+        sha256="x",
+        area=0,
+        source=Mask.Source.CONTROL,
+    )
+    rnd = Round.objects.create(
+        number=999_999,
+        stage=Round.Stage.STAGE_I,
+        status=Round.Status.CANCELLED,
+        started_by=admin_user,
+    )
+    item = ReviewItem.objects.create(
+        id=9_300_000, round=rnd, image=image, status=ReviewItem.Status.CANCELLED
+    )
     candidate = Candidate.objects.create(id=9_400_000, item=item, mask=mask)
     with connection.cursor() as cursor:
-        for sql in connection.ops.sequence_reset_sql(no_style(),
-                                                     [Image, Mask, ReviewItem, Candidate]):
+        for sql in connection.ops.sequence_reset_sql(
+            no_style(), [Image, Mask, ReviewItem, Candidate]
+        ):
             cursor.execute(sql)
     for row in (candidate, item, rnd, mask, image):
         row.delete()
@@ -112,8 +160,8 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     assert data[:8] == PNG_SIGNATURE
     chunks, pos = [], 8
     while pos < len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        chunks.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]))
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
         pos += 12 + length
     assert pos == len(data), "trailing bytes after the last chunk"
     return chunks
@@ -187,18 +235,25 @@ def test_a_large_item_carries_its_smallest_copies(make_image, md, md2, admin_use
 
     for _ in range(2):
         make_image(size=700, manual_by=md)
-    rnd = round_start(stage=Round.Stage.STAGE_I, started_by=admin_user, folds=2, preset="tiny",
-                      networks=[("unet", "densenet121")])
+    rnd = round_start(
+        stage=Round.Stage.STAGE_I,
+        started_by=admin_user,
+        folds=2,
+        preset="tiny",
+        networks=[("unet", "densenet121")],
+    )
     finish_runs_with(rnd, shifted)
     item = rnd.items.first()
     client = api(md2)
     html = client.get(f"/review/{item.uuid}/").content.decode()
     carried = json.loads(FIRST_IMAGES.search(html).group(1))
-    assert sorted(carried) == sorted([
-        f"/api/review-items/{item.uuid}/image.png?max=512",
-        f"/api/review-items/{item.uuid}/candidates/A.png?overlay=1&max=512",
-        f"/api/review-items/{item.uuid}/candidates/B.png?overlay=1&max=512",
-    ])
+    assert sorted(carried) == sorted(
+        [
+            f"/api/review-items/{item.uuid}/image.png?max=512",
+            f"/api/review-items/{item.uuid}/candidates/A.png?overlay=1&max=512",
+            f"/api/review-items/{item.uuid}/candidates/B.png?overlay=1&max=512",
+        ]
+    )
     for url, uri in carried.items():
         assert base64.b64decode(uri.split(",", 1)[1]) == client.get(url).content, url
 
@@ -253,9 +308,13 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
     )
     for item in blind_round.items.all():
         body = client.get(f"/api/review-items/{item.uuid}/").json()
-        urls = [body["image_url"], body["decision_url"], body["page_url"],
-                *(c["mask_url"] for c in body["candidates"]),
-                *(c["overlay_url"] for c in body["candidates"])]
+        urls = [
+            body["image_url"],
+            body["decision_url"],
+            body["page_url"],
+            *(c["mask_url"] for c in body["candidates"]),
+            *(c["overlay_url"] for c in body["candidates"]),
+        ]
         for url in urls:
             assert allowed.match(url), url
             assert str(item.uuid) in url
@@ -285,8 +344,9 @@ def test_labels_are_shuffled_and_candidates_come_in_label_order(reviewing_round,
         by_pk = list(item.candidates.order_by("pk").select_related("mask__model_version"))
         pk_order_is_label_order.append([c.label for c in by_pk] == labels)
         manual_labels.update(c.label for c in by_pk if c.mask.source == Mask.Source.DRAWN)
-        unet_labels.update(c.label for c in by_pk
-                           if c.mask.model_version and c.mask.model_version.arch == "unet")
+        unet_labels.update(
+            c.label for c in by_pk if c.mask.model_version and c.mask.model_version.arch == "unet"
+        )
     assert sum(manual_labels.values()) == 12 and sum(unet_labels.values()) == 12
     # All 12 alike by chance: 3 × (1/3)^12 ≈ 6e-6.
     assert len(manual_labels) > 1, f"the MD's own mask always gets label {manual_labels}"
@@ -305,8 +365,9 @@ def test_next_never_offers_an_item_the_md_has_decided(reviewing_round, md2, md3,
         uuid = response.json()["id"]
         assert uuid not in decided, "an item offered again after its decision"
         assert len(decided) < 4
-        picked = client.post(f"/api/review-items/{uuid}/decision/",
-                             {"choice": "A", "seconds": 2}, format="json")
+        picked = client.post(
+            f"/api/review-items/{uuid}/decision/", {"choice": "A", "seconds": 2}, format="json"
+        )
         assert picked.status_code == 201
         decided.append(uuid)
         for after in decided:
@@ -325,4 +386,3 @@ def test_next_never_offers_an_item_the_md_has_decided(reviewing_round, md2, md3,
     assert other.status_code == 200 and other.json()["id"] in decided
     item = ReviewItem.objects.select_related("round", "image").get(uuid=other.json()["id"])
     assert_blind_payload(other.json(), item)
-

@@ -97,4 +97,4 @@ def test_the_browser_colours_masks_like_the_server(settings):
 
     css = (Path(settings.BASE_DIR) / "static" / "css" / "app.css").read_text()
     colour = re.search(r"--mask-color:\s*#([0-9a-fA-F]{6})", css).group(1)
-    assert tuple(int(colour[k:k + 2], 16) for k in (0, 2, 4)) == OVERLAY_RGB
+    assert tuple(int(colour[k : k + 2], 16) for k in (0, 2, 4)) == OVERLAY_RGB

@@ -34,13 +34,25 @@ def final_network(admin_user, tmp_path) -> ModelVersion:
     name = "models/demo-unet.weights.h5"
     (Path(settings.MEDIA_ROOT) / "models").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, Path(settings.MEDIA_ROOT) / name)
-    rnd = Round.objects.create(number=90, stage=Round.Stage.FINAL, status=Round.Status.DONE,
-                               started_by=admin_user)
+    rnd = Round.objects.create(
+        number=90, stage=Round.Stage.FINAL, status=Round.Status.DONE, started_by=admin_user
+    )
     config = TrainConfig(arch="unet", encoder="densenet121", input_size=SIZE).to_dict()
-    run = TrainingRun.objects.create(round=rnd, arch="unet", encoder="densenet121",
-                                     config=config, status=TrainingRun.Status.SUCCEEDED)
-    return ModelVersion.objects.create(run=run, arch="unet", encoder="densenet121",
-                                       config=config, weights=name, data_version="test")
+    run = TrainingRun.objects.create(
+        round=rnd,
+        arch="unet",
+        encoder="densenet121",
+        config=config,
+        status=TrainingRun.Status.SUCCEEDED,
+    )
+    return ModelVersion.objects.create(
+        run=run,
+        arch="unet",
+        encoder="densenet121",
+        config=config,
+        weights=name,
+        data_version="test",
+    )
 
 
 def test_the_demo_page_shows_an_infection_map_for_an_uploaded_cxr(

@@ -265,17 +265,24 @@ def test_two_fingers_zoom_and_pan_without_drawing(page, sign_in, url, shot, md, 
 
     # The first finger starts a stroke; the second turns it into a pinch that spreads from
     # 60 to 160 image px apart (at the starting view).
-    page.evaluate(POINTERS_JS, {"events": [
-        ["pointerdown", 1, "touch", 170, 200, 0.5],
-        ["pointermove", 1, "touch", 180, 200, 0.5],
-        ["pointerdown", 2, "touch", 240, 200, 0.5],
-        *(["pointermove", id_, "touch", x, 200, 0.5]
-          for k in range(1, 6)
-          for id_, x in ((1, 180 - 10 * k), (2, 240 + 10 * k))),
-        ["pointerup", 2, "touch", 290, 200, 0],
-        ["pointermove", 1, "touch", 100, 220, 0.5],  # the finger left behind does not draw
-        ["pointerup", 1, "touch", 100, 220, 0],
-    ]})
+    page.evaluate(
+        POINTERS_JS,
+        {
+            "events": [
+                ["pointerdown", 1, "touch", 170, 200, 0.5],
+                ["pointermove", 1, "touch", 180, 200, 0.5],
+                ["pointerdown", 2, "touch", 240, 200, 0.5],
+                *(
+                    ["pointermove", id_, "touch", x, 200, 0.5]
+                    for k in range(1, 6)
+                    for id_, x in ((1, 180 - 10 * k), (2, 240 + 10 * k))
+                ),
+                ["pointerup", 2, "touch", 290, 200, 0],
+                ["pointermove", 1, "touch", 100, 220, 0.5],  # the finger left behind does not draw
+                ["pointerup", 1, "touch", 100, 220, 0],
+            ]
+        },
+    )
     after = page.evaluate("window.maskloopDraw.view()")
     shot(page, "pinched")
     assert after["scale"] == pytest.approx(before["scale"] * 160 / 60, rel=0.02)
@@ -284,9 +291,14 @@ def test_two_fingers_zoom_and_pan_without_drawing(page, sign_in, url, shot, md, 
     assert page.evaluate("window.maskloopDraw.isDirty()") is False
 
     # One finger alone draws.
-    page.evaluate(POINTERS_JS, {"events": [
-        ["pointerdown", 3, "touch", 200, 200, 0.5],
-        ["pointermove", 3, "touch", 220, 200, 0.5],
-        ["pointerup", 3, "touch", 220, 200, 0],
-    ]})
+    page.evaluate(
+        POINTERS_JS,
+        {
+            "events": [
+                ["pointerdown", 3, "touch", 200, 200, 0.5],
+                ["pointermove", 3, "touch", 220, 200, 0.5],
+                ["pointerup", 3, "touch", 220, 200, 0],
+            ]
+        },
+    )
     assert mask_on(page) > 0

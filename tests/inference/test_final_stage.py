@@ -13,8 +13,18 @@ from training import tasks as training_tasks
 
 pytestmark = pytest.mark.django_db
 
-LEVEL_KEYS = {"sensitivity", "sensitivity_ci", "specificity", "precision", "f1", "f2",
-              "accuracy", "auc", "confusion", "pr_curve"}
+LEVEL_KEYS = {
+    "sensitivity",
+    "sensitivity_ci",
+    "specificity",
+    "precision",
+    "f1",
+    "f2",
+    "accuracy",
+    "auc",
+    "confusion",
+    "pr_curve",
+}
 
 
 def accept_truth(image):
@@ -28,8 +38,13 @@ def test_final_round_trains_measures_and_serves_its_networks(make_image, admin_u
         accept_truth(make_image(size=48, patient=f"C{i}"))
     for i in range(4):
         make_image(size=48, covid=False, patient=f"N{i}")
-    rnd = services.round_start(stage=Round.Stage.FINAL, started_by=admin_user, preset="tiny",
-                               networks=[("unet", "densenet121")], test_fraction=0.3)
+    rnd = services.round_start(
+        stage=Round.Stage.FINAL,
+        started_by=admin_user,
+        preset="tiny",
+        networks=[("unet", "densenet121")],
+        test_fraction=0.3,
+    )
     runs = list(rnd.training_runs.order_by("id"))
     assert [(r.kind, r.arch) for r in runs] == [("segmentation", "unet"), ("classifier", "")]
     train = {pair[0] for pair in runs[0].train_image_ids}

@@ -65,8 +65,22 @@ def sweep(data_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sweep")
     code, stdout = run_cli(
-        "sweep", "--data", data_root, "--preset", "tiny", "--folds", 2, "--archs", "unet",
-        "--encoders", "densenet121", "--frozen", "no", "--out", out, "--keep-weights",
+        "sweep",
+        "--data",
+        data_root,
+        "--preset",
+        "tiny",
+        "--folds",
+        2,
+        "--archs",
+        "unet",
+        "--encoders",
+        "densenet121",
+        "--frozen",
+        "no",
+        "--out",
+        out,
+        "--keep-weights",
     )
     tf.keras.backend.clear_session()
     return {"code": code, "stdout": stdout, "out": out}
@@ -93,14 +107,19 @@ def test_qata_masks_match_by_prefix_and_unmasked_images_are_not_annotated(tmp_pa
         ph = make_phantom(i, size=64, covid=True)
         save_gray(tmp_path / "Images" / f"covid_{i}.png", ph.image)
         if i < 2:
-            save_gray(tmp_path / "Ground-truths" / f"mask_covid_{i}.png",
-                      ph.infection.astype(np.uint8) * 255)
+            save_gray(
+                tmp_path / "Ground-truths" / f"mask_covid_{i}.png",
+                ph.infection.astype(np.uint8) * 255,
+            )
     save_gray(tmp_path / "Ground-truths" / "mask_orphan.png", np.zeros((64, 64), np.uint8))
     (tmp_path / "groups.csv").write_text("file,patient\ncovid_0.png,p1\ncovid_1.png,p1\n")
 
     # The root, its Images folder, and that folder with its masks named: the same rules.
-    for data in (read_dataset(tmp_path), read_dataset(tmp_path / "Images"),
-                 read_dataset(tmp_path / "Images", tmp_path / "Ground-truths")):
+    for data in (
+        read_dataset(tmp_path),
+        read_dataset(tmp_path / "Images"),
+        read_dataset(tmp_path / "Images", tmp_path / "Ground-truths"),
+    ):
         assert data.layout == "qata"
         by_name = {s.image.name: s for s in data.samples}
         assert by_name["covid_0.png"].mask.name == "mask_covid_0.png"
@@ -173,7 +192,8 @@ def test_sweep_writes_the_papers_tables(sweep):
     assert sum(pixel.values()) == (N_COVID + N_NORMAL) * 32 * 32  # tiny preset: 32 px
     for level in ("pixel", "image"):
         assert {"sensitivity", "specificity", "f1", "f2", "sensitivity_ci"} <= set(
-            row[level]["scores"])
+            row[level]["scores"]
+        )
     assert row["ms_per_sample"] > 0
     assert len(row["folds"]) == 2
     assert sorted(set(results["fold_of"].values())) == [0, 1]
@@ -191,8 +211,21 @@ def test_sweep_draws_a_precision_recall_png(sweep):
 
 def test_sweep_reuses_finished_folds(sweep, data_root):
     code, _ = run_cli(
-        "sweep", "--data", data_root, "--preset", "tiny", "--folds", 2, "--archs", "unet",
-        "--encoders", "densenet121", "--frozen", "no", "--out", sweep["out"],
+        "sweep",
+        "--data",
+        data_root,
+        "--preset",
+        "tiny",
+        "--folds",
+        2,
+        "--archs",
+        "unet",
+        "--encoders",
+        "densenet121",
+        "--frozen",
+        "no",
+        "--out",
+        sweep["out"],
     )
     assert code == 0
     before = json.loads((sweep["out"] / "results.json").read_text())
@@ -206,15 +239,17 @@ def test_predict_writes_infection_maps_and_a_csv(sweep, data_root, tmp_path):
     weights = sweep["out"] / "runs" / "unet-densenet121-trainable" / "fold0"
     images = data_root / "Train" / "COVID-19" / "images"
 
-    code, stdout = run_cli("predict", "--weights", weights, "--images", images,
-                           "--out", tmp_path, entry=inference_main)
+    code, stdout = run_cli(
+        "predict", "--weights", weights, "--images", images, "--out", tmp_path, entry=inference_main
+    )
 
     assert code == 0
     with (tmp_path / "predictions.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == N_COVID
     assert {"file", "covid19", "max_probability", "infected_share", "severity_grade"} <= set(
-        rows[0])
+        rows[0]
+    )
     for row in rows:
         assert row["covid19"] in ("0", "1")
         assert 0.0 <= float(row["max_probability"]) <= 1.0
@@ -229,8 +264,9 @@ def test_predict_writes_infection_maps_and_a_csv(sweep, data_root, tmp_path):
 def test_evaluate_reports_pixel_and_image_metrics(sweep, data_root, tmp_path):
     weights = sweep["out"] / "runs" / "unet-densenet121-trainable" / "fold1"
 
-    code, stdout = run_cli("evaluate", "--weights", weights, "--images", data_root,
-                           "--json", tmp_path / "report.json")
+    code, stdout = run_cli(
+        "evaluate", "--weights", weights, "--images", data_root, "--json", tmp_path / "report.json"
+    )
 
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         A parser whose namespaces carry `func`, the command to run.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m training.cli", description=__doc__.split("\n\n")[0],
+        prog="python -m training.cli",
+        description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)

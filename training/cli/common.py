@@ -22,8 +22,9 @@ def default_preset(fallback: str) -> str:
     """
     name = os.environ.get(DEFAULT_PRESET_ENV) or fallback
     if name not in PRESETS:
-        raise SystemExit(f"{DEFAULT_PRESET_ENV}={name!r} is not a preset; choose one of "
-                         f"{', '.join(PRESETS)}")
+        raise SystemExit(
+            f"{DEFAULT_PRESET_ENV}={name!r} is not a preset; choose one of {', '.join(PRESETS)}"
+        )
     return name
 
 
@@ -35,27 +36,41 @@ def add_training_options(p: argparse.ArgumentParser, fallback_preset: str) -> No
         fallback_preset: the default preset where ``$MASKLOOP_DEFAULT_PRESET`` is not set.
     """
     name = default_preset(fallback_preset)
-    p.add_argument("--preset", default=name, choices=list(PRESETS),
-                   help=f"base settings (default {name}, or ${DEFAULT_PRESET_ENV}); the options "
-                        "below override")
+    p.add_argument(
+        "--preset",
+        default=name,
+        choices=list(PRESETS),
+        help=f"base settings (default {name}, or ${DEFAULT_PRESET_ENV}); the options "
+        "below override",
+    )
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--size", type=int, help="network input side, a multiple of 32")
     p.add_argument("--batch-size", type=int, dest="batch_size", help="training batch size")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--no-augment", action="store_true",
-                   help="no random shift/rotation of the oversampled COVID-19 copies")
-    p.add_argument("--mixed-precision", action="store_true",
-                   help="float16 compute on a GPU (ignored on a CPU)")
-    p.add_argument("--xla", action="store_true",
-                   help="XLA auto-clustering of the training graph (GPU)")
+    p.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="no random shift/rotation of the oversampled COVID-19 copies",
+    )
+    p.add_argument(
+        "--mixed-precision", action="store_true", help="float16 compute on a GPU (ignored on a CPU)"
+    )
+    p.add_argument(
+        "--xla", action="store_true", help="XLA auto-clustering of the training graph (GPU)"
+    )
 
 
 def config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
     """The preset of ``--preset`` with the options given on the command line and `fixed`."""
     overrides: dict[str, Any] = {}
-    for name, attr in (("epochs", "epochs"), ("input_size", "size"),
-                       ("batch_size", "batch_size"), ("learning_rate", "lr"), ("seed", "seed")):
+    for name, attr in (
+        ("epochs", "epochs"),
+        ("input_size", "size"),
+        ("batch_size", "batch_size"),
+        ("learning_rate", "lr"),
+        ("seed", "seed"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             overrides[name] = value
@@ -74,4 +89,4 @@ def load_data(images: str, masks: str | None = None, lungs: str | None = None) -
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     """Consecutive slices of at most `size` items."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

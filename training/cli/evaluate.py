@@ -55,9 +55,11 @@ class Evaluation:
         return {
             "pixel_confusion": _confusion_dict(self.pixel.confusion),
             "image_confusion": _confusion_dict(self.image.confusion),
-            "pixel_curve": {"n_bins": self.pixel_curve.n_bins,
-                            "positives": self.pixel_curve.positives.tolist(),
-                            "negatives": self.pixel_curve.negatives.tolist()},
+            "pixel_curve": {
+                "n_bins": self.pixel_curve.n_bins,
+                "positives": self.pixel_curve.positives.tolist(),
+                "negatives": self.pixel_curve.negatives.tolist(),
+            },
             "image_truth": self.image_truth,
             "image_score": self.image_score,
             "forward_seconds": self.forward_seconds,
@@ -95,8 +97,9 @@ class Evaluation:
                 "scores": _clean(self.image.scores(ci_n=ci_n)),  # type: ignore[arg-type]
                 "auc": _clean_value(auc(truth, score) if truth.size else math.nan),
             },
-            "ms_per_sample": (1000.0 * self.forward_seconds / self.n_forward
-                              if self.n_forward else None),
+            "ms_per_sample": (
+                1000.0 * self.forward_seconds / self.n_forward if self.n_forward else None
+            ),
         }
 
 
@@ -155,13 +158,19 @@ def evaluate_samples(
                 ev.n_forward += len(batch)
             for sample, gray, prob in zip(batch, grays, probs, strict=True):
                 if resolution == "native":
-                    truth = (load_mask(sample.mask) if sample.mask is not None
-                             else np.zeros(gray.shape[:2], np.float32))
+                    truth = (
+                        load_mask(sample.mask)
+                        if sample.mask is not None
+                        else np.zeros(gray.shape[:2], np.float32)
+                    )
                     p = resize_probability(prob, *truth.shape)
                 else:
                     p = prob
-                    truth = (load_mask(sample.mask, size) if sample.mask is not None
-                             else np.zeros((size, size), np.float32))
+                    truth = (
+                        load_mask(sample.mask, size)
+                        if sample.mask is not None
+                        else np.zeros((size, size), np.float32)
+                    )
                 ev.pixel.update_prob(truth > 0.5, p)
                 ev.pixel_curve.update(truth > 0.5, p)
                 ev.image.update(np.array([sample.covid]), np.array([detect(prob, THRESHOLD)]))
@@ -174,17 +183,34 @@ def evaluate_samples(
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``evaluate`` to the command line."""
     p = sub.add_parser("evaluate", help="metrics of trained network(s) on labelled data")
-    p.add_argument("--weights", nargs="+", required=True,
-                   help="run folder(s) or weights file(s); several = ensemble (mean)")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        required=True,
+        help="run folder(s) or weights file(s); several = ensemble (mean)",
+    )
     p.add_argument("--images", required=True)
     p.add_argument("--masks")
     p.add_argument("--batch-size", type=int, default=8, dest="batch_size")
-    p.add_argument("--resolution", choices=("network", "native"), default="network",
-                   help="compare at the network's input size (paper) or each mask's own size")
-    p.add_argument("--ci-n", choices=("denominator", "paper"), default="denominator",
-                   dest="ci_n", help="N of eq. 13 (see training.nets.metrics)")
-    p.add_argument("--format", choices=("markdown", "json", "both"), default="both",
-                   help="what to print on stdout (default: Markdown, then the JSON)")
+    p.add_argument(
+        "--resolution",
+        choices=("network", "native"),
+        default="network",
+        help="compare at the network's input size (paper) or each mask's own size",
+    )
+    p.add_argument(
+        "--ci-n",
+        choices=("denominator", "paper"),
+        default="denominator",
+        dest="ci_n",
+        help="N of eq. 13 (see training.nets.metrics)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("markdown", "json", "both"),
+        default="both",
+        help="what to print on stdout (default: Markdown, then the JSON)",
+    )
     p.add_argument("--json", help="also write the JSON report to this file")
     p.set_defaults(func=cmd_evaluate)
 
@@ -195,8 +221,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data = load_data(args.images, args.masks).annotated()
     members = load_members(args.weights)
-    ev = evaluate_samples(members, data.samples, batch_size=args.batch_size,
-                          resolution=args.resolution)
+    ev = evaluate_samples(
+        members, data.samples, batch_size=args.batch_size, resolution=args.resolution
+    )
     report = {
         "weights": [str(m.weights) for m in members],
         "configs": [m.config.to_dict() for m in members],

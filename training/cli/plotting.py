@@ -8,8 +8,18 @@ from typing import Any
 
 import numpy as np
 
-_PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+_PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 
 
 def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
@@ -64,8 +74,9 @@ def draw_pr_curves(
         draw.text((gx, y1 + 8), f"{v:.1f}", fill="black", font=small, anchor="mt")
         draw.text((x0 - 8, gy), f"{v:.1f}", fill="black", font=small, anchor="rm")
     draw.rectangle([x0, y0, x1, y1], outline="black")
-    draw.text(((x0 + x1) / 2, height - 14), "Recall (sensitivity)", fill="black", font=normal,
-              anchor="ms")
+    draw.text(
+        ((x0 + x1) / 2, height - 14), "Recall (sensitivity)", fill="black", font=normal, anchor="ms"
+    )
     draw.text(((x0 + x1) / 2, 14), title, fill="black", font=normal, anchor="mt")
     label = Image.new("RGB", (200, 20), "white")
     ImageDraw.Draw(label).text((100, 10), "Precision", fill="black", font=normal, anchor="mm")

@@ -15,8 +15,9 @@ class ProgressBar:
     prints a line whenever another tenth is done, so logs stay short.
     """
 
-    def __init__(self, total: int, label: str = "", *, stream: TextIO | None = None,
-                 width: int = 28) -> None:
+    def __init__(
+        self, total: int, label: str = "", *, stream: TextIO | None = None, width: int = 28
+    ) -> None:
         self.total = max(int(total), 1)
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
@@ -67,8 +68,9 @@ class ProgressBar:
             eta = f" eta {_duration(elapsed / self.done * (self.total - self.done))}"
         label = f"{self.label} " if self.label else ""
         extra = f" {self.text}" if self.text else ""
-        return (f"{label}[{bar}] {self.done}/{self.total} {_duration(elapsed)}{eta}{extra}"
-                .ljust(79 if self._tty else 0))
+        return f"{label}[{bar}] {self.done}/{self.total} {_duration(elapsed)}{eta}{extra}".ljust(
+            79 if self._tty else 0
+        )
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -84,8 +86,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def fit_progress(bar_label: str) -> tuple[Callable[[int, int, int, int, float], bool],
-                                           Callable[[], None]]:
+def fit_progress(
+    bar_label: str,
+) -> tuple[Callable[[int, int, int, int, float], bool], Callable[[], None]]:
     """An on_progress callback for `fit` drawing one bar over all epochs × steps."""
     state: dict[str, ProgressBar] = {}
 

@@ -8,9 +8,14 @@ from typing import Any
 from training.nets.config import ARCHITECTURE_LABELS, ENCODER_LABELS
 from training.nets.detection import THRESHOLD
 
-METRIC_NAMES = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-                ("precision", "Precision"), ("f1", "F1-Score"), ("f2", "F2-Score"),
-                ("accuracy", "Accuracy"))
+METRIC_NAMES = (
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("precision", "Precision"),
+    ("f1", "F1-Score"),
+    ("f2", "F2-Score"),
+    ("accuracy", "Accuracy"),
+)
 
 
 def pct(value: float | None, ci: float | None) -> str:
@@ -21,8 +26,9 @@ def pct(value: float | None, ci: float | None) -> str:
     return f"{100 * value:.2f} ± {100 * ci:.2f}"
 
 
-def metrics_row(scores: dict[str, float | None], auc_value: float | None,
-                 with_auc: bool = True) -> list[str]:
+def metrics_row(
+    scores: dict[str, float | None], auc_value: float | None, with_auc: bool = True
+) -> list[str]:
     cells = [pct(scores[name], scores[name + "_ci"]) for name, _ in METRIC_NAMES]
     if with_auc:
         cells.append("n/a" if auc_value is None else f"{100 * auc_value:.2f}")
@@ -38,8 +44,10 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def confusion_md(conf: dict[str, int], negative: str, positive: str) -> str:
     return md_table(
         ["Ground truth \\ Predicted", negative, positive],
-        [[negative, f"{conf['tn']:,}", f"{conf['fp']:,}"],
-         [positive, f"{conf['fn']:,}", f"{conf['tp']:,}"]],
+        [
+            [negative, f"{conf['tn']:,}", f"{conf['fp']:,}"],
+            [positive, f"{conf['fn']:,}", f"{conf['tp']:,}"],
+        ],
     )
 
 
@@ -54,21 +62,27 @@ def human(n: int) -> str:
 def evaluation_markdown(report: dict[str, Any], title: str) -> str:
     header = ["Level", *(label for _, label in METRIC_NAMES), "AUC"]
     rows = [
-        ["Pixel (infected region)", *metrics_row(report["pixel"]["scores"],
-                                                  report["pixel"]["auc"])],
-        ["Image (COVID-19 detection)", *metrics_row(report["image"]["scores"],
-                                                     report["image"]["auc"])],
+        [
+            "Pixel (infected region)",
+            *metrics_row(report["pixel"]["scores"], report["pixel"]["auc"]),
+        ],
+        [
+            "Image (COVID-19 detection)",
+            *metrics_row(report["image"]["scores"], report["image"]["auc"]),
+        ],
     ]
-    return "\n\n".join([
-        f"## {title}",
-        "Metrics in %, ± the 95 % confidence interval of eq. 13 (percentage points). "
-        f"Threshold {THRESHOLD}; an image is COVID-19 when any pixel reaches it.",
-        md_table(header, rows),
-        "### Image-level confusion matrix",
-        confusion_md(report["image"]["confusion"], "Control", "COVID-19"),
-        "### Pixel-level confusion matrix",
-        confusion_md(report["pixel"]["confusion"], "Background", "Infected"),
-    ])
+    return "\n\n".join(
+        [
+            f"## {title}",
+            "Metrics in %, ± the 95 % confidence interval of eq. 13 (percentage points). "
+            f"Threshold {THRESHOLD}; an image is COVID-19 when any pixel reaches it.",
+            md_table(header, rows),
+            "### Image-level confusion matrix",
+            confusion_md(report["image"]["confusion"], "Control", "COVID-19"),
+            "### Pixel-level confusion matrix",
+            confusion_md(report["pixel"]["confusion"], "Background", "Infected"),
+        ]
+    )
 
 
 def sweep_markdown(summary: dict[str, Any]) -> str:
@@ -76,8 +90,11 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
     size = next(iter(results))["config"]["input_size"] if summary["results"] else "?"
 
     def names(r: dict[str, Any]) -> list[str]:
-        return [ARCHITECTURE_LABELS[r["arch"]], ENCODER_LABELS[r["encoder"]],
-                "frozen" if r["frozen"] else "not frozen"]
+        return [
+            ARCHITECTURE_LABELS[r["arch"]],
+            ENCODER_LABELS[r["encoder"]],
+            "frozen" if r["frozen"] else "not frozen",
+        ]
 
     metric_header = ["Model", "Encoder", "Encoder layers", *(lbl for _, lbl in METRIC_NAMES)]
     data = summary["data"]
@@ -89,13 +106,15 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
         "(percentage points), computed on the test folds' counts pooled over all folds; "
         f"threshold {summary['threshold']}.",
         "## Table I: infected region segmentation (pixel level)",
-        md_table([*metric_header, "AUC"],
-                  [[*names(r), *metrics_row(r["pixel"]["scores"], r["pixel"]["auc"])]
-                   for r in results]),
+        md_table(
+            [*metric_header, "AUC"],
+            [[*names(r), *metrics_row(r["pixel"]["scores"], r["pixel"]["auc"])] for r in results],
+        ),
         "## Table III: COVID-19 detection (image level)",
-        md_table([*metric_header, "AUC"],
-                  [[*names(r), *metrics_row(r["image"]["scores"], r["image"]["auc"])]
-                   for r in results]),
+        md_table(
+            [*metric_header, "AUC"],
+            [[*names(r), *metrics_row(r["image"]["scores"], r["image"]["auc"])] for r in results],
+        ),
         "## Table IV: cumulative confusion matrices of COVID-19 detection",
     ]
     for r in results:
@@ -104,11 +123,17 @@ def sweep_markdown(summary: dict[str, Any]) -> str:
     parts += [
         "## Table VIII: parameters and inference time per sample",
         f"Time: forward pass only, mean over the test folds, {size} px, this machine.",
-        md_table(["Model", "Encoder", "Encoder layers", "Trainable", "Non-trainable",
-                   "Time (ms)"],
-                  [[*names(r), human(r["params"]["trainable"]),
+        md_table(
+            ["Model", "Encoder", "Encoder layers", "Trainable", "Non-trainable", "Time (ms)"],
+            [
+                [
+                    *names(r),
+                    human(r["params"]["trainable"]),
                     human(r["params"]["non_trainable"]),
-                    "n/a" if r["ms_per_sample"] is None else f"{r['ms_per_sample']:.2f}"]
-                   for r in results]),
+                    "n/a" if r["ms_per_sample"] is None else f"{r['ms_per_sample']:.2f}",
+                ]
+                for r in results
+            ],
+        ),
     ]
     return "\n\n".join(parts) + "\n"

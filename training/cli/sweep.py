@@ -44,8 +44,10 @@ def _parse_encoder_weights(items: Sequence[str] | None) -> dict[str, str]:
     for item in items or []:
         encoder, sep, path = item.partition("=")
         if not sep or encoder not in ENCODERS:
-            raise SystemExit(f"--encoder-weights takes ENCODER=PATH with ENCODER one of "
-                             f"{', '.join(ENCODERS)}; got {item!r}")
+            raise SystemExit(
+                f"--encoder-weights takes ENCODER=PATH with ENCODER one of "
+                f"{', '.join(ENCODERS)}; got {item!r}"
+            )
         out[encoder] = path
     return out
 
@@ -58,14 +60,21 @@ def sweep_configs(args: argparse.Namespace) -> list[TrainConfig]:
     for arch in args.archs:
         for encoder in args.encoders:
             for frozen in freeze:
-                configs.append(config_from_args(
-                    args, arch=arch, encoder=encoder, freeze_encoder=frozen,
-                    weights=weights.get(encoder),
-                ))
+                configs.append(
+                    config_from_args(
+                        args,
+                        arch=arch,
+                        encoder=encoder,
+                        freeze_encoder=frozen,
+                        weights=weights.get(encoder),
+                    )
+                )
     for config in configs:
         if config.encoder == "inceptionv3" and config.input_size < 96:
-            raise SystemExit(f"inceptionv3 needs --size >= 96 (the {args.preset} preset uses "
-                             f"{config.input_size})")
+            raise SystemExit(
+                f"inceptionv3 needs --size >= 96 (the {args.preset} preset uses "
+                f"{config.input_size})"
+            )
     return configs
 
 
@@ -120,29 +129,53 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
                 train_data = data.subset(train)
                 if fold not in versions:
                     versions[fold] = data_version(train_data.images, train_data.masks)
-                say(f"[{done}/{total}] {cid} fold {fold}: training on {len(train)}, "
-                     f"testing on {len(test)}")
+                say(
+                    f"[{done}/{total}] {cid} fold {fold}: training on {len(train)}, "
+                    f"testing on {len(test)}"
+                )
                 on_progress, close = fit_progress(f"{cid} f{fold}")
                 try:
                     result = fit(
-                        config, train_data.images, train_data.masks, out_dir=run_dir,
-                        on_progress=on_progress, covid_flags=train_data.covid_flags,
-                        extra={"data_version": versions[fold], "fold": fold,
-                               "n_folds": args.folds, "test_keys": [s.key for s in test]},
-                        resume=True, mixed_precision=args.mixed_precision, xla=args.xla,
+                        config,
+                        train_data.images,
+                        train_data.masks,
+                        out_dir=run_dir,
+                        on_progress=on_progress,
+                        covid_flags=train_data.covid_flags,
+                        extra={
+                            "data_version": versions[fold],
+                            "fold": fold,
+                            "n_folds": args.folds,
+                            "test_keys": [s.key for s in test],
+                        },
+                        resume=True,
+                        mixed_precision=args.mixed_precision,
+                        xla=args.xla,
                     )
                 finally:
                     close()
                 model = load_model(config, str(result.weights_path))
                 params = _param_counts(model)
                 member = Member(config, result.weights_path, model)
-                ev = evaluate_samples([member], test, batch_size=args.batch_size or 8,
-                                      bar_label=f"{cid} f{fold} test", timing=True)
-                eval_path.write_text(json.dumps({
-                    "config": config.to_dict(), "fold": fold, "params": list(params),
-                    "loss_history": result.loss_history, "train_seconds": result.seconds,
-                    "evaluation": ev.to_dict(),
-                }))
+                ev = evaluate_samples(
+                    [member],
+                    test,
+                    batch_size=args.batch_size or 8,
+                    bar_label=f"{cid} f{fold} test",
+                    timing=True,
+                )
+                eval_path.write_text(
+                    json.dumps(
+                        {
+                            "config": config.to_dict(),
+                            "fold": fold,
+                            "params": list(params),
+                            "loss_history": result.loss_history,
+                            "train_seconds": result.seconds,
+                            "evaluation": ev.to_dict(),
+                        }
+                    )
+                )
                 shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
                 if not args.keep_weights:
                     result.weights_path.unlink(missing_ok=True)
@@ -150,29 +183,44 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             fold_report = ev.report(args.ci_n)
             per_fold.append({"fold": fold, "n_test": len(test), **fold_report})
             img = fold_report["image"]["scores"]
-            say(f"    fold {fold}: pixel F1 {pct(fold_report['pixel']['scores']['f1'], None)}"
-                 f" | detection sensitivity {pct(img['sensitivity'], None)}, "
-                 f"specificity {pct(img['specificity'], None)}")
+            say(
+                f"    fold {fold}: pixel F1 {pct(fold_report['pixel']['scores']['f1'], None)}"
+                f" | detection sensitivity {pct(img['sensitivity'], None)}, "
+                f"specificity {pct(img['specificity'], None)}"
+            )
         if params is None:
             continue
         report = merged.report(args.ci_n)
-        precision, recall, _ = (merged.pixel_curve.precision_recall_curve()
-                                if merged.pixel_curve.positives.any()
-                                or merged.pixel_curve.negatives.any() else ([], [], []))
+        precision, recall, _ = (
+            merged.pixel_curve.precision_recall_curve()
+            if merged.pixel_curve.positives.any() or merged.pixel_curve.negatives.any()
+            else ([], [], [])
+        )
         results[cid] = {
             "config": config.to_dict(),
-            "arch": config.arch, "encoder": config.encoder, "frozen": config.freeze_encoder,
+            "arch": config.arch,
+            "encoder": config.encoder,
+            "frozen": config.freeze_encoder,
             "params": {"trainable": params[0], "non_trainable": params[1]},
             **report,
-            "pixel_pr_curve": {"precision": np.asarray(precision).tolist(),
-                               "recall": np.asarray(recall).tolist()},
+            "pixel_pr_curve": {
+                "precision": np.asarray(precision).tolist(),
+                "recall": np.asarray(recall).tolist(),
+            },
             "folds": per_fold,
         }
     return {
-        "data": {"root": str(data.root), "layout": data.layout, "n_images": len(data),
-                 "n_covid": sum(data.covid_flags)},
-        "folds": args.folds, "fold_seed": args.fold_seed, "preset": args.preset,
-        "threshold": THRESHOLD, "ci_n": args.ci_n,
+        "data": {
+            "root": str(data.root),
+            "layout": data.layout,
+            "n_images": len(data),
+            "n_covid": sum(data.covid_flags),
+        },
+        "folds": args.folds,
+        "fold_seed": args.fold_seed,
+        "preset": args.preset,
+        "threshold": THRESHOLD,
+        "ci_n": args.ci_n,
         "fold_of": folds,
         "results": results,
     }
@@ -186,16 +234,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fold-seed", type=int, default=0, dest="fold_seed")
     p.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     p.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=ENCODERS)
-    p.add_argument("--frozen", choices=("no", "yes", "both"), default="both",
-                   help="encoder frozen, not frozen, or both (default)")
-    p.add_argument("--encoder-weights", nargs="*", dest="encoder_weights", metavar="ENC=PATH",
-                   help="initial weights per encoder, e.g. chexnet=/data/chexnet.h5 "
-                        "densenet121=imagenet (default: random initialisation)")
+    p.add_argument(
+        "--frozen",
+        choices=("no", "yes", "both"),
+        default="both",
+        help="encoder frozen, not frozen, or both (default)",
+    )
+    p.add_argument(
+        "--encoder-weights",
+        nargs="*",
+        dest="encoder_weights",
+        metavar="ENC=PATH",
+        help="initial weights per encoder, e.g. chexnet=/data/chexnet.h5 "
+        "densenet121=imagenet (default: random initialisation)",
+    )
     p.add_argument("--out", required=True)
-    p.add_argument("--keep-weights", action="store_true", dest="keep_weights",
-                   help="keep every fold's model.weights.h5 (default: only eval.json, run.json)")
-    p.add_argument("--ci-n", choices=("denominator", "paper"), default="denominator",
-                   dest="ci_n")
+    p.add_argument(
+        "--keep-weights",
+        action="store_true",
+        dest="keep_weights",
+        help="keep every fold's model.weights.h5 (default: only eval.json, run.json)",
+    )
+    p.add_argument("--ci-n", choices=("denominator", "paper"), default="denominator", dest="ci_n")
     add_training_options(p, "tiny")
     p.set_defaults(func=cmd_sweep)
 
@@ -211,13 +271,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     markdown = sweep_markdown(summary)
     (out / "tables.md").write_text(markdown)
     curves = [
-        (f"{ARCHITECTURE_LABELS[r['arch']]} {ENCODER_LABELS[r['encoder']]}"
-         f"{' (frozen)' if r['frozen'] else ''}",
-         np.asarray(r["pixel_pr_curve"]["precision"]), np.asarray(r["pixel_pr_curve"]["recall"]))
-        for r in summary["results"].values() if r["pixel_pr_curve"]["precision"]
+        (
+            f"{ARCHITECTURE_LABELS[r['arch']]} {ENCODER_LABELS[r['encoder']]}"
+            f"{' (frozen)' if r['frozen'] else ''}",
+            np.asarray(r["pixel_pr_curve"]["precision"]),
+            np.asarray(r["pixel_pr_curve"]["recall"]),
+        )
+        for r in summary["results"].values()
+        if r["pixel_pr_curve"]["precision"]
     ]
     draw_pr_curves(curves, out / "pr_curves.png")
     print(markdown)
-    say(f"tables: {out / 'tables.md'}, {out / 'results.json'}; PR curves: "
-         f"{out / 'pr_curves.png'}")
+    say(f"tables: {out / 'tables.md'}, {out / 'results.json'}; PR curves: {out / 'pr_curves.png'}")
     return 0

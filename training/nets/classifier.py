@@ -73,8 +73,10 @@ def build_classifier(
     get_backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)
     try:
         backbone = get_backbone(
-            backbone_name, input_shape=(input_size, input_size, 3),
-            weights="imagenet" if weights == "imagenet" else None, include_top=False,
+            backbone_name,
+            input_shape=(input_size, input_size, 3),
+            weights="imagenet" if weights == "imagenet" else None,
+            include_top=False,
         )
     except Exception as exc:
         if "URL fetch failure" in str(exc):
@@ -109,8 +111,9 @@ def _load(model: tf.keras.Model, backbone: tf.keras.Model, path: str) -> None:
         return
     except (ValueError, KeyError, TypeError) as exc:
         errors.append(f"encoder by name: {exc}")
-    raise ValueError(f"weights file {path} fits neither the classifier nor its encoder "
-                     f"({'; '.join(errors)})")
+    raise ValueError(
+        f"weights file {path} fits neither the classifier nor its encoder ({'; '.join(errors)})"
+    )
 
 
 def label_dataset(
@@ -132,8 +135,13 @@ def label_dataset(
     """
     masks = [np.ones((1, 1), np.uint8) if int(y) == 1 else None for y in labels]
     ds = make_dataset(
-        list(images), masks, size=config.input_size, batch_size=config.batch_size,
-        augment=config.augment, seed=config.seed, shuffle=True,
+        list(images),
+        masks,
+        size=config.input_size,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        shuffle=True,
         covid_flags=[int(y) == 1 for y in labels],
     )
 

@@ -12,8 +12,12 @@ from typing import Any
 
 # Display names, in the paper's order; the keys are what configs and command lines use.
 ARCHITECTURE_LABELS: dict[str, str] = {"unet": "U-Net", "unetpp": "UNet++", "dla": "DLA"}
-ENCODER_LABELS: dict[str, str] = {"densenet121": "DenseNet-121", "chexnet": "CheXNet",
-                                  "inceptionv3": "Inception-v3", "resnet50": "ResNet-50"}
+ENCODER_LABELS: dict[str, str] = {
+    "densenet121": "DenseNet-121",
+    "chexnet": "CheXNet",
+    "inceptionv3": "Inception-v3",
+    "resnet50": "ResNet-50",
+}
 ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURE_LABELS)
 ENCODERS: tuple[str, ...] = tuple(ENCODER_LABELS)
 
@@ -123,7 +127,9 @@ def classifier_config(config: TrainConfig, preset_name: str, encoder: str) -> Tr
     """
     changes = CLASSIFIER_CHANGES.get(preset_name, {})
     return config.replace(
-        task=CLASSIFIER, encoder=encoder, freeze_encoder=False,
+        task=CLASSIFIER,
+        encoder=encoder,
+        freeze_encoder=False,
         epochs=changes.get("epochs", config.epochs),
         learning_rate=changes.get("learning_rate", config.learning_rate),
     )

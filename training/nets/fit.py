@@ -119,9 +119,17 @@ class _Checkpointer(tf.keras.callbacks.Callback):
     epoch, never a checkpoint whose loss is unknown.
     """
 
-    def __init__(self, directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable,
-                 losses: list[float], config: TrainConfig, version: str, save: bool = True,
-                 keep: int = 1):
+    def __init__(
+        self,
+        directory: Path,
+        checkpoint: tf.train.Checkpoint,
+        epoch_var: tf.Variable,
+        losses: list[float],
+        config: TrainConfig,
+        version: str,
+        save: bool = True,
+        keep: int = 1,
+    ):
         super().__init__()
         self.directory = directory
         self.checkpoint = checkpoint
@@ -226,9 +234,7 @@ def _float32_output(model: tf.keras.Model) -> tf.keras.Model:
     The loss clips probabilities at 1 - 1e-7, which float16 rounds to 1: log(1 - q) would be
     -inf. The wrapper adds no weights, so the saved file loads into a float32 model.
     """
-    out = tf.keras.layers.Activation("linear", dtype="float32", name="float32_output")(
-        model.output
-    )
+    out = tf.keras.layers.Activation("linear", dtype="float32", name="float32_output")(model.output)
     return tf.keras.Model(model.input, out, name=model.name)
 
 
@@ -238,15 +244,23 @@ def _float32_output(model: tf.keras.Model) -> tf.keras.Model:
 
 
 def _dataset(
-    config: TrainConfig, images: Sequence[str], masks: Sequence[str | None] | None,
+    config: TrainConfig,
+    images: Sequence[str],
+    masks: Sequence[str | None] | None,
     covid_flags: Sequence[bool] | None,
 ) -> tf.data.Dataset:
     if config.is_classifier:
         return label_dataset(list(images), [int(bool(f)) for f in covid_flags or ()], config)
     assert masks is not None  # checked by fit
     return make_dataset(
-        list(images), list(masks), size=config.input_size, batch_size=config.batch_size,
-        augment=config.augment, seed=config.seed, shuffle=True, covid_flags=covid_flags,
+        list(images),
+        list(masks),
+        size=config.input_size,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        seed=config.seed,
+        shuffle=True,
+        covid_flags=covid_flags,
     )
 
 
@@ -258,8 +272,11 @@ def _compiled_model(config: TrainConfig, mixed: bool) -> tf.keras.Model:
         loss, metrics = tf.keras.losses.CategoricalCrossentropy(), ["accuracy"]
     else:
         model = build_model(
-            config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
-            input_size=config.input_size, weights=config.weights,
+            config.arch,
+            config.encoder,
+            freeze_encoder=config.freeze_encoder,
+            input_size=config.input_size,
+            weights=config.weights,
         )
         if mixed:
             model = _float32_output(model)
@@ -270,7 +287,9 @@ def _compiled_model(config: TrainConfig, mixed: bool) -> tf.keras.Model:
 
 
 def _check_inputs(
-    config: TrainConfig, images: Sequence[str], masks: Sequence[str | None] | None,
+    config: TrainConfig,
+    images: Sequence[str],
+    masks: Sequence[str | None] | None,
     covid_flags: Sequence[bool] | None,
 ) -> None:
     if not images:
@@ -402,8 +421,11 @@ def fit(
         if initial_epoch < config.epochs:
             # Under MirroredStrategy Keras splits each global batch across the replicas.
             model.fit(
-                dataset, epochs=config.epochs, initial_epoch=initial_epoch,
-                callbacks=callbacks, verbose=0,
+                dataset,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                callbacks=callbacks,
+                verbose=0,
             )
         seconds = time.monotonic() - started
     finally:
@@ -418,8 +440,9 @@ def fit(
     model.save_weights(str(weights_path))
     config_path = out / CONFIG_FILE
     config_path.write_text(
-        json.dumps({"config": config.to_dict(), "loss": losses, **facts}, indent=2,
-                   default=_json_default)
+        json.dumps(
+            {"config": config.to_dict(), "loss": losses, **facts}, indent=2, default=_json_default
+        )
     )
     run_path = out / RUN_FILE
     run = {

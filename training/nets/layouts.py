@@ -51,17 +51,30 @@ CLASSES: tuple[str, ...] = (COVID, NON_COVID, NORMAL)
 LAYOUTS: tuple[str, ...] = ("qata", "covid-qu-ex", "csv", "pairs")
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_MASK_DIR_NAMES = ("infection masks", "infection_masks", "ground-truths", "ground truths",
-                   "ground_truths", "groundtruths", "masks")
+_MASK_DIR_NAMES = (
+    "infection masks",
+    "infection_masks",
+    "ground-truths",
+    "ground truths",
+    "ground_truths",
+    "groundtruths",
+    "masks",
+)
 _QATA_MASK_DIR_NAMES = ("ground-truths", "ground truths", "ground_truths", "groundtruths")
 _LUNG_DIR_NAMES = ("lung masks", "lung_masks", "lungs")
 _CONTROL_DIR_NAMES = ("control_group", "control group", "control-group")
 _MASK_PREFIXES = ("mask_", "mask-")
 _MASK_SUFFIXES = ("_mask", "-mask")
 _CLASS_NAMES = {
-    "covid-19": COVID, "covid19": COVID, "covid": COVID,
-    "non-covid": NON_COVID, "noncovid": NON_COVID, "non-covid-19": NON_COVID,
-    "control": NON_COVID, "controls": NON_COVID, "negative": NON_COVID,
+    "covid-19": COVID,
+    "covid19": COVID,
+    "covid": COVID,
+    "non-covid": NON_COVID,
+    "noncovid": NON_COVID,
+    "non-covid-19": NON_COVID,
+    "control": NON_COVID,
+    "controls": NON_COVID,
+    "negative": NON_COVID,
     "normal": NORMAL,
 }
 
@@ -149,8 +162,10 @@ class Dataset:
     def summary(self) -> str:
         """One line for people: counts, layout, and what was left aside."""
         n_covid = sum(self.covid_flags)
-        text = (f"{len(self)} images ({n_covid} COVID-19, {len(self) - n_covid} controls) in "
-                f"{self.root} [{self.layout} layout]")
+        text = (
+            f"{len(self)} images ({n_covid} COVID-19, {len(self) - n_covid} controls) in "
+            f"{self.root} [{self.layout} layout]"
+        )
         with_lungs = sum(s.lung is not None for s in self.samples)
         if with_lungs:
             text += f", {with_lungs} with lung masks"
@@ -190,8 +205,9 @@ def class_from_name(name: str) -> str | None:
 
 
 def _is_image(path: Path) -> bool:
-    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-            and not path.name.startswith("."))
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -205,7 +221,7 @@ def _mask_keys(path: Path) -> list[str]:
     keys = [stem]
     for prefix in _MASK_PREFIXES:
         if stem.startswith(prefix) and len(stem) > len(prefix):
-            keys.append(stem[len(prefix):])
+            keys.append(stem[len(prefix) :])
             break
     for suffix in _MASK_SUFFIXES:
         if stem.endswith(suffix) and len(stem) > len(suffix):
@@ -271,8 +287,10 @@ def _read_sheets(root: Path) -> list[tuple[Path, list[dict[str, str]]]]:
     sheets = []
     for path in sorted(root.glob("*.csv")):
         with path.open(newline="") as fh:
-            rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-                    for row in csv.DictReader(fh)]
+            rows = [
+                {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                for row in csv.DictReader(fh)
+            ]
         sheets.append((path, rows))
     return sheets
 
@@ -312,11 +330,23 @@ def _class_from_mask(mask: Path | None) -> str:
     return COVID if mask is not None and not mask_is_empty(mask) else NON_COVID
 
 
-def _sample(key: str, image: Path, image_class: str | None, mask: Path | None,
-            lung: Path | None, patient: str | None) -> Sample:
+def _sample(
+    key: str,
+    image: Path,
+    image_class: str | None,
+    mask: Path | None,
+    lung: Path | None,
+    patient: str | None,
+) -> Sample:
     cls = image_class or _class_from_mask(mask)
-    return Sample(key=key, image=image, image_class=cls,
-                  mask=mask if cls == COVID else None, lung=lung, patient=patient)
+    return Sample(
+        key=key,
+        image=image,
+        image_class=cls,
+        mask=mask if cls == COVID else None,
+        lung=lung,
+        patient=patient,
+    )
 
 
 def _folder_class(images_dir: Path, root: Path | None) -> tuple[str | None, str]:
@@ -340,8 +370,13 @@ def _folder_class(images_dir: Path, root: Path | None) -> tuple[str | None, str]
 
 
 def _read_folder(
-    images_dir: Path, root: Path, patients: dict[str, str], *, image_class: str | None,
-    masks_dir: Path | None, lungs_dir: Path | None,
+    images_dir: Path,
+    root: Path,
+    patients: dict[str, str],
+    *,
+    image_class: str | None,
+    masks_dir: Path | None,
+    lungs_dir: Path | None,
 ) -> tuple[list[Sample], list[Path]]:
     """Samples of one folder of images, and the mask files that matched no image."""
     masks = index_masks(masks_dir)
@@ -352,8 +387,16 @@ def _read_folder(
         if mask is not None:
             used.add(mask)
         key = image.relative_to(root).as_posix()
-        samples.append(_sample(key, image, image_class, mask, lungs.get(image.stem.lower()),
-                               _patient_of(patients, key, image)))
+        samples.append(
+            _sample(
+                key,
+                image,
+                image_class,
+                mask,
+                lungs.get(image.stem.lower()),
+                _patient_of(patients, key, image),
+            )
+        )
     return samples, sorted(set(masks.values()) - used)
 
 
@@ -369,14 +412,21 @@ def _read_csv(root: Path, sheets: list[tuple[Path, list[dict[str, str]]]]) -> li
             label = row.get("class") or row.get("label") or ""
             image_class = class_from_name(label)
             if image_class is None:
-                raise ValueError(f"{path.name} line {number} ({file}): unknown class {label!r}; "
-                                 f"use one of {', '.join(CLASSES)}")
+                raise ValueError(
+                    f"{path.name} line {number} ({file}): unknown class {label!r}; "
+                    f"use one of {', '.join(CLASSES)}"
+                )
             mask = root / row["mask"] if row.get("mask") else None
             patient = row.get("patient") or row.get("patient_id") or None
-            samples.append(Sample(
-                key=Path(file).as_posix(), image=root / file, image_class=image_class,
-                mask=mask if image_class == COVID else None, patient=patient,
-            ))
+            samples.append(
+                Sample(
+                    key=Path(file).as_posix(),
+                    image=root / file,
+                    image_class=image_class,
+                    mask=mask if image_class == COVID else None,
+                    patient=patient,
+                )
+            )
     return samples
 
 
@@ -401,7 +451,10 @@ def _read_tree(root: Path, patients: dict[str, str]) -> Dataset | None:
             continue
         image_class, layout = _folder_class(images_dir, root)
         part, orphans = _read_folder(
-            images_dir, root, patients, image_class=image_class,
+            images_dir,
+            root,
+            patients,
+            image_class=image_class,
             masks_dir=_sibling(images_dir, _MASK_DIR_NAMES),
             lungs_dir=_sibling(images_dir, _LUNG_DIR_NAMES),
         )
@@ -411,8 +464,9 @@ def _read_tree(root: Path, patients: dict[str, str]) -> Dataset | None:
     for control_dir in control_dirs:
         for image in sorted(p for p in control_dir.rglob("*") if _is_image(p)):
             key = image.relative_to(root).as_posix()
-            samples.append(_sample(key, image, NON_COVID, None, None,
-                                   _patient_of(patients, key, image)))
+            samples.append(
+                _sample(key, image, NON_COVID, None, None, _patient_of(patients, key, image))
+            )
             layouts.add("qata")
     if not samples:
         return None
@@ -462,8 +516,9 @@ def read_dataset(
                 return Dataset(root, tuple(sorted(listed, key=lambda s: s.key)), "csv")
     if not direct:
         if masks is not None or lungs is not None:
-            raise ValueError(f"no images directly in {root} (a data root takes no masks or "
-                             "lungs folder)")
+            raise ValueError(
+                f"no images directly in {root} (a data root takes no masks or lungs folder)"
+            )
         raise ValueError(
             f"no images in {root}: expected Images/ + Ground-truths/ (QaTa-COV19), "
             "<split>/<class>/images (COVID-QU-Ex), images with a CSV of file,class,patient, "
@@ -471,7 +526,10 @@ def read_dataset(
         )
     image_class, layout = _folder_class(root, None)
     samples, unmatched = _read_folder(
-        root, root, patients, image_class=image_class,
+        root,
+        root,
+        patients,
+        image_class=image_class,
         masks_dir=Path(masks) if masks is not None else _sibling(root, _MASK_DIR_NAMES),
         lungs_dir=Path(lungs) if lungs is not None else _sibling(root, _LUNG_DIR_NAMES),
     )

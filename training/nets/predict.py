@@ -34,8 +34,11 @@ def load_model(config: TrainConfig, weights_path: str | os.PathLike[str]) -> tf.
 
         return load_classifier(config, weights_path)
     model = build_model(
-        config.arch, config.encoder, freeze_encoder=config.freeze_encoder,
-        input_size=config.input_size, weights=None,
+        config.arch,
+        config.encoder,
+        freeze_encoder=config.freeze_encoder,
+        input_size=config.input_size,
+        weights=None,
     )
     model.load_weights(os.fspath(weights_path))
     return model
@@ -125,8 +128,11 @@ def load_run(path: str | os.PathLike[str]) -> tuple[TrainConfig, Path]:
     path = Path(path)
     if path.is_dir():
         folder = path
-        candidates = [path / "model.weights.h5", *sorted(path.glob("*.weights.h5")),
-                      *sorted(path.glob("*.h5"))]
+        candidates = [
+            path / "model.weights.h5",
+            *sorted(path.glob("*.weights.h5")),
+            *sorted(path.glob("*.h5")),
+        ]
         weights = next((p for p in candidates if p.is_file()), None)
         if weights is None:
             raise FileNotFoundError(f"no weights file (*.h5) in {path}")

@@ -43,8 +43,12 @@ def _git_head() -> str:
     # Cached: the checkout does not change under a running process, and git costs ~10 ms.
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_REPO_ROOT, capture_output=True, text=True,
-            timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=_REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -116,8 +120,11 @@ def library_versions() -> dict[str, str]:
     import numpy as np
 
     versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for module, key in (("tensorflow", "tensorflow"), ("tf_keras", "tf_keras"),
-                        ("segmentation_models", "segmentation_models")):
+    for module, key in (
+        ("tensorflow", "tensorflow"),
+        ("tf_keras", "tf_keras"),
+        ("segmentation_models", "segmentation_models"),
+    ):
         try:
             imported = __import__(module)
         except ImportError:

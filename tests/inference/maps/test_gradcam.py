@@ -106,11 +106,11 @@ def test_grad_cam_accepts_a_preprocessed_input_and_rejects_unknown_classes(class
 
 def test_importing_the_maps_stays_free_of_tensorflow():
     code = (
-        "import sys, inference.maps, inference.maps.gradcam\n"
-        "print('tensorflow' in sys.modules)\n"
+        "import sys, inference.maps, inference.maps.gradcam\nprint('tensorflow' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
 
@@ -128,7 +128,7 @@ def test_classifier_data_carry_one_hot_labels_with_covid_oversampled(tmp_path):
         labels.append(int(covid))
     config = TrainConfig(task="classifier", input_size=32, batch_size=16, epochs=1)
 
-    (x, y), = list(label_dataset(paths, labels, config))
+    ((x, y),) = list(label_dataset(paths, labels, config))
 
     assert x.shape == (6, 32, 32, 3)  # 1 COVID-19 + 2 augmented copies, 3 controls
     assert y.shape == (6, 2)

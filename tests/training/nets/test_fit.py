@@ -41,8 +41,9 @@ def optimizer_steps(checkpoint_dir: Path) -> int:
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(str(checkpoint_dir))
-    key = next(k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/") and
-               "iter" in k)
+    key = next(
+        k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/") and "iter" in k
+    )
     return int(reader.get_tensor(key))
 
 
@@ -69,14 +70,23 @@ def interrupted_then_resumed(tmp_path_factory):
 
     second_epochs: list[int] = []
     result = fit(
-        config, images, masks, out_dir=out, resume=True,
+        config,
+        images,
+        masks,
+        out_dir=out,
+        resume=True,
         on_progress=lambda epoch, *_: second_epochs.append(epoch) or True,
     )
     tf.keras.backend.clear_session()
     return {
-        "config": config, "images": images, "masks": masks, "out": out,
-        "first_epochs": first_epochs, "state_after_stop": state_after_stop,
-        "steps_after_stop": steps_after_stop, "second_epochs": second_epochs,
+        "config": config,
+        "images": images,
+        "masks": masks,
+        "out": out,
+        "first_epochs": first_epochs,
+        "state_after_stop": state_after_stop,
+        "steps_after_stop": steps_after_stop,
+        "second_epochs": second_epochs,
         "result": result,
     }
 
@@ -160,13 +170,20 @@ def test_a_classifier_fit_resumes_from_its_checkpoint(tmp_path):
     config = preset("tiny", task="classifier", epochs=2, batch_size=4, input_size=32)
     out = tmp_path / "run"
     with pytest.raises(TrainingStopped):
-        fit(config, images, covid_flags=labels, out_dir=out,
-            on_progress=lambda epoch, *_: epoch < 2)
+        fit(
+            config, images, covid_flags=labels, out_dir=out, on_progress=lambda epoch, *_: epoch < 2
+        )
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 1
 
     epochs: list[int] = []
-    result = fit(config, images, covid_flags=labels, out_dir=out, resume=True,
-                 on_progress=lambda epoch, *_: epochs.append(epoch) or True)
+    result = fit(
+        config,
+        images,
+        covid_flags=labels,
+        out_dir=out,
+        resume=True,
+        on_progress=lambda epoch, *_: epochs.append(epoch) or True,
+    )
 
     assert epochs == [2]  # epoch 1 came from the checkpoint
     assert result.initial_epoch == 1 and len(result.loss_history) == 2
