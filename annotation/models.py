@@ -142,6 +142,12 @@ class Round(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True)
+    progress = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='The bulk step under way, e.g. {"step": "opening", "done": 200, "total": 8800}; '
+        "empty when none runs.",
+    )
 
     class Meta:
         ordering = ["-number"]
@@ -189,9 +195,34 @@ class ReviewItem(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["round", "image"], name="item_one_per_image_round"),
         ]
+        indexes = [models.Index(fields=["round", "status"], name="item_round_status")]
 
     def __str__(self) -> str:
         return f"{self.round}: {self.image}"
+
+
+class ReviewLease(models.Model):
+    """An MD's hold on an item they were handed: nobody else is handed it past the round's
+    quota while the hold lasts. It expires unless the open page renews it."""
+
+    item = models.ForeignKey(ReviewItem, on_delete=models.CASCADE, related_name="leases")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_leases"
+    )
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "reviewer"], name="lease_one_per_reviewer"),
+        ]
+        indexes = [
+            models.Index(fields=["item", "expires_at"], name="lease_item_expiry"),
+            models.Index(fields=["reviewer", "expires_at"], name="lease_reviewer_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"lease of {self.item_id} by {self.reviewer_id} until {self.expires_at}"
 
 
 class Candidate(models.Model):
@@ -285,6 +316,10 @@ class Export(models.Model):
     size = models.PositiveBigIntegerField(default=0)
     image_count = models.PositiveIntegerField(default=0)
     failure_reason = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times the build was sent.")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life: sent, started or progressed."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

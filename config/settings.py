@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "annotation",
     "training",
     "inference",
+    "config",
 ]
 
 MIDDLEWARE = [

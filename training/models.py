@@ -52,6 +52,16 @@ class TrainingRun(models.Model):
     loss_history = models.JSONField(default=list)
     predicted = models.PositiveIntegerField(default=0)
     failure_reason = models.TextField(blank=True)
+    attempt = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="The delivery that owns the run; the reconciler bumps it to re-send a lost one.",
+    )
+    worker = models.CharField(
+        max_length=200, blank=True, help_text="The worker whose attempt holds the run."
+    )
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last sign of life: sent, claimed or progressed."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
