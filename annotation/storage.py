@@ -71,6 +71,24 @@ def display_copy(name: str, max_side: int | None, *, form: str = "image") -> byt
         data = overlay_png(read(name), max_side)
     else:
         data = downscaled_png(read(name), max_side, binary=form == "mask")
-    with contextlib.suppress(OSError):  # two requests at once: the first one's copy wins
-        default_storage.save(cached, ContentFile(data))
+    with contextlib.suppress(OSError):  # a copy that cannot be cached is still served
+        _save_exactly(cached, data)
     return data
+
+
+def _save_exactly(name: str, data: bytes) -> None:
+    """Stores `data` under exactly `name`, in one step, replacing what is there.
+
+    Two requests making the same display copy at once then leave one file (the same bytes
+    either way), and a reader never sees half of one; default_storage.save would keep both,
+    the second under a new name.
+    """
+    try:
+        default_storage.path(name)
+    except NotImplementedError:  # an object store: one PUT replaces the object whole
+        saved = default_storage.save(name, ContentFile(data))
+        if saved != name:  # a store that renames instead of overwriting
+            default_storage.delete(saved)
+        return
+    with stream_to(name) as out:  # a local folder: a temporary file renamed into place
+        out.write(data)
