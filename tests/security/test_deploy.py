@@ -182,7 +182,11 @@ def test_gunicorn_serves_the_collected_static_files(tmp_path):
         assert "immutable" in headers["Cache-Control"]  # hashed names are cached for good
         assert "max-age=31536000" in headers["Strict-Transport-Security"]
 
-        status, _, _ = _get(f"{base}/static/css/app.css", https)
+        # Pages name the hashed copies (the sign-in page needs no database row).
+        status, _, page = _get(f"{base}/accounts/login/", {"X-Forwarded-Proto": "https"})
+        assert status == 200
+        assert f'href="/static/{manifest["css/app.css"]}"'.encode() in page
+        status, _, _ = _get(f"{base}/static/{manifest['css/app.css']}", https)
         assert status == 200
         # Plain HTTP is sent to HTTPS.
         status, headers, _ = _get(f"{base}/static/js/review.js", {})
@@ -230,6 +234,21 @@ def test_wrong_passwords_lock_the_account_out_for_the_cool_off(settings, md, md2
     )
     again = Client(REMOTE_ADDR="203.0.113.7")
     assert _sign_in(again, "md1", "md1-pass").status_code == 302 and _signed_in(again)
+
+
+def test_behind_the_proxy_the_lockout_is_per_client_not_per_proxy(settings, md):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    proxy = "10.0.0.2"  # every request reaches gunicorn from the proxy
+    attacker = Client(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR="1.2.3.4, 203.0.113.66")
+    for attempt in range(settings.AXES_FAILURE_LIMIT):
+        response = _sign_in(attacker, "md1", f"guess-{attempt}")
+    assert response.status_code == 429
+    # A forged left-most entry does not get the attacker out of the lockout...
+    forged = Client(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR="198.51.100.1, 203.0.113.66")
+    assert _sign_in(forged, "md1", "md1-pass").status_code == 429
+    # ...and md1 at their own desk, through the same proxy, is not locked out.
+    desk = Client(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR="192.0.2.10")
+    assert _sign_in(desk, "md1", "md1-pass").status_code == 302 and _signed_in(desk)
 
 
 def test_the_admin_sign_in_is_throttled_too(settings, admin_user):
