@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from django.apps import apps
 from django.core.files.storage import default_storage, storages
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import models
 
 from training.models import TrainingRun
@@ -102,7 +103,7 @@ def _stored_files(folder: str) -> Iterator[StoredFile]:
 
 
 def _s3_files(folder: str) -> Iterator[StoredFile]:
-    backend = storages["default"]
+    backend: Any = storages["default"]  # django-storages' S3Storage
     location = (getattr(backend, "location", "") or "").strip("/")
     prefix = f"{location}/{folder}/" if location else f"{folder}/"
     skip = len(location) + 1 if location else 0
@@ -150,7 +151,7 @@ class Command(BaseCommand):
         "A dry run unless --delete is given."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--delete", action="store_true", help="Remove the orphans (default: only list them)."
         )
@@ -162,8 +163,9 @@ class Command(BaseCommand):
             "(default 24).",
         )
 
-    def handle(self, *, delete: bool, min_age_hours: float, **options):
-        orphans = media_orphans(min_age=timedelta(hours=min_age_hours))
+    def handle(self, *args: Any, **options: Any) -> None:
+        delete = options["delete"]
+        orphans = media_orphans(min_age=timedelta(hours=options["min_age_hours"]))
         for stored in orphans:
             self.stdout.write(f"{stored.name}\t{stored.size}")
             if delete:
