@@ -15,6 +15,7 @@ like a new one. Lock order: see annotation/services/review.py.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,7 @@ RENEW_MARGIN = timedelta(seconds=5)
 # Items whose fresh count shows no free slot are skipped; a hand-out gives up after this many.
 MAX_TRIES = 20
 MAX_HELD = 2  # the item on screen and the prefetched next one
+RETRY_PAUSE = 0.01  # seconds
 
 
 def lease_seconds() -> int:
@@ -71,13 +73,16 @@ def _claim_in_round(*, rnd: Round, reviewer: Any, after: ReviewItem | None) -> R
     for _ in range(MAX_TRIES):
         with transaction.atomic():
             now = timezone.now()
-            item = (
-                selectors.claimable_items(reviewer, rnd=rnd, now=now)
-                .exclude(pk__in=skipped)
-                .select_for_update(skip_locked=True, of=("self",))
-                .first()
+            candidates = selectors.claimable_items(reviewer, rnd=rnd, now=now).exclude(
+                pk__in=skipped
             )
+            item = candidates.select_for_update(skip_locked=True, of=("self",)).first()
             if item is None:
+                if candidates.exists():
+                    # Every free item is locked by other MDs' hand-outs at this instant: one
+                    # of them may keep a slot free (reviewers per item > 1), so look again.
+                    time.sleep(RETRY_PAUSE)
+                    continue
                 return None
             slots = selectors.item_slots(item.pk, user=reviewer, now=now)
             if (

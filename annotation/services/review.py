@@ -37,7 +37,7 @@ from annotation.models import (
 )
 from annotation.services import states
 from annotation.services.images import image_refresh_status
-from annotation.services.rounds import round_complete_if_done
+from annotation.services.rounds import WAITING, round_complete_if_done
 
 NONE = "none"
 logger = logging.getLogger(__name__)
@@ -174,21 +174,22 @@ def _item_tally(item: ReviewItem) -> bool:
     ReviewLease.objects.filter(item=item).delete()
     votes = Counter(d.candidate_id for d in decisions)
     ranked = votes.most_common()
-    item.agreement = ranked[0][1] / len(decisions)
+    agreement = ranked[0][1] / len(decisions)
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-        states.move(item, ReviewItem.Status.ADJUDICATION, agreement=item.agreement)
+        states.move(item, ReviewItem.Status.ADJUDICATION, agreement=agreement)
         return True
     winner = next(d for d in decisions if d.candidate_id == ranked[0][0])
-    item.save(update_fields=["agreement"])
-    _item_resolve(item, winner)
+    _item_resolve(item, winner, agreement=agreement)
     return True
 
 
-def _item_resolve(item: ReviewItem, decision: Decision) -> None:
-    if decision.candidate is None:
-        states.move(item, ReviewItem.Status.REDRAW, resolved_at=timezone.now())
-    else:
-        states.move(item, ReviewItem.Status.ACCEPTED, resolved_at=timezone.now())
+def _item_resolve(item: ReviewItem, decision: Decision, **fields: Any) -> None:
+    # One UPDATE of the item per transaction: PostgreSQL checks the foreign keys of a row that
+    # this transaction updates a second time, which takes a share lock on the round's row and
+    # would wait for (and deadlock with) a cancel holding it.
+    status = ReviewItem.Status.REDRAW if decision.candidate is None else ReviewItem.Status.ACCEPTED
+    states.move(item, status, resolved_at=timezone.now(), **fields)
+    if decision.candidate is not None:
         GroundTruth.objects.create(
             image=item.image,
             mask=decision.candidate.mask,
@@ -208,6 +209,10 @@ def _round_complete_after(round_id: int) -> None:
     not raised.
     """
     outer = transaction.get_connection().in_atomic_block
+    # Most items are not the last: a plain read (after this decision's commit) says so without
+    # queueing on the round's lock. Of two last decisions, the one that commits second sees both.
+    if ReviewItem.objects.filter(round_id=round_id, status__in=WAITING).exists():
+        return
     try:
         with transaction.atomic():
             round_complete_if_done(Round.objects.select_for_update().get(pk=round_id))
