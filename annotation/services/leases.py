@@ -52,7 +52,9 @@ def item_claim(*, reviewer: Any, after: ReviewItem | None = None) -> ReviewItem 
     most two.
     """
     now = timezone.now()
-    held = selectors.held_leases_for(reviewer, now=now, exclude=after).select_related("item")
+    held = selectors.held_leases_for(reviewer, now=now, exclude=after).select_related(
+        "item__round", "item__image"
+    )
     for lease in held[:MAX_HELD]:
         if lease_renew(item=lease.item, reviewer=reviewer):
             return lease.item
@@ -76,7 +78,11 @@ def _claim_in_round(*, rnd: Round, reviewer: Any, after: ReviewItem | None) -> R
             candidates = selectors.claimable_items(reviewer, rnd=rnd, now=now).exclude(
                 pk__in=skipped
             )
-            item = candidates.select_for_update(skip_locked=True, of=("self",)).first()
+            item = (
+                candidates.select_related("round", "image")
+                .select_for_update(skip_locked=True, of=("self",))
+                .first()
+            )
             if item is None:
                 if candidates.exists():
                     # Every free item is locked by other MDs' hand-outs at this instant: one

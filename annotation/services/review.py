@@ -81,7 +81,9 @@ def _decision_create(
     round_number: int | None,
 ) -> tuple[Decision, bool]:
     item = (
-        ReviewItem.objects.select_for_update(of=("self",)).select_related("round").get(pk=item.pk)
+        ReviewItem.objects.select_for_update(of=("self",))
+        .select_related("round", "image")
+        .get(pk=item.pk)
     )
     if round_number is not None and item.round.number != round_number:
         raise DomainError(
@@ -130,7 +132,9 @@ def decision_adjudicate(
 
 def _decision_adjudicate(*, item: ReviewItem, admin: Any, choice: str, seconds: float) -> Decision:
     item = (
-        ReviewItem.objects.select_for_update(of=("self",)).select_related("round").get(pk=item.pk)
+        ReviewItem.objects.select_for_update(of=("self",))
+        .select_related("round", "image")
+        .get(pk=item.pk)
     )
     if item.status != ReviewItem.Status.ADJUDICATION:
         raise Conflict("only tied items are adjudicated")
@@ -153,12 +157,13 @@ def _candidate_for_choice(item: ReviewItem, choice: str) -> Candidate | None:
     choice = (choice or "").strip()
     if choice.lower() == NONE:
         return None
-    labels = sorted(item.candidates.values_list("label", flat=True))
+    candidates = {c.label: c for c in Candidate.objects.filter(item=item)}
     try:
-        return item.candidates.get(label=choice.upper())
-    except Candidate.DoesNotExist:
+        return candidates[choice.upper()]
+    except KeyError:
         raise DomainError(
-            f"no candidate labelled {choice!r}; choose one of {', '.join(labels)} or 'none'"
+            f"no candidate labelled {choice!r}; choose one of {', '.join(sorted(candidates))} "
+            "or 'none'"
         ) from None
 
 
@@ -191,11 +196,11 @@ def _item_resolve(item: ReviewItem, decision: Decision, **fields: Any) -> None:
     states.move(item, status, resolved_at=timezone.now(), **fields)
     if decision.candidate is not None:
         GroundTruth.objects.create(
-            image=item.image,
-            mask=decision.candidate.mask,
+            image_id=item.image_id,
+            mask_id=decision.candidate.mask_id,
             item=item,
             decision=decision,
-            accepted_by=decision.reviewer,
+            accepted_by_id=decision.reviewer_id,
         )
     image_refresh_status(image=item.image)
 
