@@ -6,9 +6,11 @@ row (`FOR UPDATE OF` the item: a join must not lock the round too), then deletes
 updates the image. It never locks the round: cancelling and advancing lock the round first and
 then its items, so a decision that waited on the round while holding its item would deadlock
 with them, and every decision of a round would queue behind one lock. Decisions on different
-items therefore run in parallel. When an item resolves, whether its round is now done is
-settled after the commit, in a short transaction of its own that locks only the round
-(`_round_complete_after`).
+items therefore run in parallel. The item row is updated once per decision: PostgreSQL checks
+the foreign keys of a row that one transaction updates twice, and that check share-locks the
+round's row (FOR KEY SHARE), which would wait for a cancel holding it. When an item resolves,
+whether its round is now done is settled after the commit, in a short transaction of its own
+that locks only the round (`_round_complete_after`).
 
 Work hand-out is annotation/services/leases.py: a decision is accepted from the MD who holds a
 live lease on the item, or from anyone while a slot is free (decisions so far plus other MDs'

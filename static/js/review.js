@@ -768,7 +768,7 @@ async function moveOn(leftId, why) {
     }
     if (prepared.item.page_url) history.replaceState(null, "", prepared.item.page_url);
     show(prepared);
-    setStatus(`${why} Here is the next one.`, "notice");
+    showBanner(`${why} Here is the next one.`, "notice"); // stays until the next pick
   } catch (err) {
     setStatus(`${why} The next image did not load (${networkMessage(err)}); opening it…`, "error");
     window.location.assign(config.queueUrl);
