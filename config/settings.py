@@ -239,6 +239,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Training: which preset a round uses unless its form says otherwise.
 MASKLOOP_DEFAULT_PRESET = env.str("MASKLOOP_DEFAULT_PRESET", default="tiny")
+MASKLOOP_LEASE_SECONDS = env.int("MASKLOOP_LEASE_SECONDS", default=300)  # an MD's hold on an item
 
 LOGGING = {
     "version": 1,

@@ -326,6 +326,7 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
         "decision-url": f"/api/review-items/{item.uuid}/decision/",
         "next-api-url": "/api/review-items/next/",
         "queue-url": "/queue/",
+        "lease-url": f"/api/review-items/{item.uuid}/lease/",
     }
 
 
