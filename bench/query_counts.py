@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.benchenv import django_env  # noqa: E402
+
 SIZES = {  # images, COVID-19, items
     "1K": (1_000, 75, 73),
     "120K": (120_000, 9_000, 8_800),
@@ -68,7 +70,7 @@ def main() -> None:
     parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (it is erased first)")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django_env()
     os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
     import django
 

@@ -30,6 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.benchenv import django_env  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 ENDPOINTS = ["next", "item", "image png", "candidate png", "decision"]
 
@@ -126,6 +129,7 @@ def main() -> None:
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (it is erased first)")
     duration = min(args.duration, 120)
     work = Path(tempfile.mkdtemp(prefix="review_load_"))
+    django_env()
     env = {
         **os.environ,
         "MASKLOOP_VAR_DIR": os.environ.get("MASKLOOP_VAR_DIR", str(work / "var")),
