@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import IO
 
 Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
@@ -101,7 +101,7 @@ def _csv(rows: Iterable[Sequence[object]]) -> bytes:
 
 def write_zip(
     rows: Sequence[ExportRow],
-    out: BinaryIO,
+    out: IO[bytes],
     *,
     opener: Opener = _local_file,
     on_progress: Callable[[int, int], None] | None = None,
@@ -118,8 +118,8 @@ def write_zip(
         The manifest: archive name → sha256 of the file's bytes.
     """
     manifest: dict[str, str] = {}
-    meta: list[list[object]] = [METADATA_COLUMNS]
-    folds: list[list[object]] = [["image", "fold", "class", "patient_id"]]
+    meta: list[Sequence[object]] = [METADATA_COLUMNS]
+    folds: list[Sequence[object]] = [["image", "fold", "class", "patient_id"]]
     with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
         for i, row in enumerate(sorted(rows, key=lambda r: r.image_id)):
             image_name = f"images/{row.image_name}.{row.image_ext}"

@@ -7,6 +7,7 @@ CELERY_BROKER_URL to run on PostgreSQL and Redis.
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -152,7 +153,7 @@ MASKLOOP_S3_ENDPOINT_URL = env.str("MASKLOOP_S3_ENDPOINT_URL", default="")
 # Where browsers reach the store, when not at the endpoint the servers use (presigned downloads).
 MASKLOOP_S3_PUBLIC_URL = env.str("MASKLOOP_S3_PUBLIC_URL", default="")
 MASKLOOP_DOWNLOAD_URL_SECONDS = env.int("MASKLOOP_DOWNLOAD_URL_SECONDS", default=300)
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Compressed files with content hashes in their names, served by WhiteNoise and cached for
     # good by browsers; with DEBUG on, the files as they are in static/.

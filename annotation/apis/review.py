@@ -22,7 +22,7 @@ from annotation.services.leases import lease_seconds
 
 
 class BlindCandidateOutput(serializers.Serializer):
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
     mask_url = serializers.CharField(help_text="the mask, 0/255 grayscale")
     overlay_url = serializers.CharField(help_text="the mask coloured for drawing on the CXR")
 
