@@ -195,7 +195,7 @@ def setup_database(size: int, candidates: int):
         services.mask_draw(
             image=image, author=md, data=imaging.encode_mask(md_drawing(p.infection, seed))
         )
-        image.truth = p.infection
+        image.truth = p.infection  # type: ignore[attr-defined]  # the phantom's, for the bench
         images.append(image)
     return md, admin, images
 
