@@ -24,18 +24,20 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@bash scripts/demo.sh $(HOST) $(PORT)
 
-## test: make sure PostgreSQL, Redis and Chromium are there, then run ruff (lint and format), import-linter and the whole suite
+## test: make sure PostgreSQL, Redis and Chromium are there, then run ruff (lint and format), import-linter, mypy and the whole suite
 test: $(STAMP)
 	@bash scripts/ensure-services.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	DATABASE_URL=$(TEST_DB_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf var artifacts .pytest_cache
+	rm -rf var artifacts .pytest_cache .mypy_cache
