@@ -335,7 +335,7 @@ def seed(
                 [
                     GroundTruth(
                         image_id=d.item.image_id,
-                        mask_id=d.candidate.mask_id,
+                        mask_id=d.candidate.mask_id,  # type: ignore[union-attr]  # never a redraw
                         item=d.item,
                         decision=d,
                         accepted_by=d.reviewer,
