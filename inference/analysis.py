@@ -197,15 +197,18 @@ def _columns_rows(ds: Any) -> str:
 
 
 def _decode_dicom(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, pixel_array
-
     try:
-        ds, frames = _read_dicom(data, name, limits)
+        return _decode_dicom_checked(data, name, limits)
     except InvalidImageError:
         raise
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # pydicom and zlib raise many types on a damaged file
         raise InvalidImageError(f"{name} is not a readable DICOM file ({exc})") from None
+
+
+def _decode_dicom_checked(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    ds, frames = _read_dicom(data, name, limits)
     if "PixelData" not in ds:
         raise InvalidImageError(f"{name} is a DICOM file without an image (no Pixel Data)")
     try:

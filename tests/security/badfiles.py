@@ -174,6 +174,13 @@ def dicom(
     return head + b"".join(out)
 
 
+def dicom_damaged_deflate() -> bytes:
+    """A deflated DICOM file whose compressed stream is broken (zlib raises, not pydicom)."""
+    data = bytearray(dicom(64, 64, deflated=True))
+    data[400:408] = b"\xff" * 8
+    return bytes(data)
+
+
 def dicom_report() -> bytes:
     """A structured report: a DICOM file with no image at all."""
     return dicom(rows=None, columns=None, pixels=False)

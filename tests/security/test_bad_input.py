@@ -324,6 +324,11 @@ INFER_UPLOADS = {
         400,
         "megapixels",
     ),
+    "dicom-deflate-stream-damaged": (
+        bad.dicom_damaged_deflate(),
+        400,
+        "not a readable DICOM file",
+    ),
     "dicom-without-pixels": (bad.dicom_report(), 400, "without an image"),
     "dicom-rows-missing": (bad.dicom(None, 64, pixel_bytes=128), 400, "no Rows"),
     "dicom-rows-not-a-number": (bad.dicom(64, 64, Rows=None), 400, "no Rows"),
