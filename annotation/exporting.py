@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -21,6 +22,12 @@ Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
 EPOCH = (1980, 1, 1, 0, 0, 0)
 CHUNK = 1 << 20
+
+# A spreadsheet runs a cell that begins with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Archive names take letters, digits, "_", "." and "-" only: no separators or backslashes.
+_UNSAFE_NAME = re.compile(r"[^\w.-]+")  # \w: letters and digits of any script, and _
+_EXTENSION = re.compile(r"[a-z0-9]{1,8}")
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,38 @@ def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def csv_cell(value: object) -> object:
+    """A text cell that no spreadsheet runs as a formula: one beginning with = + - @ or a tab or
+    carriage return gets a leading apostrophe (OWASP's advice); numbers are left as they are.
+
+    A carriage return inside a cell becomes a line feed: the writer quotes a cell holding its
+    line terminator ("\\n") but not a lone "\\r", which a reader would take for a new row, one
+    that could begin with a formula.
+    """
+    if not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_STARTS):
+        value = "'" + value
+    return value.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def safe_name(stem: str) -> str:
+    """An archive name stem of letters, digits, "_", "." and "-": anything else becomes "_", and a
+    run of dots becomes one (so never "..")."""
+    name = _UNSAFE_NAME.sub("_", stem)
+    name = re.sub(r"\.{2,}", ".", name).strip(".")
+    return name or "_"
+
+
+def safe_extension(ext: str) -> str:
+    ext = ext.lower()
+    return ext if _EXTENSION.fullmatch(ext) else "bin"
+
+
 def _csv(rows: Iterable[Sequence[object]]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows(rows)
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
     return buf.getvalue().encode()
 
 
@@ -122,8 +157,9 @@ def write_zip(
     folds: list[Sequence[object]] = [["image", "fold", "class", "patient_id"]]
     with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
         for i, row in enumerate(sorted(rows, key=lambda r: r.image_id)):
-            image_name = f"images/{row.image_name}.{row.image_ext}"
-            mask_name = f"masks/{row.image_name}.png" if row.mask_path else ""
+            stem = safe_name(row.image_name)
+            image_name = f"images/{stem}.{safe_extension(row.image_ext)}"
+            mask_name = f"masks/{stem}.png" if row.mask_path else ""
             manifest[image_name] = _write_file(zf, image_name, opener(row.image_path))
             if row.mask_path:
                 manifest[mask_name] = _write_file(zf, mask_name, opener(row.mask_path))

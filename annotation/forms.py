@@ -11,10 +11,11 @@ from typing import Any, cast
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from annotation.models import ImageClass, Round
+from annotation.models import ImageClass, Role, Round
 from training.services import ARCHITECTURES, ENCODERS, PRESETS
 
 # How the Rounds page describes each stage.
@@ -24,6 +25,9 @@ STAGE_CHOICES = [
     (Round.Stage.FINAL, "Final — infection-map networks on the accepted masks"),
 ]
 NETWORK_CHOICES = [(f"{a}/{e}", f"{a} · {e}") for a in ARCHITECTURES for e in ENCODERS]
+# Networks downscale by 32 (five poolings): any other input size fails in every worker.
+INPUT_SIZE_STEP = 32
+SEED_MAX = 2**31 - 1  # NumPy and TensorFlow both take it
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -44,7 +48,10 @@ class RoundStartInput(serializers.Serializer):
 
     stage = serializers.ChoiceField(choices=Round.Stage.choices)
     networks = serializers.ListField(
-        child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
+        child=serializers.ListField(
+            child=serializers.CharField(max_length=40), min_length=2, max_length=2
+        ),
+        max_length=len(NETWORK_CHOICES),
         required=False,
         help_text="Leave empty for the stage's defaults "
         "(Stage I: U-Net, UNet++, DLA; Stage II: five networks).",
@@ -52,14 +59,38 @@ class RoundStartInput(serializers.Serializer):
     folds = serializers.IntegerField(min_value=2, max_value=10, default=5)
     preset = serializers.ChoiceField(choices=preset_choices(), default=default_preset)
     epochs = serializers.IntegerField(min_value=1, max_value=500, required=False)
-    input_size = serializers.IntegerField(min_value=32, max_value=1024, required=False)
-    reviewers_per_item = serializers.IntegerField(min_value=1, max_value=9, default=1)
-    seed = serializers.IntegerField(default=0)
+    input_size = serializers.IntegerField(
+        min_value=32, max_value=1024, required=False, help_text="A multiple of 32."
+    )
+    reviewers_per_item = serializers.IntegerField(
+        min_value=1, max_value=9, default=1, help_text="At most the number of active MDs."
+    )
+    seed = serializers.IntegerField(min_value=0, max_value=SEED_MAX, default=0)
     freeze_encoder = serializers.BooleanField(default=False, label="Freeze the encoders")
     test_fraction = serializers.FloatField(min_value=0.05, max_value=0.5, default=0.2)
 
     class Meta:
         ref_name = "RoundStartInput"
+
+    def validate_input_size(self, value: int) -> int:
+        if value % INPUT_SIZE_STEP:
+            raise serializers.ValidationError(
+                f"must be a multiple of {INPUT_SIZE_STEP} (the networks halve it five times), "
+                f"e.g. {max(INPUT_SIZE_STEP, value // INPUT_SIZE_STEP * INPUT_SIZE_STEP)}"
+            )
+        return value
+
+    def validate_reviewers_per_item(self, value: int) -> int:
+        # More reviewers per item than MDs could never finish the round. One is always allowed:
+        # a round may start before the first MD account exists.
+        mds = (
+            get_user_model().objects.filter(is_active=True, groups__name=Role.MD).distinct().count()
+        )
+        if value > max(mds, 1):
+            raise serializers.ValidationError(
+                f"there are {mds} active MDs; an item cannot need {value} reviewers"
+            )
+        return value
 
 
 def round_start_arguments(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,21 +4,54 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
+from PIL import PngImagePlugin, UnidentifiedImageError
 
-ACCEPTED_FORMATS = {"PNG", "JPEG"}
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+MIN_SIDE = 16
+# Defaults of the MASKLOOP_MAX_IMAGE_SIDE and MASKLOOP_MAX_IMAGE_PIXELS settings. A detector's
+# CXR is at most about 4300×4300 (18 megapixels); 40 megapixels leaves room and bounds what one
+# decode may cost (a 16-bit image is stretched through floats).
 MAX_SIDE = 8192
+MAX_PIXELS = 40_000_000
 
-# Pillow refuses absurdly large images itself; our own limit gives a clearer message.
-PILImage.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
+# Pillow's own guard backs ours up wherever Pillow decodes (it only warns between one and two
+# times this; `_header` turns that warning into a refusal). PNG text chunks are metadata we never
+# read: a few megabytes of them are plenty.
+PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
 
 
 class InvalidImageError(ValueError):
     """A file that is not a usable CXR or mask; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest image accepted, checked from the file's header before anything is decoded."""
+
+    max_side: int = MAX_SIDE
+    max_pixels: int = MAX_PIXELS
+
+    def check(self, width: int, height: int, what: str) -> None:
+        """Raises InvalidImageError when a `width`×`height` image is too large."""
+        if width > self.max_side or height > self.max_side:
+            raise InvalidImageError(
+                f"{what} is {width}×{height} pixels, larger than the limit of {self.max_side} "
+                "pixels on a side"
+            )
+        if width * height > self.max_pixels:
+            raise InvalidImageError(
+                f"{what} is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels), "
+                f"larger than the limit of {self.max_pixels / 1e6:.1f} megapixels"
+            )
+
+
+DEFAULT_LIMITS = ImageLimits()
 
 
 @dataclass(frozen=True)
@@ -40,22 +73,49 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _open(data: bytes, what: str) -> PILImage.Image:
+def _header(data: bytes, what: str, limits: ImageLimits | None) -> PILImage.Image:
+    """Opens a PNG or JPEG and checks its size from the header; decodes nothing.
+
+    Pillow reads only the header on open. A decompression-bomb warning is an error here, and
+    `limits` (if given) is checked before any pixel is decoded, so a small file that would
+    decode to gigabytes costs nothing.
+    """
     if not data:
         raise InvalidImageError(f"{what} is empty")
+    if limits is not None and limits.max_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
+        PILImage.MAX_IMAGE_PIXELS = limits.max_pixels  # a setting above the default
     try:
-        probe = PILImage.open(io.BytesIO(data))
-        probe.verify()
-        img = PILImage.open(io.BytesIO(data))
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            img = PILImage.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise InvalidImageError(f"{what} is not a PNG or JPEG image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+        largest = limits.max_pixels if limits is not None else PILImage.MAX_IMAGE_PIXELS
+        raise InvalidImageError(
+            f"{what} is larger than the limit of {largest / 1e6:.1f} megapixels"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImageError(f"{what} is damaged or truncated ({exc})") from None
-    except PILImage.DecompressionBombError:
-        raise InvalidImageError(f"{what} is larger than {MAX_SIDE}×{MAX_SIDE} pixels") from None
     if img.format not in ACCEPTED_FORMATS:
         raise InvalidImageError(f"{what} is {img.format}, but only PNG and JPEG are accepted")
+    if limits is not None:
+        limits.check(*img.size, what)
+    return img
+
+
+def _load(data: bytes, what: str) -> PILImage.Image:
+    """Checks the file's structure (PNG chunk checksums), then decodes it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            PILImage.open(io.BytesIO(data)).verify()
+            img = PILImage.open(io.BytesIO(data))
+            img.load()
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise InvalidImageError(f"{what} is too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"{what} is damaged or truncated ({exc})") from None
     return img
 
 
@@ -78,37 +138,53 @@ def to_gray8(img: PILImage.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def decode_image(data: bytes, *, what: str = "the file") -> DecodedImage:
-    """Reads a CXR from bytes.
+def decode_image(
+    data: bytes, *, what: str = "the file", limits: ImageLimits = DEFAULT_LIMITS
+) -> DecodedImage:
+    """Reads a CXR from bytes: its size is checked from the header before it is decoded.
+
+    Args:
+        limits: the largest image accepted (the MASKLOOP_MAX_IMAGE_* settings on the platform).
 
     Raises:
         InvalidImageError: with a reason a person can act on.
     """
-    img = _open(data, what)
-    w, h = img.size
-    if w < 16 or h < 16:
-        raise InvalidImageError(f"{what} is only {w}×{h} pixels; a CXR needs at least 16×16")
+    header = _header(data, what, limits)
+    w, h = header.size
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise InvalidImageError(
+            f"{what} is only {w}×{h} pixels; a CXR needs at least {MIN_SIDE}×{MIN_SIDE}"
+        )
+    img = _load(data, what)
     return DecodedImage(gray=to_gray8(img), format=str(img.format), mode=img.mode)
 
 
 def decode_mask(data: bytes, *, width: int, height: int, what: str = "the mask") -> np.ndarray:
     """Reads a binary mask and checks it matches the image's size.
 
-    Both 0/255 and 0/1 encodings are accepted; anything above half the range is foreground.
+    The size and format are checked from the header, before anything is decoded. Both 0/255 and
+    0/1 encodings are accepted; a mask with any other value is refused.
 
     Returns:
         bool array, height×width.
     """
-    img = _open(data, what)
-    if img.format != "PNG":
-        raise InvalidImageError(f"{what} must be a PNG (lossless), not {img.format}")
-    if img.size != (width, height):
-        mw, mh = img.size
+    header = _header(data, what, None)  # the image's own size is the limit: checked next
+    if header.format != "PNG":
+        raise InvalidImageError(f"{what} must be a PNG (lossless), not {header.format}")
+    if header.size != (width, height):
+        mw, mh = header.size
         raise InvalidImageError(
             f"{what} is {mw}×{mh} pixels but the image is {width}×{height}; "
             "a mask must have the image's own size"
         )
+    img = _load(data, what)
     gray = to_gray8(img) if img.mode not in ("1", "L") else np.asarray(img.convert("L"))
+    levels = np.flatnonzero(np.bincount(gray.ravel(), minlength=256))
+    if not (set(levels.tolist()) <= {0, 255} or set(levels.tolist()) <= {0, 1}):
+        raise InvalidImageError(
+            f"{what} is not binary: it holds {len(levels)} grey levels; a mask holds only "
+            "0 and 255 (or 0 and 1)"
+        )
     if gray.max() <= 1:
         return gray > 0
     return gray > 127

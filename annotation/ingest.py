@@ -6,7 +6,9 @@ rules: classes, masks, lung masks and patient ids. The import needs every image'
 layout, so it takes the QaTa-COV19, COVID-QU-Ex and CSV layouts only.
 
 Every file is imported whole or not at all; exact duplicates are skipped; every rejected file is
-listed with its reason; running the same import again changes nothing.
+listed with its reason; running the same import again changes nothing. Only files inside the
+folder are read: a CSV path that is absolute or climbs out with "..", or a symbolic link that
+points outside, is rejected; so is a file larger than the upload limit, before it is read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from annotation import services
 from annotation.errors import DomainError
 from annotation.imaging import InvalidImageError
 from annotation.models import ImageClass
+from annotation.services.images import upload_check_size
 from training.services import read_dataset
 
 # Layouts whose folders or CSV name every image's class; a plain folder would make every
@@ -80,16 +83,19 @@ def ingest_folder(root: str | Path, *, source: str | None = None) -> IngestRepor
         raise DomainError(f"{root} is not a known layout ({data.layout}): {_LAYOUT_HELP}")
     report = IngestReport(layout=data.layout)
     source = source or root.name
+    inside = root.resolve()
     for sample in data.samples:
         try:
             services.image_create(
-                data=sample.image.read_bytes(),
+                data=_read_inside(inside, sample.image, "the image"),
                 name=sample.image.name,
                 source=source,
                 image_class=IMAGE_CLASSES[sample.image_class],
                 patient_id=sample.patient or "",
-                mask_data=sample.mask.read_bytes() if sample.mask else None,
-                lung_mask_data=sample.lung.read_bytes() if sample.lung else None,
+                mask_data=_read_inside(inside, sample.mask, "its mask") if sample.mask else None,
+                lung_mask_data=(
+                    _read_inside(inside, sample.lung, "its lung mask") if sample.lung else None
+                ),
             )
             report.imported.append(sample.key)
         except services.DuplicateImage:
@@ -97,3 +103,21 @@ def ingest_folder(root: str | Path, *, source: str | None = None) -> IngestRepor
         except (InvalidImageError, DomainError, OSError) as exc:
             report.rejected.append((sample.key, str(exc)))
     return report
+
+
+def _read_inside(root: Path, path: Path, what: str) -> bytes:
+    """The bytes of a file of the data set, if it lies inside `root` (resolved) and is not
+    larger than the upload limit.
+
+    Raises:
+        DomainError: the path leaves the folder (absolute, "..", or a link pointing out), or the
+            file is too large.
+        OSError: the file cannot be read.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        how = "a link pointing" if path.is_symlink() else "a path"
+        raise DomainError(f"{what} is {how} outside the data set folder ({path}); not read")
+    size = resolved.stat().st_size
+    upload_check_size(size=size, what=f"{what} ({path.name})")
+    return resolved.read_bytes()

@@ -70,6 +70,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "annotation.middleware.RequestLimitsMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -146,6 +147,10 @@ MASKLOOP_WORK_DIR = Path(env.str("MASKLOOP_WORK_DIR", default=str(VAR_DIR / "wor
 # resume it (a checkpoint holds the weights and Adam's moments: ~3× the weights).
 MASKLOOP_CHECKPOINT_SECONDS = env.int("MASKLOOP_CHECKPOINT_SECONDS", default=600)
 MASKLOOP_CACHE_DIR = Path(env.str("MASKLOOP_CACHE_DIR", default=str(VAR_DIR / "cache")))
+# Uploads and imports: an image larger than this is refused from its header, before decoding.
+MASKLOOP_MAX_IMAGE_SIDE = env.int("MASKLOOP_MAX_IMAGE_SIDE", default=8192)
+MASKLOOP_MAX_IMAGE_PIXELS = env.int("MASKLOOP_MAX_IMAGE_PIXELS", default=40_000_000)
+MASKLOOP_MAX_UPLOAD_BYTES = env.int("MASKLOOP_MAX_UPLOAD_BYTES", default=64 * 1024 * 1024)
 
 # Files: the MEDIA_ROOT folder (the demo, one host), or an S3-compatible object store shared by
 # the web host and every worker host when MASKLOOP_S3_ENDPOINT_URL is set.
@@ -190,8 +195,9 @@ if MASKLOOP_S3_ENDPOINT_URL:
             ),
         },
     }
-DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+# A request body other than files (JSON, form fields) is small; files over 2.5 MB go to disk.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -14,17 +14,20 @@ import base64
 import dataclasses
 import io
 import threading
+import warnings
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from PIL import Image as PILImage
 
 from annotation import storage
 from annotation.errors import Conflict
-from annotation.imaging import MAX_SIDE, InvalidImageError, decode_image
+from annotation.imaging import MIN_SIDE, ImageLimits, InvalidImageError, decode_image
 from annotation.models import Image
 from inference import maps
 from training.models import ModelVersion
@@ -41,10 +44,15 @@ __all__ = [
     "png_data_url",
 ]
 
-MIN_SIDE = 16
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+# What a DICOM CXR may declare, checked from its header before any pixel is decoded.
+_DICOM_BITS_ALLOCATED = (1, 8, 16, 32)
+_DICOM_SAMPLES = (1, 3)
+_DICOM_MAX_FRAMES = 256  # only the first is read
+# How much of a deflated data set is inflated to read its header (elements before the pixels).
+_DICOM_HEADER_BYTES = 4 * 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,6 +65,13 @@ def _is_dicom(data: bytes, name: str) -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith(_DICOM_SUFFIXES)
 
 
+def upload_limits() -> ImageLimits:
+    """The largest image accepted (the MASKLOOP_MAX_IMAGE_SIDE and _PIXELS settings)."""
+    return ImageLimits(
+        max_side=settings.MASKLOOP_MAX_IMAGE_SIDE, max_pixels=settings.MASKLOOP_MAX_IMAGE_PIXELS
+    )
+
+
 def decode_upload(data: bytes, name: str) -> np.ndarray:
     """Reads an uploaded CXR as 8-bit grayscale.
 
@@ -64,6 +79,8 @@ def decode_upload(data: bytes, name: str) -> np.ndarray:
     display copies the networks were trained on (16-bit images are stretched from their minimum
     to their maximum). DICOM gets its modality LUT (rescale slope / intercept), then its VOI LUT
     or window centre / width, and MONOCHROME1 images (where a high value is dark) are inverted.
+    Either way the size is checked from the header, against `upload_limits()`, before any pixel
+    is decoded.
 
     Args:
         data: the file's bytes.
@@ -73,15 +90,16 @@ def decode_upload(data: bytes, name: str) -> np.ndarray:
         uint8 (H, W) array.
 
     Raises:
-        InvalidImageError: not a PNG, JPEG or DICOM image, or one that cannot be read; the
-            message says why.
+        InvalidImageError: not a PNG, JPEG or DICOM image, one that cannot be read, or one larger
+            than the limits; the message says why.
     """
     if not data:
         raise InvalidImageError(f"{name} is empty")
+    limits = upload_limits()
     if data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):  # by content: a name can be wrong
-        gray = decode_image(data, what=name).gray
+        gray = decode_image(data, what=name, limits=limits).gray
     elif _is_dicom(data, name):
-        gray = _decode_dicom(data, name)
+        gray = _decode_dicom(data, name, limits)
     else:
         raise InvalidImageError(f"{name} is not a PNG, JPEG or DICOM image")
     h, w = gray.shape
@@ -89,24 +107,116 @@ def decode_upload(data: bytes, name: str) -> np.ndarray:
         raise InvalidImageError(
             f"{name} is only {w}×{h} pixels; a CXR needs at least {MIN_SIDE}×{MIN_SIDE}"
         )
-    if max(h, w) > MAX_SIDE:
-        raise InvalidImageError(f"{name} is larger than {MAX_SIDE}×{MAX_SIDE} pixels")
+    limits.check(w, h, name)
     return gray
 
 
-def _decode_dicom(data: bytes, name: str) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
-
+def _dicom_int(ds: Any, keyword: str, default: int | None, name: str) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise InvalidImageError(f"{name} is a DICOM file without an image (no {keyword})")
+        return default
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidImageError(f"{name} has an unreadable {keyword} ({value!r})") from None
+
+
+def _check_dicom_header(ds: Any, name: str, limits: ImageLimits) -> int:
+    """Checks the image a DICOM header declares; returns its number of frames."""
+    rows = _dicom_int(ds, "Rows", None, name)
+    columns = _dicom_int(ds, "Columns", None, name)
+    if min(rows, columns) < MIN_SIDE:
+        raise InvalidImageError(
+            f"{name} is only {columns}×{rows} pixels; a CXR needs at least {MIN_SIDE}×{MIN_SIDE}"
+        )
+    limits.check(columns, rows, name)
+    frames = _dicom_int(ds, "NumberOfFrames", 1, name)
+    if not 1 <= frames <= _DICOM_MAX_FRAMES:
+        raise InvalidImageError(
+            f"{name} declares {frames} frames; a radiograph has 1 to {_DICOM_MAX_FRAMES}"
+        )
+    bits = _dicom_int(ds, "BitsAllocated", None, name)
+    if bits not in _DICOM_BITS_ALLOCATED:
+        raise InvalidImageError(
+            f"{name} declares {bits} bits allocated per sample; expected one of "
+            f"{', '.join(map(str, _DICOM_BITS_ALLOCATED))}"
+        )
+    samples = _dicom_int(ds, "SamplesPerPixel", 1, name)
+    if samples not in _DICOM_SAMPLES:
+        raise InvalidImageError(f"{name} declares {samples} samples per pixel; expected 1 or 3")
+    return frames
+
+
+def _read_dicom(data: bytes, name: str, limits: ImageLimits) -> tuple[Any, int]:
+    """The data set with its pixel data still encoded, after its header passed the checks."""
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    part10 = data[128:132] == b"DICM"
+    if part10:
+        fp = io.BytesIO(data)
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # pydicom would inflate the whole data set first: a small file can inflate to
+            # gigabytes. Inflate the header, check it, then no more than it declares.
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            body = data[fp.tell() :]
+            head = inflater.decompress(body, _DICOM_HEADER_BYTES)
+            header = read_dataset(
+                io.BytesIO(head), False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010
+            )
+            frames = _check_dicom_header(header, name, limits)
+            declared = (
+                int(header.Rows)
+                * int(header.Columns)
+                * frames
+                * int(header.get("SamplesPerPixel", 1) or 1)
+                * -(-int(header.BitsAllocated) // 8)
+            )
+            room = declared + _DICOM_HEADER_BYTES
+            rest = inflater.decompress(inflater.unconsumed_tail, room - len(head) + 1)
+            if len(head) + len(rest) > room:
+                raise InvalidImageError(
+                    f"{name} inflates to more than its header declares ({_columns_rows(header)})"
+                )
+            ds = read_dataset(io.BytesIO(head + rest), False, True)
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated: native pixels now
+            ds.file_meta = meta
+            return ds, frames
+    header = pydicom.dcmread(io.BytesIO(data), force=not part10, stop_before_pixels=True)
+    frames = _check_dicom_header(header, name, limits)
+    return pydicom.dcmread(io.BytesIO(data), force=not part10), frames
+
+
+def _columns_rows(ds: Any) -> str:
+    return f"{ds.get('Columns')}×{ds.get('Rows')} pixels"
+
+
+def _decode_dicom(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
+    try:
+        return _decode_dicom_checked(data, name, limits)
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # pydicom and zlib raise many types on a damaged file
         raise InvalidImageError(f"{name} is not a readable DICOM file ({exc})") from None
+
+
+def _decode_dicom_checked(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    ds, frames = _read_dicom(data, name, limits)
     if "PixelData" not in ds:
         raise InvalidImageError(f"{name} is a DICOM file without an image (no Pixel Data)")
     try:
-        pixels = np.asarray(ds.pixel_array)
+        with warnings.catch_warnings():
+            # A compressed frame larger than its header says is a bomb, not a warning.
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            # Only the first frame is decoded: a multi-frame radiograph's first is the image.
+            pixels = np.asarray(pixel_array(ds, index=0 if frames > 1 else None))
     except Exception as exc:  # pydicom raises many types for codecs it lacks
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         described = f" ({syntax.name})" if syntax is not None else ""
@@ -114,11 +224,10 @@ def _decode_dicom(data: bytes, name: str) -> np.ndarray:
             f"the image in {name} cannot be decoded{described}: {exc}. "
             "Export it uncompressed or as PNG."
         ) from None
+    if pixels.shape[:2] != (int(ds.Rows), int(ds.Columns)):
+        raise InvalidImageError(f"{name} decodes to {pixels.shape}, not its {_columns_rows(ds)}")
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # a multi-frame radiograph: the first frame is the image
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
         # pydicom already converted YBR to RGB; ITU-R 601 luma as Pillow's convert("L").
         rgb = pixels[..., :3].astype(np.float64)

@@ -6,6 +6,7 @@ browser can lay the infection map exactly over the CXR. Nothing uploaded is stor
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -80,7 +81,7 @@ class InferApi(APIView):
     parser_classes = [MultiPartParser]
 
     class InputSerializer(serializers.Serializer):
-        file = serializers.FileField()
+        file = serializers.FileField(max_length=255)
 
         class Meta:
             ref_name = "InferInput"
@@ -89,11 +90,19 @@ class InferApi(APIView):
         request=InputSerializer, parameters=[MAX_PARAMETER], responses={200: AnalysisOutput}
     )
     def post(self, request):
+        # Everything that needs no upload comes first: the body is parsed (and a large file
+        # streamed to disk) only once the request can succeed.
         max_side = _max_side(request)
+        models, classifier = analysis.final_ensemble()  # 409 before reading the body
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
-        models, classifier = analysis.final_ensemble()  # 409 before reading a large file
+        limit = settings.MASKLOOP_MAX_UPLOAD_BYTES
+        if upload.size is not None and upload.size > limit:
+            raise DomainError(
+                f"{upload.name} is {upload.size / 2**20:.1f} MiB; files are limited to "
+                f"{limit / 2**20:.1f} MiB"
+            )
         gray = analysis.decode_upload(upload.read(), upload.name or "the file")
         result = analysis.analyse(gray, models, classifier=classifier)
         return Response(analysis.analysis_payload(result, max_side=max_side))

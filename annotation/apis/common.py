@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import traceback
+
+from django.core.exceptions import (
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
+from django.db import DataError
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
+from rest_framework.exceptions import ErrorDetail, ParseError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -20,7 +31,55 @@ def exception_handler(exc, context):
         return Response({"detail": str(exc)}, status=exc.status_code)
     if isinstance(exc, InvalidImageError):
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-    return drf_exception_handler(exc, context)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"detail": "the request body is larger than the limit"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, SuspiciousOperation):
+        return Response({"detail": "the request is malformed"}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, RecursionError) and _raised_by_a_parser(exc):
+        exc = ParseError("JSON parse error - nested too deeply")
+    if isinstance(exc, DataError):
+        # The database refused a value the serializers let through (out of range, too long):
+        # the request's fault, said as such, never a 500. The first line is the reason.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid value"
+        return Response(
+            {"detail": f"a value does not fit its field: {reason}"},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is not None:
+        response.data = _printable(response.data)
+    return response
+
+
+def _raised_by_a_parser(exc: BaseException) -> bool:
+    # json nests one Python call per bracket: "[" * 100_000 exhausts the stack while parsing.
+    return any(
+        frame.filename.endswith(("rest_framework/parsers.py", "json/decoder.py"))
+        for frame in traceback.extract_tb(exc.__traceback__)
+    )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable(data):
+    """Error details echo the input; a lone surrogate in it (valid in JSON's \\u escapes, not in
+    UTF-8) would make the 400 itself fail to render. It becomes U+FFFD."""
+    if isinstance(data, str):
+        cleaned = _SURROGATE.sub("\ufffd", data)
+        if cleaned == data:
+            return data
+        return ErrorDetail(cleaned, code=getattr(data, "code", None))
+    if isinstance(data, dict):
+        return {key: _printable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_printable(value) for value in data]
+    return data
 
 
 PNG = {(200, "image/png"): OpenApiTypes.BINARY}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -40,16 +42,40 @@ class ImageOutput(serializers.ModelSerializer):
         return reverse("api:image-display", args=[obj.pk])
 
 
+def _choice_param(request, name: str, choices: list[str]) -> str | None:
+    """A query parameter that must be one of `choices` (or absent)."""
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    if value not in choices:
+        raise DomainError(f"{name} must be one of {', '.join(choices)}")
+    return value
+
+
+def _upload_size(file, what: str) -> None:
+    limit = settings.MASKLOOP_MAX_UPLOAD_BYTES
+    if file.size is not None and file.size > limit:
+        raise serializers.ValidationError(
+            f"{what} is {file.size / 2**20:.1f} MiB; files are limited to {limit / 2**20:.1f} MiB"
+        )
+
+
 class ImageListApi(APIView):
     permission_classes = [IsAnyRole]
 
-    @extend_schema(responses=ImageOutput(many=True))
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", OpenApiTypes.STR, enum=Image.Status.values),
+            OpenApiParameter("class", OpenApiTypes.STR, enum=ImageClass.values),
+        ],
+        responses=ImageOutput(many=True),
+    )
     def get(self, request):
         images = Image.objects.all()
-        if request.query_params.get("status"):
-            images = images.filter(status=request.query_params["status"])
-        if request.query_params.get("class"):
-            images = images.filter(image_class=request.query_params["class"])
+        if wanted := _choice_param(request, "status", Image.Status.values):
+            images = images.filter(status=wanted)
+        if wanted := _choice_param(request, "class", ImageClass.values):
+            images = images.filter(image_class=wanted)
         return Response(ImageOutput(images[:1000], many=True).data)
 
 
@@ -58,15 +84,30 @@ class ImageUploadApi(APIView):
     parser_classes = [MultiPartParser, FormParser]
 
     class InputSerializer(serializers.Serializer):
-        file = serializers.FileField()
+        file = serializers.FileField(max_length=Image._meta.get_field("name").max_length)
         image_class = serializers.ChoiceField(choices=ImageClass.choices)
-        patient_id = serializers.CharField(required=False, allow_blank=True, default="")
+        patient_id = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            default="",
+            max_length=Image._meta.get_field("patient_id").max_length,
+        )
         # mypy reads `source` as Field.source; DRF takes declared fields off the class.
-        source = serializers.CharField(required=False, default="upload")  # type: ignore[assignment]
+        source = serializers.CharField(  # type: ignore[assignment]
+            required=False, default="upload", max_length=Image._meta.get_field("source").max_length
+        )
         mask = serializers.FileField(required=False)
 
         class Meta:
             ref_name = "ImageUploadInput"
+
+        def validate_file(self, value):
+            _upload_size(value, "the image")
+            return value
+
+        def validate_mask(self, value):
+            _upload_size(value, "the mask")
+            return value
 
     @extend_schema(request=InputSerializer, responses={201: ImageOutput})
     def post(self, request):
@@ -141,10 +182,14 @@ class ImageMasksApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         mask = serializers.FileField()
-        based_on = serializers.IntegerField(required=False)
+        based_on = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
 
         class Meta:
             ref_name = "MaskDrawInput"
+
+        def validate_mask(self, value):
+            _upload_size(value, "the mask")
+            return value
 
     class CreatedOutput(serializers.Serializer):
         id = serializers.IntegerField()

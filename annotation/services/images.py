@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -28,6 +29,31 @@ class DuplicateImage(Conflict):
         self.existing = existing
 
 
+def upload_limits() -> imaging.ImageLimits:
+    """The largest image accepted (the MASKLOOP_MAX_IMAGE_SIDE and _PIXELS settings)."""
+    return imaging.ImageLimits(
+        max_side=settings.MASKLOOP_MAX_IMAGE_SIDE, max_pixels=settings.MASKLOOP_MAX_IMAGE_PIXELS
+    )
+
+
+def upload_check_size(*, size: int, what: str) -> None:
+    """Refuses a file larger than the MASKLOOP_MAX_UPLOAD_BYTES setting."""
+    limit = settings.MASKLOOP_MAX_UPLOAD_BYTES
+    if size > limit:
+        raise DomainError(
+            f"{what} is {size / 2**20:.1f} MiB; files are limited to {limit / 2**20:.1f} MiB"
+        )
+
+
+def _check_text(value: str, *, field: str, what: str) -> None:
+    """A text that fits its column and holds no NUL or other control character."""
+    limit = Image._meta.get_field(field).max_length
+    if len(value) > limit:
+        raise DomainError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise DomainError(f"{what} holds a NUL or other control character")
+
+
 @transaction.atomic
 def image_create(
     *,
@@ -47,17 +73,29 @@ def image_create(
 
     Raises:
         InvalidImageError: the image or its mask cannot be used (the message says why).
+        DomainError: a name, source or patient id too long or with a control character, a
+            file over the size limit, or an unknown class.
         DuplicateImage: the same bytes were imported before.
     """
     if image_class not in ImageClass.values:
         raise DomainError(
             f"unknown class {image_class!r}; classes are {', '.join(ImageClass.values)}"
         )
+    _check_text(name, field="name", what="the file name")
+    _check_text(source, field="source", what=f"the source of {name}")
+    _check_text(patient_id, field="patient_id", what=f"the patient id of {name}")
+    for part, what in (
+        (data, name),
+        (mask_data, f"the mask of {name}"),
+        (lung_mask_data, f"the lung mask of {name}"),
+    ):
+        if part is not None:
+            upload_check_size(size=len(part), what=what)
     digest = imaging.sha256_bytes(data)
     existing = Image.objects.filter(sha256=digest).first()
     if existing:
         raise DuplicateImage(existing)
-    decoded = imaging.decode_image(data, what=name)
+    decoded = imaging.decode_image(data, what=name, limits=upload_limits())
     w, h = decoded.width, decoded.height
     mask = (
         imaging.decode_mask(mask_data, width=w, height=h, what=f"the mask of {name}")
@@ -70,7 +108,10 @@ def image_create(
         else None
     )
 
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name else decoded.format.lower()
+    # The stored name takes its ending from the name only when it is a plain image ending.
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if ext not in ("png", "jpg", "jpeg"):
+        ext = decoded.format.lower()
     written: list[str] = []
     try:
         written.append(storage.store(f"originals/{digest[:2]}/{digest}.{ext}", data))
@@ -171,6 +212,8 @@ def mask_draw(*, image: Image, author: Any, data: bytes, based_on: Mask | None =
         )
     if based_on is not None and based_on.image_id != image.pk:
         raise DomainError("the mask to start from belongs to another image")
+    upload_check_size(size=len(data), what="the mask")
+    # Its size and format come from the header, checked against the image before decoding.
     pixels = imaging.decode_mask(data, width=image.width, height=image.height)
     mask = mask_create(
         image=image, mask=pixels, source=Mask.Source.DRAWN, author=author, based_on=based_on

@@ -24,7 +24,7 @@ def test_the_presets_come_from_the_training_presets_smallest_first():
     assert dict(preset_choices())["paper"] == "paper — 224 px, batch 32, 50 epochs"
 
 
-def test_the_page_and_the_api_start_the_same_round(client, api, admin_user, make_image, md):
+def test_the_page_and_the_api_start_the_same_round(client, api, admin_user, make_image, md, md2):
     for patient in "ABCD":
         make_image(manual_by=md, patient=patient)
     client.force_login(admin_user)
@@ -92,3 +92,33 @@ def test_the_default_preset_is_the_setting_read_at_request_time(client, api, adm
     assert '<option value="small" selected>' in page
     data = RoundStartInput(data={"stage": "I"})
     assert data.is_valid() and data.validated_data["preset"] == "small"
+
+
+def test_more_reviewers_than_active_mds_is_an_error_on_the_page_too(md, md2):
+    md2.is_active = False
+    md2.save()
+    form = RoundStartForm(posted(stage="I", reviewers_per_item="2"))
+    assert not form.is_valid()
+    assert "there are 1 active MDs" in str(form.errors["reviewers_per_item"])
+    assert RoundStartForm(posted(stage="I", reviewers_per_item="1")).is_valid()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("input_size", 100, "multiple of 32"),
+        ("input_size", 2048, "less than or equal to 1024"),
+        ("seed", -1, "greater than or equal to 0"),
+        ("seed", 2**31, "less than or equal to"),
+        ("networks", [["unet", "x" * 41]], "no more than 40 characters"),
+    ],
+)
+def test_every_training_field_is_bounded(field, value, says):
+    data = RoundStartInput(data={"stage": "I", field: value})
+    assert not data.is_valid()
+    assert says in str(data.errors[field])
+
+
+def test_a_multiple_of_32_is_a_valid_input_size():
+    data = RoundStartInput(data={"stage": "I", "input_size": 96, "seed": 2**31 - 1})
+    assert data.is_valid(), data.errors
