@@ -91,7 +91,7 @@ def _header(data: bytes, what: str, limits: ImageLimits | None) -> PILImage.Imag
     except UnidentifiedImageError:
         raise InvalidImageError(f"{what} is not a PNG or JPEG image") from None
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        largest = limits.max_pixels if limits is not None else PILImage.MAX_IMAGE_PIXELS
+        largest = limits.max_pixels if limits is not None else PILImage.MAX_IMAGE_PIXELS or 0
         raise InvalidImageError(
             f"{what} is larger than the limit of {largest / 1e6:.1f} megapixels"
         ) from None

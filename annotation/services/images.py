@@ -47,7 +47,8 @@ def upload_check_size(*, size: int, what: str) -> None:
 
 def _check_text(value: str, *, field: str, what: str) -> None:
     """A text that fits its column and holds no NUL or other control character."""
-    limit = Image._meta.get_field(field).max_length
+    limit = Image._meta.get_field(field).max_length  # type: ignore[union-attr]
+    assert limit is not None, f"Image.{field} has no max_length"
     if len(value) > limit:
         raise DomainError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):

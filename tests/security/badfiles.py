@@ -109,8 +109,8 @@ def mask_png(size: int = 64, *, levels: bool = False) -> bytes:
 
 
 def dicom(
-    rows: int = 64,
-    columns: int = 64,
+    rows: int | None = 64,
+    columns: int | None = 64,
     *,
     pixel_bytes: int | None = None,
     deflated: bool = False,
@@ -123,10 +123,15 @@ def dicom(
     the pixels are streamed through zlib, so a file declaring gigabytes is made cheaply.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import (
+        UID,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
     ds = Dataset()
