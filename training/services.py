@@ -85,6 +85,8 @@ def training_run_create(
 
 
 WANTED = (TrainingRun.Status.QUEUED, TrainingRun.Status.TRAINING)
+# fit's checkpoint folder: its losses (state.json), and TensorFlow's index of checkpoints.
+MIRROR_LAST = ("checkpoint/state.json", "checkpoint/checkpoint")
 
 
 class AttemptLost(Exception):
@@ -283,7 +285,9 @@ def _train(run: TrainingRun, attempt: int, me: str) -> str:
         nonlocal mirrored
         wanted = on_progress(epoch, epochs, step, steps, loss)
         if step == steps and time.monotonic() - mirrored > settings.MASKLOOP_CHECKPOINT_SECONDS:
-            storage.upload_dir(work, checkpoints)  # a checkpoint is as large as Adam's state
+            # A checkpoint is as large as Adam's state. Its losses, then TensorFlow's index of
+            # checkpoints, go last: a worker killed mid-upload leaves the previous one whole.
+            storage.upload_dir(work, checkpoints, last=MIRROR_LAST)
             mirrored = time.monotonic()
         return wanted
 
