@@ -49,3 +49,13 @@ def test_the_object_store_is_seaweedfs_with_its_s3_api_and_a_healthcheck():
     assert store["command"].split()[0] == "server" and "-s3" in store["command"].split()
     assert "-s3.port=8333" in store["command"]
     assert "8333" in " ".join(store["healthcheck"]["test"])
+
+
+def test_redis_persists_its_queue_and_one_beat_runs_the_reconciler():
+    services = compose()["services"]
+    assert "--appendonly yes" in services["redis"]["command"]
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    beat = services["beat"]
+    assert beat["command"].startswith("celery -A config beat")
+    assert "redis://" in beat["environment"]["CELERY_BROKER_URL"]
+    assert "postgres://" in beat["environment"]["DATABASE_URL"]
