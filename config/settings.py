@@ -188,6 +188,9 @@ MASKLOOP_VISIBILITY_TIMEOUT = env.int(
 # export with no sign of life for MASKLOOP_HEARTBEAT_STALE_SECONDS is taken for lost.
 MASKLOOP_HEARTBEAT_SECONDS = env.int("MASKLOOP_HEARTBEAT_SECONDS", default=30)
 MASKLOOP_HEARTBEAT_STALE_SECONDS = env.int("MASKLOOP_HEARTBEAT_STALE_SECONDS", default=300)
+# Predictions give no heartbeat of their own, only a report every few dozen images (after the
+# model is loaded): a predicting run is taken for lost after this much silence.
+MASKLOOP_PREDICTION_STALE_SECONDS = env.int("MASKLOOP_PREDICTION_STALE_SECONDS", default=900)
 # How many times a run's or an export's work is sent before it fails, with its reason in words.
 MASKLOOP_MAX_ATTEMPTS = env.int("MASKLOOP_MAX_ATTEMPTS", default=3)
 MASKLOOP_RECONCILE_SECONDS = env.float("MASKLOOP_RECONCILE_SECONDS", default=30.0)

@@ -10,8 +10,9 @@ attempt, and fails it with its reason in words once it was lost MASKLOOP_MAX_ATT
   waits in the `training` queue: its message is gone (a broker restart without persistence, a
   worker killed between taking and claiming it). While the queue holds messages the run may
   simply be waiting its turn behind other trainings, so it is left alone;
-- a predicting run with no report for the stale limit while nothing waits in the `inference`
-  queue (a final round's evaluation reports only at its end: its time limit applies);
+- a predicting run with no report for MASKLOOP_PREDICTION_STALE_SECONDS while nothing waits in
+  the `inference` queue (a final round's evaluation reports only at its end: its time limit
+  applies);
 - an export queued for the stale limit while nothing waits in the `default` queue, or building
   with no sign of life for longer than its task's time limit;
 - an outbox message still unsent MASKLOOP_OUTBOX_GRACE_SECONDS after it was written (the broker
@@ -71,8 +72,10 @@ def reconcile() -> dict[str, Any]:
         if status == T.PREDICTING:
             if not idle("inference"):
                 continue
-            cutoff = _longer(now, stale, "inference") if stage == Round.Stage.FINAL else stale
-            outcome = _run_lost(run_id=run_id, cutoff=cutoff, now=now)
+            silence = now - timedelta(seconds=settings.MASKLOOP_PREDICTION_STALE_SECONDS)
+            if stage == Round.Stage.FINAL:
+                silence = _longer(now, silence, "inference")
+            outcome = _run_lost(run_id=run_id, cutoff=silence, now=now)
             key = "predictions_resent" if outcome == "resent" else "runs_failed"
         else:
             if not worker and not idle("training"):

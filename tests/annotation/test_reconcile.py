@@ -34,6 +34,7 @@ def broker(settings):
     if not django_settings.CELERY_BROKER_URL.startswith("redis://"):
         pytest.skip("needs CELERY_BROKER_URL=redis://…")
     settings.MASKLOOP_HEARTBEAT_STALE_SECONDS = 60
+    settings.MASKLOOP_PREDICTION_STALE_SECONDS = 120
     settings.MASKLOOP_MAX_ATTEMPTS = 3
     settings.MASKLOOP_OUTBOX_GRACE_SECONDS = 10
     client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
