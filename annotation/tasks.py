@@ -7,6 +7,7 @@ from celery import shared_task
 
 from annotation import services
 from annotation.models import Export
+from annotation.services import reconcile as reconciler
 from annotation.services import runs
 
 
@@ -38,18 +39,18 @@ def export_build(export_id: int) -> str:
 
 
 @shared_task(**REPORT)
-def run_started(run_id: int) -> None:
-    runs.run_started(run_id=run_id)
+def run_started(run_id: int, attempt: int | None = None) -> None:
+    runs.run_started(run_id=run_id, attempt=attempt)
 
 
 @shared_task(**REPORT)
-def run_trained(run_id: int) -> None:
-    runs.run_trained(run_id=run_id)
+def run_trained(run_id: int, attempt: int | None = None) -> None:
+    runs.run_trained(run_id=run_id, attempt=attempt)
 
 
 @shared_task(**REPORT)
-def run_failed(run_id: int, reason: str) -> None:
-    runs.run_failed(run_id=run_id, reason=reason)
+def run_failed(run_id: int, reason: str, attempt: int | None = None) -> None:
+    runs.run_failed(run_id=run_id, reason=reason, attempt=attempt)
 
 
 @shared_task(**REPORT)
@@ -60,3 +61,9 @@ def run_predictions_add(run_id: int, predictions: list[dict[str, Any]]) -> int:
 @shared_task(**REPORT)
 def run_evaluated(run_id: int, metrics: dict[str, Any]) -> None:
     runs.run_evaluated(run_id=run_id, metrics=metrics)
+
+
+@shared_task
+def reconcile() -> dict[str, Any]:
+    """Run by `celery beat` (settings.CELERY_BEAT_SCHEDULE): sends lost work again."""
+    return reconciler.reconcile()

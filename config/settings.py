@@ -232,6 +232,49 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         "polling_interval": 0.5,
     }
+# Long and lost tasks. A task runs at most its queue's time limit (a soft limit a minute or 5 %
+# earlier lets it fail in words); Redis hands an unacknowledged task to another worker only
+# after the visibility timeout, so that must exceed the longest limit, or a long training would
+# be delivered twice. What is lost in between (a killed worker, a message the broker dropped or
+# never got) the reconciler finds by its stale heartbeat and sends again (see
+# annotation/services/reconcile.py), run by `celery beat` every MASKLOOP_RECONCILE_SECONDS.
+MASKLOOP_TIME_LIMITS = {
+    "training": env.int("MASKLOOP_TRAINING_TIME_LIMIT", default=5 * 3600),
+    "inference": env.int("MASKLOOP_INFERENCE_TIME_LIMIT", default=2 * 3600),
+    "default": env.int("MASKLOOP_DEFAULT_TIME_LIMIT", default=3600),
+}
+MASKLOOP_VISIBILITY_TIMEOUT = env.int(
+    "MASKLOOP_VISIBILITY_TIMEOUT", default=max(MASKLOOP_TIME_LIMITS.values()) + 3600
+)
+# A worker holding a training run beats every MASKLOOP_HEARTBEAT_SECONDS; a run, prediction or
+# export with no sign of life for MASKLOOP_HEARTBEAT_STALE_SECONDS is taken for lost.
+MASKLOOP_HEARTBEAT_SECONDS = env.int("MASKLOOP_HEARTBEAT_SECONDS", default=30)
+MASKLOOP_HEARTBEAT_STALE_SECONDS = env.int("MASKLOOP_HEARTBEAT_STALE_SECONDS", default=300)
+# Predictions give no heartbeat of their own, only a report every few dozen images (after the
+# model is loaded): a predicting run is taken for lost after this much silence.
+MASKLOOP_PREDICTION_STALE_SECONDS = env.int("MASKLOOP_PREDICTION_STALE_SECONDS", default=900)
+# How many times a run's or an export's work is sent before it fails, with its reason in words.
+MASKLOOP_MAX_ATTEMPTS = env.int("MASKLOOP_MAX_ATTEMPTS", default=3)
+MASKLOOP_RECONCILE_SECONDS = env.float("MASKLOOP_RECONCILE_SECONDS", default=30.0)
+# An outbox message still unsent this long after it was written is the reconciler's to send.
+MASKLOOP_OUTBOX_GRACE_SECONDS = env.int("MASKLOOP_OUTBOX_GRACE_SECONDS", default=10)
+CELERY_TASK_ANNOTATIONS = ["config.celery:TimeLimits"]
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {
+        "task": "annotation.tasks.reconcile",
+        "schedule": MASKLOOP_RECONCILE_SECONDS,
+        # A pass nobody ran in time is dropped, not queued up behind a stopped worker.
+        "options": {"expires": MASKLOOP_RECONCILE_SECONDS},
+    }
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": MASKLOOP_VISIBILITY_TIMEOUT,
+        # A request that enqueues must not hang on an unreachable broker: it falls back to the
+        # outbox (config/outbox.py).
+        "socket_connect_timeout": 5,
+    }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

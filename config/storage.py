@@ -17,7 +17,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -204,12 +204,17 @@ def _local_stamp(path: Path) -> list[Any]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def upload_dir(local_dir: Path | str, prefix: str) -> list[str]:
+def upload_dir(local_dir: Path | str, prefix: str, *, last: Sequence[str] = ()) -> list[str]:
     """Uploads the files of `local_dir` (recursively) to `prefix/<relative path>`.
 
     Only files that are new or changed since this folder's last upload or download are sent
     (by size and modification time, recorded in the folder's SYNC_STATE file); each replaces
     the object of the same name. Nothing is deleted from storage.
+
+    Args:
+        last: relative paths sent after every other file, in this order: an index that names
+            the other files goes last, so that an upload cut short (a killed worker) never
+            leaves it naming a file that is not there yet.
 
     Returns:
         The stored names that were written.
@@ -218,7 +223,10 @@ def upload_dir(local_dir: Path | str, prefix: str) -> list[str]:
     prefix = "/".join(_relative_parts(prefix.strip("/")))
     state = _load_state(local_dir)
     written = []
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+    order = {rel: i for i, rel in enumerate(last, start=1)}
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    files.sort(key=lambda p: order.get(p.relative_to(local_dir).as_posix(), 0))
+    for path in files:
         rel = path.relative_to(local_dir).as_posix()
         if rel.startswith(SYNC_STATE) or path.name.endswith(".tmp"):
             continue
@@ -270,7 +278,7 @@ def download_dir(prefix: str, local_dir: Path | str) -> list[Path]:
     state = _load_state(local_dir)
     fetched = []
     for rel in names:
-        if rel.startswith(SYNC_STATE):
+        if rel.startswith(SYNC_STATE) or rel.endswith(".tmp"):  # a copy cut short
             continue
         target = local_dir.joinpath(*_relative_parts(rel))
         with open_file(f"{prefix}/{rel}") as src:

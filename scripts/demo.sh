@@ -15,8 +15,9 @@ $PY manage.py seed_demo
 
 # Two workers, as in production: `training` runs each task in a fresh child process so
 # TensorFlow hands its memory back after every training; `inference,default` stays warm.
+# `celery beat` has the reconciler send again what a stopped worker left behind.
 stop_workers() {
-  for name in training default; do
+  for name in training default beat; do
     if [ -f "var/worker-$name.pid" ]; then
       kill "$(cat "var/worker-$name.pid")" 2>/dev/null || true
       rm -f "var/worker-$name.pid"
@@ -31,14 +32,16 @@ sleep 1
 .venv/bin/celery -A config worker -Q inference,default -n "default@%h" --concurrency 1 \
   --prefetch-multiplier 1 -l info --logfile var/worker-default.log \
   --pidfile var/worker-default.pid --detach
+.venv/bin/celery -A config beat -s var/celerybeat-schedule -l info --logfile var/worker-beat.log \
+  --pidfile var/worker-beat.pid --detach
 trap stop_workers EXIT INT TERM
 
 cat <<MSG
 
   maskloop is running at  http://$HOST:$PORT/
-  Celery worker logs:     var/worker-training.log, var/worker-default.log
+  Celery worker logs:     var/worker-training.log, var/worker-default.log, var/worker-beat.log
   Sign in as md1 / md1-demo-pass (MD), admin / admin-demo-pass (admin), data / data-demo-pass.
-  Start with Stage I on the Rounds page as admin. Ctrl+C stops the server and the worker.
+  Start with Stage I on the Rounds page as admin. Ctrl+C stops the server, the workers and beat.
 
 MSG
 $PY manage.py runserver "$HOST:$PORT" --noreload

@@ -8,6 +8,7 @@ Lock order: Round, then TrainingRun, then Image (see `states`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from config.celery import send
 from training.models import ModelVersion, TrainingRun
 
 T = TrainingRun.Status
+log = logging.getLogger(__name__)
 
 
 def _lock(run_id: int) -> TrainingRun:
@@ -32,33 +34,56 @@ def _lock(run_id: int) -> TrainingRun:
     return TrainingRun.objects.select_for_update().select_related("round").get(pk=run_id)
 
 
+run_lock = _lock  # for the reconciler
+
+
 @transaction.atomic
-def run_started(*, run_id: int) -> None:
+def run_started(*, run_id: int, attempt: int | None = None) -> None:
     run = _lock(run_id)
     if run.status == T.QUEUED:
         states.move(run, T.TRAINING, started_at=run.started_at or timezone.now())
 
 
 @transaction.atomic
-def run_trained(*, run_id: int) -> None:
+def run_trained(*, run_id: int, attempt: int | None = None) -> None:
     """The run's weights are stored: it predicts its targets (a final round's run measures
     itself on the held-out images) on the inference queue."""
     run = _lock(run_id)
     if run.status not in (T.QUEUED, T.TRAINING):
         return
-    states.move(run, T.PREDICTING, started_at=run.started_at or timezone.now())
+    states.move(
+        run, T.PREDICTING, started_at=run.started_at or timezone.now(), heartbeat_at=timezone.now()
+    )
+    predictions_send(run)
+
+
+def predictions_send(run: TrainingRun) -> None:
+    """Sends a trained run's prediction work (a final round's run: its evaluation) once the
+    caller's transaction commits. Idempotent: the workers predict only what is missing."""
     task = "inference.tasks.evaluate" if run.round.stage == Round.Stage.FINAL else None
-    transaction.on_commit(lambda: send(task or "inference.tasks.predict", run_id))
+    send(task or "inference.tasks.predict", run.pk)
 
 
 @transaction.atomic
-def run_failed(*, run_id: int, reason: str) -> None:
-    """Records why a run failed and fails its round (which says so on the dashboard)."""
+def run_failed(*, run_id: int, reason: str, attempt: int | None = None) -> bool:
+    """Records why a run failed and fails its round (which says so on the dashboard).
+
+    Args:
+        attempt: the training attempt that failed; a report of an attempt that no longer
+            holds the run (the reconciler sent a newer one) is dropped. None: any.
+
+    Returns:
+        Whether the run failed now.
+    """
     run = _lock(run_id)
     if run.is_terminal:
-        return
+        return False
+    if attempt is not None and attempt != run.attempt:
+        log.info("run %s: dropped the failure of old attempt %s: %s", run_id, attempt, reason)
+        return False
     states.move(run, T.FAILED, failure_reason=reason[:2000], finished_at=timezone.now())
     round_advance(round_id=run.round_id)
+    return True
 
 
 @transaction.atomic
@@ -103,7 +128,8 @@ def run_predictions_add(*, run_id: int, predictions: Sequence[dict[str, Any]]) -
             dice[str(p["image"])] = p["dice"]
         added += 1
     run.predicted = len(existing)
-    run.save(update_fields=["predicted"])
+    run.heartbeat_at = timezone.now()  # a sign of life for the reconciler
+    run.save(update_fields=["predicted", "heartbeat_at"])
     if dice:
         mv.metrics = {
             **mv.metrics,

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("web", "training", "default")
+APP_SERVICES = ("web", "training", "default", "beat")
 
 
 def compose() -> dict:
@@ -67,3 +67,13 @@ def test_the_image_collects_the_static_files_that_gunicorn_serves():
     # Collected after the whole tree is copied in, so static/ is there.
     assert dockerfile.index("COPY . .") < dockerfile.index("collectstatic")
     assert "gunicorn config.wsgi:application" in compose()["services"]["web"]["command"]
+
+
+def test_redis_persists_its_queue_and_one_beat_runs_the_reconciler():
+    services = compose()["services"]
+    assert "--appendonly yes" in services["redis"]["command"]
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    beat = services["beat"]
+    assert beat["command"].startswith("celery -A config beat")
+    assert "redis://" in beat["environment"]["CELERY_BROKER_URL"]
+    assert "postgres://" in beat["environment"]["DATABASE_URL"]
