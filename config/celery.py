@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # One quick try and one reconnect (a pooled connection may predate a broker restart): a
 # request that enqueues must answer at once, the outbox keeps what could not be published.
-PUBLISH = {
+PUBLISH: dict[str, Any] = {
     "retry": True,
     "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.5},
 }
@@ -65,7 +65,7 @@ def _in_transaction() -> bool:
     does not count: it never commits (Django's durable blocks judge it so too)."""
     from django.db import connection
 
-    return any(not block._from_testcase for block in connection.atomic_blocks)
+    return any(not block._from_testcase for block in connection.atomic_blocks)  # type: ignore[attr-defined]
 
 
 def publish(task_name: str, args: list[Any]) -> None:
@@ -81,7 +81,8 @@ def queue_size(name: str) -> int | None:
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1)
-            return int(conn.default_channel.queue_declare(queue=name).message_count)
+            channel: Any = conn.default_channel
+            return int(channel.queue_declare(queue=name).message_count)
     except Exception as exc:  # the reconciler acts only on what it can see
         log.warning("cannot read the size of queue %s: %s", name, exc)
         return None
