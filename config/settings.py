@@ -96,6 +96,8 @@ MASKLOOP_WORK_DIR = Path(env.str("MASKLOOP_WORK_DIR", default=str(VAR_DIR / "wor
 # resume it (a checkpoint holds the weights and Adam's moments: ~3× the weights).
 MASKLOOP_CHECKPOINT_SECONDS = env.int("MASKLOOP_CHECKPOINT_SECONDS", default=600)
 MASKLOOP_CACHE_DIR = Path(env.str("MASKLOOP_CACHE_DIR", default=str(VAR_DIR / "cache")))
+# Stage II prediction is split into shards of this many images, one inference task each.
+MASKLOOP_PREDICT_SHARD = env.int("MASKLOOP_PREDICT_SHARD", default=256)
 
 # Files: the MEDIA_ROOT folder (the demo, one host), or an S3-compatible object store shared by
 # the web host and every worker host when MASKLOOP_S3_ENDPOINT_URL is set.

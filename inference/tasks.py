@@ -11,9 +11,10 @@ RETRY = {"acks_late": True, "autoretry_for": (OperationalError,), "retry_backoff
 
 
 @shared_task(**RETRY, max_retries=3)
-def predict(run_id: int) -> str:
+def predict(run_id: int, image_ids: list[int] | None = None) -> str:
+    """One shard of a run's prediction: `image_ids` (None: every target of the run)."""
     try:
-        return services.run_predict(run_id=run_id)
+        return services.run_predict(run_id=run_id, image_ids=image_ids)
     except OperationalError:
         raise
     except Exception as exc:
