@@ -2,19 +2,19 @@
 
 The inference worker reads its run's work order (TrainingRun.inputs) and the stored files,
 stores what it predicts, and reports to annotation by Celery task name: the masks become
-mask versions and candidates there, and only annotation changes the run's status.
+mask versions and candidates there, and only annotation changes the run's status. A Stage I
+or II run's prediction comes as shards (`inference.tasks.predict(run_id, image_ids)`, sent by
+annotation's `predictions_send`), so several inference workers share one run.
 """
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from django.utils import timezone
-from PIL import Image as PILImage
 
 from annotation import imaging
 from config import storage
@@ -47,17 +47,7 @@ def _beat(run_id: int) -> bool:
     )
 
 
-def mask_png(mask: np.ndarray) -> bytes:
-    """A predicted mask as a 1-bit PNG: read back as 0/255 by every mask reader, and 2–3×
-    faster to encode than an 8-bit one at 1024–3000 px (bench/predict_bench.py)."""
-    buf = io.BytesIO()
-    PILImage.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(
-        buf, format="PNG", compress_level=6
-    )
-    return buf.getvalue()
-
-
-_MEMBERS: OrderedDict[tuple[int, str], Any] = OrderedDict()
+_MEMBERS: OrderedDict[str, Any] = OrderedDict()
 MEMBERS_KEPT = 2  # networks an inference worker keeps built between shards
 
 
@@ -67,7 +57,7 @@ def _member(mv: ModelVersion) -> Any:
     from training.nets.config import TrainConfig
     from training.nets.predict import Member, load_model
 
-    key = (mv.pk, mv.weights.name)
+    key = mv.weights.name  # stored names never change content
     if key in _MEMBERS:
         _MEMBERS.move_to_end(key)
         return _MEMBERS[key]
@@ -93,7 +83,7 @@ def run_predict(*, run_id: int, image_ids: Sequence[int] | None = None) -> str:
     whichever shard sends it.
     """
     from annotation.selectors import predicted_image_ids
-    from training.nets.predict import dice, predict_pipelined, predicted_mask
+    from training.nets.predict import dice, mask_png, predict_pipelined, predicted_mask
 
     run = TrainingRun.objects.get(pk=run_id)
     if run.status != TrainingRun.Status.PREDICTING:

@@ -14,10 +14,10 @@ from annotation import imaging, services
 from annotation.models import Candidate, GroundTruth, Mask, ReviewItem, Round
 from annotation.services import runs
 from config import storage
-from inference import services as inference_services
 from inference import tasks as inference_tasks
 from training.models import ModelVersion, TrainingRun
-from training.nets.predict import predict_pipelined, predicted_mask
+from training.nets.data import load_mask
+from training.nets.predict import mask_png, predict_pipelined, predicted_mask
 
 pytestmark = pytest.mark.django_db
 T = TrainingRun.Status
@@ -147,6 +147,8 @@ def test_shards_in_any_order_finish_the_run_once_with_every_candidate(
     for mask in masks.select_related("image"):
         stored = imaging.read_mask_png(storage.read(mask.file.name))
         assert stored.shape == (48, 48) and int(stored.sum()) == mask.area
+        # A 1-bit PNG, which training reads as it reads drawn masks (it may become one).
+        assert np.array_equal(load_mask(storage.local_copy(mask.file.name)), stored)
 
     # Late and repeated shards, and a whole-run task, change nothing once the run is done.
     candidates = Candidate.objects.filter(item__round=rnd).count()
@@ -193,7 +195,7 @@ def test_two_shard_reports_at_once_both_count_and_finish_the_run_once(make_image
     def report(image):
         mask = np.zeros((48, 48), bool)
         mask[4:12, 4:12] = True
-        data = inference_services.mask_png(mask)
+        data = mask_png(mask)
         return {
             "image": image.pk,
             "file": storage.store(f"masks/{image.pk}/predicted-run{run.pk}.png", data),

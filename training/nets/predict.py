@@ -3,6 +3,7 @@ ensemble of trained runs."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -94,6 +95,16 @@ def predicted_mask(
     if p.shape != (height, width):
         p = np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
     return p >= threshold
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A binary mask as a 1-bit PNG: read back as 0/255 by every mask reader here, and 2–3×
+    faster to encode than an 8-bit PNG at 1024–3000 px (bench/predict_bench.py)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(
+        buf, format="PNG", compress_level=6
+    )
+    return buf.getvalue()
 
 
 def default_workers() -> int:
