@@ -15,7 +15,25 @@ For each of U-Net, UNet++ and DLA it measures, after warm-up, the median of N re
 - one training step at batch 8 (hybrid loss, Adam).
 
 The goal is a full path within 1.3× the bare forward at batch 1, both measured in the same
-run; the ratio is printed per architecture. A benchmark, not a test: no assertion.
+run; the ratio is printed per architecture.
+
+Then one prediction shard of ``--shard`` source PNGs (files on disk, as a local storage
+holds them) through the first architecture, in images per second, against the bare forward
+of the same inputs at the same batch size (8):
+
+- "sequential, eager": the inference worker's loop before the shards (13f5048): decode,
+  ``predict_probabilities`` (eager Keras call), resize back, threshold, 8-bit PNG, write;
+- "sequential, traced": the same stages one after the other, traced forward, 1-bit PNG;
+- "pipelined": ``training.nets.predict.predict_pipelined`` as ``inference.services`` runs
+  it: decode and preprocess of the next batches and resize back, threshold, PNG and write
+  of the previous ones in a thread pool while the network runs.
+
+``--maps`` also draws each image's infection map in the shard (what uploads get; Stage II
+prediction does not draw them). The goal is a shard within 1.3× the bare forward.
+A benchmark, not a test: no assertion.
+
+    python bench/predict_bench.py --image-size 1024 --archs unet
+    python bench/predict_bench.py --image-size 3000 --archs unet --shard 16
 """
 
 from __future__ import annotations
@@ -133,6 +151,96 @@ def bench_arch(arch: str, encoder: str, size: int, png: bytes, repeats: int) -> 
     return (arch, build_s, fwd_1, fwd_16, eager_1, full, full / fwd_1, train)
 
 
+def bench_shard(
+    arch: str, encoder: str, size: int, png: bytes, count: int, repeats: int, maps: bool
+) -> dict[str, float]:
+    """Seconds for one shard of `count` copies of `png`, by path (see the module's doc)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from annotation import imaging
+    from inference.maps import infection_map
+    from training.nets.builders import build_model
+    from training.nets.config import TrainConfig
+    from training.nets.data import load_gray, preprocess, resize_probability
+    from training.nets.detection import THRESHOLD
+    from training.nets.predict import (
+        Member,
+        mask_png,
+        predict_pipelined,
+        predict_probabilities,
+        predicted_mask,
+    )
+
+    tf.keras.backend.clear_session()
+    model = build_model(arch, encoder, input_size=size)
+    config = TrainConfig(arch=arch, encoder=encoder, input_size=size)
+    member = Member(config, Path("unused"), model)
+    member.predict(np.zeros((8, size, size, 3), np.float32), graph=True)  # traced once
+    folder = Path(tempfile.mkdtemp(prefix="predict-shard-"))
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"cxr-{i}.png")
+        paths[-1].write_bytes(png)
+    out = folder / "out"
+    out.mkdir()
+    batch = 8
+
+    def write(i: int, data: bytes) -> None:
+        (out / f"mask-{i}.png").write_bytes(data)
+
+    def bare() -> None:
+        xs = np.stack([preprocess(load_gray(p), size) for p in paths[:batch]])
+        for start in range(0, count, batch):
+            member.predict(xs[: min(batch, count - start)], graph=True)
+
+    def sequential_eager() -> None:
+        for start in range(0, count, 32):  # the old REPORT_EVERY
+            chunk = paths[start : start + 32]
+            grays = [load_gray(p) for p in chunk]
+            for i, (gray, prob) in enumerate(
+                zip(grays, predict_probabilities(model, iter(grays), size=size), strict=True)
+            ):
+                mask = prob >= THRESHOLD
+                write(start + i, imaging.encode_mask(mask))
+                if maps:
+                    infection_map(gray, prob)
+
+    def finish(i: int, gray: np.ndarray, prob: np.ndarray) -> None:
+        write(i, mask_png(predicted_mask(prob, *gray.shape)))
+        if maps:
+            infection_map(gray, resize_probability(prob, *gray.shape))
+
+    def sequential_traced() -> None:
+        for start in range(0, count, batch):
+            chunk = range(start, min(start + batch, count))
+            grays = [load_gray(paths[i]) for i in chunk]
+            probs = member.predict(np.stack([preprocess(g, size) for g in grays]), graph=True)
+            for i, gray, prob in zip(chunk, grays, probs, strict=True):
+                finish(i, gray, prob)
+
+    def pipelined() -> None:
+        for _ in predict_pipelined(
+            lambda x: member.predict(x, graph=True),
+            range(count),
+            load=lambda i: load_gray(paths[i]),
+            finish=finish,
+            size=size,
+            batch_size=batch,
+        ):
+            pass
+
+    # `bare` reuses one batch of inputs, so it times the network alone on the same shapes.
+    paths_ = {
+        "bare forward": bare,
+        "sequential, eager (13f5048)": sequential_eager,
+        "sequential, traced": sequential_traced,
+        "pipelined": pipelined,
+    }
+    return {name: median_ms(fn, repeats, warmup=1) / 1000.0 for name, fn in paths_.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 px and few repeats")
@@ -147,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed repeats per figure")
     parser.add_argument("--archs", nargs="+", default=["unet", "unetpp", "dla"])
     parser.add_argument("--encoder", default="densenet121")
+    parser.add_argument("--shard", type=int, help="images in the one-shard figure (default 32)")
+    parser.add_argument("--shard-repeats", type=int, default=3, dest="shard_repeats")
+    parser.add_argument("--maps", action="store_true", help="draw infection maps in the shard")
+    parser.add_argument(
+        "--only-shard", action="store_true", dest="only_shard", help="skip the per-arch figures"
+    )
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -166,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# TF {tf.__version__}, {os.cpu_count()} CPU(s), GPUs: "
         f"{len(tf.config.list_physical_devices('GPU'))}, Python {platform.python_version()}"
+        f", load average {os.getloadavg()}"
     )
 
     # The non-network stages do not depend on the architecture: time them once.
@@ -189,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'total':<14} {sum(stage_ms.values()):8.2f}")
     print(
         f"  (infection_map as one 256x256 colour-table lookup: {lut_ms:.2f} ms, "
-        f"{stage_ms['infection_map'] / lut_ms:.0f}x faster, identical output: {same})"
+        f"{stage_ms['infection_map'] / lut_ms:.2f}x as fast, identical output: {same})"
     )
 
     rows = []
-    for arch in args.archs:
+    for arch in [] if args.only_shard else args.archs:
         row = bench_arch(arch, args.encoder, size, png, repeats)
         rows.append(row)
         _, build_s, fwd_1, fwd_16, eager_1, full, ratio, train = row
@@ -222,6 +337,25 @@ def main(argv: list[str] | None = None) -> int:
         f"(largest: {max(stage_ms, key=lambda k: stage_ms[k])} "
         f"{max(stage_ms.values()):.1f} ms)."
     )
+
+    count = args.shard or (8 if args.quick else 32)
+    from training.nets.predict import default_workers
+
+    seconds = bench_shard(
+        args.archs[0], args.encoder, size, png, count, args.shard_repeats, args.maps
+    )
+    bare = seconds["bare forward"]
+    print(
+        f"\n## One shard: {count} images of {image_size} px, {args.archs[0]}, batch 8, "
+        f"{default_workers()} pool threads{', with infection maps' if args.maps else ''}; "
+        f"median of {args.shard_repeats}"
+    )
+    print("| path | s | images/s | × bare forward |")
+    print("|---|---|---|---|")
+    for name, s in seconds.items():
+        verdict = "" if name == "bare forward" else (" ok" if s / bare <= GOAL else f" > {GOAL}")
+        print(f"| {name} | {s:.2f} | {count / s:.2f} | {s / bare:.2f}{verdict} |")
+    print(f"# load average {os.getloadavg()}")
     return 0
 
 

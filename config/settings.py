@@ -151,6 +151,8 @@ MASKLOOP_CACHE_DIR = Path(env.str("MASKLOOP_CACHE_DIR", default=str(VAR_DIR / "c
 MASKLOOP_MAX_IMAGE_SIDE = env.int("MASKLOOP_MAX_IMAGE_SIDE", default=8192)
 MASKLOOP_MAX_IMAGE_PIXELS = env.int("MASKLOOP_MAX_IMAGE_PIXELS", default=40_000_000)
 MASKLOOP_MAX_UPLOAD_BYTES = env.int("MASKLOOP_MAX_UPLOAD_BYTES", default=64 * 1024 * 1024)
+# Stage II prediction is split into shards of this many images, one inference task each.
+MASKLOOP_PREDICT_SHARD = env.int("MASKLOOP_PREDICT_SHARD", default=256)
 
 # Files: the MEDIA_ROOT folder (the demo, one host), or an S3-compatible object store shared by
 # the web host and every worker host when MASKLOOP_S3_ENDPOINT_URL is set.

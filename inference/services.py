@@ -2,14 +2,19 @@
 
 The inference worker reads its run's work order (TrainingRun.inputs) and the stored files,
 stores what it predicts, and reports to annotation by Celery task name: the masks become
-mask versions and candidates there, and only annotation changes the run's status.
+mask versions and candidates there, and only annotation changes the run's status. A Stage I
+or II run's prediction comes as shards (`inference.tasks.predict(run_id, image_ids)`, sent by
+annotation's `predictions_send`), so several inference workers share one run.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
+from django.utils import timezone
 
 from annotation import imaging
 from config import storage
@@ -31,60 +36,105 @@ def _mask(name: str) -> np.ndarray:
     return imaging.read_mask_png(storage.read(name))
 
 
-def _batches(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _beat(run_id: int) -> bool:
+    """Marks a predicting run as alive (heartbeat_at); False once it is no longer predicting
+    (cancelled, failed or complete), which stops its shards."""
+    return (
+        TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PREDICTING).update(
+            heartbeat_at=timezone.now()
+        )
+        > 0
+    )
 
 
-def _predicting(run_id: int) -> bool:
-    return TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PREDICTING).exists()
+_MEMBERS: OrderedDict[str, Any] = OrderedDict()
+MEMBERS_KEPT = 2  # networks an inference worker keeps built between shards
 
 
-def run_predict(*, run_id: int) -> str:
-    """Predicts every target image of a trained run that has no prediction yet, and reports
-    the stored masks (with their Dice against the target's reference mask, where known).
+def _member(mv: ModelVersion) -> Any:
+    """The model version's network, built once per worker process and kept for its next
+    shards: building and tracing it costs seconds, more than a GPU needs for a shard."""
+    from training.nets.config import TrainConfig
+    from training.nets.predict import Member, load_model
+
+    key = str(mv.weights.name)  # stored names never change content
+    if key in _MEMBERS:
+        _MEMBERS.move_to_end(key)
+        return _MEMBERS[key]
+    config = TrainConfig.from_dict(mv.config)
+    weights = weights_path(mv)
+    member = _MEMBERS[key] = Member(config, weights, load_model(config, str(weights)))
+    while len(_MEMBERS) > MEMBERS_KEPT:
+        _MEMBERS.popitem(last=False)
+    return member
+
+
+def run_predict(*, run_id: int, image_ids: Sequence[int] | None = None) -> str:
+    """Predicts one shard of a trained run: the run's targets among `image_ids` (None: every
+    target) that have no prediction yet, and reports the stored masks (with their Dice
+    against the target's reference mask, where known) in batches of REPORT_EVERY.
+
+    Decoding, preprocessing, resizing back, thresholding, PNG encoding and storing run in a
+    thread pool beside the network (`training.nets.predict.predict_pipelined`). Each report
+    marks the run alive (heartbeat_at); the shard stops once the run is no longer predicting.
 
     Idempotent: annotation records one mask per image, model version and round, so a
-    repeated task adds nothing; the last report completes the run.
+    repeated shard adds nothing; the report that brings the last target completes the run,
+    whichever shard sends it.
     """
     from annotation.selectors import predicted_image_ids
-    from training.nets.config import TrainConfig
-    from training.nets.predict import dice, load_model, predict_probabilities
+    from training.nets.predict import dice, mask_png, predict_pipelined, predicted_mask
 
     run = TrainingRun.objects.get(pk=run_id)
     if run.status != TrainingRun.Status.PREDICTING:
         return f"run {run_id} is {run.status}; nothing to predict"
     mv = ModelVersion.objects.get(run=run)
+    targets = set(run.target_image_ids)
+    wanted = sorted(targets if image_ids is None else targets.intersection(image_ids))
     done = predicted_image_ids(model_version_id=mv.pk, round_id=run.round_id)
-    todo = [i for i in run.target_image_ids if i not in done]
+    todo = [i for i in wanted if i not in done]
     if not todo:
         send("annotation.tasks.run_predictions_add", run_id, [])  # completes the run
-        return f"run {run_id} had nothing left to predict"
-    config = TrainConfig.from_dict(mv.config)
-    model = load_model(config, str(weights_path(mv)))
+        return f"run {run_id} had nothing left to predict in this shard"
+    _beat(run_id)
+    member = _member(mv)
+    config = member.config
     images, references = run.inputs["images"], run.inputs["references"]
-    for batch in _batches(todo, REPORT_EVERY):
-        if not _predicting(run_id):
-            return f"run {run_id} was cancelled while predicting"
-        grays = (_gray(images[str(i)]) for i in batch)
-        report = []
-        for image_id, prob in zip(
-            batch, predict_probabilities(model, grays, size=config.input_size), strict=True
-        ):
-            mask = prob >= THRESHOLD
-            data = imaging.encode_mask(mask)
-            reference = references.get(str(image_id))
-            report.append(
-                {
-                    "image": image_id,
-                    "file": storage.store(f"masks/{image_id}/predicted-run{run_id}.png", data),
-                    "sha256": imaging.sha256_bytes(data),
-                    "area": int(mask.sum()),
-                    "dice": dice(mask, _mask(reference)) if reference else None,
-                }
-            )
-        send("annotation.tasks.run_predictions_add", run_id, report)
-    return f"run {run_id} predicted {len(todo)} image(s)"
+
+    def finish(image_id: int, gray: np.ndarray, prob: np.ndarray) -> dict:
+        mask = predicted_mask(prob, gray.shape[0], gray.shape[1], THRESHOLD)
+        data = mask_png(mask)
+        reference = references.get(str(image_id))
+        return {
+            "image": image_id,
+            "file": storage.store(f"masks/{image_id}/predicted-run{run_id}.png", data),
+            "sha256": imaging.sha256_bytes(data),
+            "area": int(mask.sum()),
+            "dice": dice(mask, _mask(reference)) if reference else None,
+        }
+
+    predictions = predict_pipelined(
+        member.predict,
+        todo,
+        load=lambda image_id: _gray(images[str(image_id)]),
+        finish=finish,
+        size=config.input_size,
+    )
+    report: list[dict] = []
+    sent = 0
+    try:
+        for prediction in predictions:
+            report.append(prediction)
+            if len(report) == REPORT_EVERY or sent + len(report) == len(todo):
+                # Sent even when the run was cancelled meanwhile: annotation then removes
+                # the stored files.
+                send("annotation.tasks.run_predictions_add", run_id, report)
+                sent, report = sent + len(report), []
+                if not _beat(run_id) and sent < len(todo):
+                    return f"run {run_id} stopped predicting after {sent} image(s)"
+    finally:
+        predictions.close()
+    return f"run {run_id} predicted {len(todo)} image(s) in this shard"
 
 
 # ---------------------------------------------------------------- the final networks

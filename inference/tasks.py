@@ -20,9 +20,10 @@ RETRY: _Retried = {"acks_late": True, "autoretry_for": (OperationalError,), "ret
 
 
 @shared_task(**RETRY, max_retries=3)
-def predict(run_id: int) -> str:
+def predict(run_id: int, image_ids: list[int] | None = None) -> str:
+    """One shard of a run's prediction: `image_ids` (None: every target of the run)."""
     try:
-        return services.run_predict(run_id=run_id)
+        return services.run_predict(run_id=run_id, image_ids=image_ids)
     except OperationalError:
         raise
     except Exception as exc:

@@ -12,11 +12,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from annotation import storage
 from annotation.models import Mask, ReviewItem, Round
+from annotation.selectors import predicted_image_ids
 from annotation.services import states
 from annotation.services.images import mask_next_version
 from annotation.services.rounds import candidate_add, round_advance
@@ -51,17 +53,49 @@ def run_trained(*, run_id: int, attempt: int | None = None) -> None:
     run = _lock(run_id)
     if run.status not in (T.QUEUED, T.TRAINING):
         return
-    states.move(
-        run, T.PREDICTING, started_at=run.started_at or timezone.now(), heartbeat_at=timezone.now()
-    )
+    states.move(run, T.PREDICTING, started_at=run.started_at or timezone.now())
     predictions_send(run)
 
 
-def predictions_send(run: TrainingRun) -> None:
-    """Sends a trained run's prediction work (a final round's run: its evaluation) once the
-    caller's transaction commits. Idempotent: the workers predict only what is missing."""
-    task = "inference.tasks.evaluate" if run.round.stage == Round.Stage.FINAL else None
-    send(task or "inference.tasks.predict", run.pk)
+def prediction_shards(image_ids: Sequence[int], size: int) -> list[list[int]]:
+    """`image_ids` in ascending order, cut into consecutive shards of at most `size`."""
+    ordered = sorted(set(image_ids))
+    size = max(int(size), 1)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+def predictions_send(run: TrainingRun) -> list[list[int]]:
+    """Sends a PREDICTING run's prediction work to the inference queue (through the outbox,
+    published once the caller's transaction commits), and
+    marks the run as alive (heartbeat_at).
+
+    A Stage I / II run's targets without a prediction yet are cut into shards of
+    MASKLOOP_PREDICT_SHARD images, one `inference.tasks.predict(run_id, image_ids)` each, so
+    that every inference worker takes a share; each shard is idempotent and
+    `run_predictions_add` counts across shards. With nothing left, one empty shard is sent:
+    its report completes the run. A final round's run sends one `inference.tasks.evaluate`
+    (its figures need every held-out image at once). Safe to call again for a stale run.
+
+    Returns:
+        The shards sent (a final round's evaluation: one shard of every target); none when
+        the run is not predicting.
+    """
+    if run.status != T.PREDICTING:
+        return []
+    now = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=now)
+    run.heartbeat_at = now
+    run_id = run.pk
+    if run.round.stage == Round.Stage.FINAL:
+        send("inference.tasks.evaluate", run_id)
+        return [sorted(run.target_image_ids)]
+    mv = ModelVersion.objects.filter(run=run).first()
+    done = set(predicted_image_ids(model_version_id=mv.pk, round_id=run.round_id)) if mv else set()
+    todo = [i for i in run.target_image_ids if i not in done]
+    shards = prediction_shards(todo, settings.MASKLOOP_PREDICT_SHARD) or [[]]
+    for shard in shards:
+        send("inference.tasks.predict", run_id, shard)
+    return shards
 
 
 @transaction.atomic

@@ -3,20 +3,28 @@ ensemble of trained runs."""
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from training.nets.builders import build_model
 from training.nets.config import TrainConfig
 from training.nets.data import preprocess, resize_probability
-from training.nets.detection import ensemble
+from training.nets.detection import THRESHOLD, ensemble
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def load_model(config: TrainConfig, weights_path: str | os.PathLike[str]) -> tf.keras.Model:
@@ -63,6 +71,124 @@ def predict_probabilities(
             yield from flush()
     if batch:
         yield from flush()
+
+
+def predicted_mask(
+    prob: np.ndarray, height: int, width: int, threshold: float = THRESHOLD
+) -> np.ndarray:
+    """The binary mask at the CXR's own size: the probability resized back bilinearly, then
+    thresholded (``resize_probability(...) >= threshold``, without its clip and NaN passes,
+    which cannot change the outcome for a threshold in (0, 1]).
+
+    Args:
+        prob: (size, size) or (size, size, 1) probabilities at network resolution.
+        height: the CXR's height.
+        width: the CXR's width.
+        threshold: the detection threshold.
+
+    Returns:
+        bool (height, width).
+    """
+    p = np.asarray(prob, dtype=np.float32)
+    if p.ndim == 3 and p.shape[-1] == 1:
+        p = p[..., 0]
+    if p.shape != (height, width):
+        p = np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR))
+    return p >= threshold
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A binary mask as a 1-bit PNG: read back as 0/255 by every mask reader here, and 2–3×
+    faster to encode than an 8-bit PNG at 1024–3000 px (bench/predict_bench.py)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(mask, dtype=bool)).save(
+        buf, format="PNG", compress_level=6
+    )
+    return buf.getvalue()
+
+
+def default_workers() -> int:
+    """Threads for the CPU stages around the network: one per core, at most 16."""
+    return max(2, min(16, os.cpu_count() or 2))
+
+
+def predict_pipelined(
+    forward: Callable[[np.ndarray], np.ndarray],
+    items: Iterable[T],
+    *,
+    load: Callable[[T], np.ndarray],
+    finish: Callable[[T, np.ndarray, np.ndarray], R],
+    size: int,
+    batch_size: int = 8,
+    workers: int | None = None,
+) -> Generator[R, None, None]:
+    """Predicts items in batches with the CPU stages in a thread pool, beside the network.
+
+    While the network runs on one batch, the pool decodes and preprocesses the next two
+    (`load`, then `preprocess`) and finishes the earlier ones (`finish`: e.g. resize back,
+    threshold, encode, store). Pillow, numpy and TensorFlow release the GIL in their heavy
+    parts, so on a GPU the network no longer waits for the CPU, and on a CPU the stages fill
+    the cores the network leaves idle. Results come in the order of `items`; at most a few
+    batches are held in memory. Closing the generator early cancels the work not yet begun.
+
+    Args:
+        forward: (B, size, size, 3) float32 → (B, size, size) probabilities, e.g.
+            `Member.predict`; called from the consuming thread only.
+        items: what to predict (ids, paths, …).
+        load: item → 8-bit grayscale CXR (runs in the pool).
+        finish: (item, gray, probability at network resolution) → result (runs in the pool).
+        size: the network's input side.
+        batch_size: images per forward pass.
+        workers: pool threads (default `default_workers()`).
+
+    Returns:
+        An iterator over `finish`'s results, in item order.
+
+    Raises:
+        Whatever `load`, `forward` or `finish` raises, when its item's turn comes.
+    """
+    workers = workers or default_workers()
+    batches = _chunks(iter(items), max(batch_size, 1))
+    loading: deque[tuple[list[T], list[Future]]] = deque()
+    finishing: deque[Future] = deque()
+    bound = 2 * batch_size + workers  # finished results waiting for the consumer, at most
+
+    def prepare(item: T) -> tuple[np.ndarray, np.ndarray]:
+        gray = load(item)
+        return gray, preprocess(gray, size)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="predict")
+
+    def fill() -> None:
+        while len(loading) < PREFETCH_BATCHES:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            loading.append((batch, [pool.submit(prepare, item) for item in batch]))
+
+    try:
+        fill()
+        while loading:
+            batch, futures = loading.popleft()
+            fill()
+            prepared = [f.result() for f in futures]
+            probs = forward(np.stack([x for _, x in prepared]))
+            for item, (gray, _), prob in zip(batch, prepared, probs, strict=True):
+                finishing.append(pool.submit(finish, item, gray, prob))
+            while finishing and (finishing[0].done() or len(finishing) > bound):
+                yield finishing.popleft().result()
+        while finishing:
+            yield finishing.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+PREFETCH_BATCHES = 2  # batches decoded ahead of the network
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
