@@ -9,7 +9,8 @@ from typing import Any
 
 from training.cli.progress import say
 from training.nets.config import PRESETS, TrainConfig, preset
-from training.nets.layouts import Dataset, read_dataset
+from training.nets.layouts import read_dataset
+from training.nets.samples import Dataset
 
 DEFAULT_PRESET_ENV = "MASKLOOP_DEFAULT_PRESET"
 

@@ -17,7 +17,7 @@ from training.cli.common import batches, load_data
 from training.cli.progress import ProgressBar
 from training.cli.report import evaluation_markdown
 from training.nets.detection import THRESHOLD, detect
-from training.nets.layouts import Sample
+from training.nets.samples import Sample
 
 if TYPE_CHECKING:
     from training.nets.predict import Member

@@ -25,8 +25,9 @@ from training.nets.config import (
     TrainConfig,
 )
 from training.nets.detection import THRESHOLD
-from training.nets.layouts import Dataset, read_dataset
+from training.nets.layouts import read_dataset
 from training.nets.provenance import data_version
+from training.nets.samples import Dataset
 
 
 def _config_id(config: TrainConfig) -> str:

@@ -6,8 +6,9 @@ classifier (`training.nets.classifier`) with categorical cross-entropy on the CX
 Everything else (seeding, COVID-19 oversampling, checkpoints, resumption, provenance) is shared.
 
 Every completed epoch is checkpointed (weights, optimizer state, epoch number) under
-``out_dir/checkpoint/``, so an interrupted run continues with ``fit(..., resume=True)`` from its
-last completed epoch instead of starting over. A finished run leaves, side by side:
+``out_dir/checkpoint/`` (`training.nets.checkpoints`), so an interrupted run continues with
+``fit(..., resume=True)`` from its last completed epoch instead of starting over. A finished run
+leaves, side by side:
 
 - ``model.weights.h5``: the trained weights (what ``predict.load_model`` reads, for either task);
 - ``run.json``: everything needed to say what produced them (full config, seed, data version,
@@ -20,18 +21,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from training.nets.builders import build_model
+from training.nets.checkpoints import (
+    CHECKPOINT_DIR,
+    Checkpointer,
+    check_resumable,
+    json_default,
+    restore,
+    write_json_atomic,
+)
 from training.nets.classifier import CLASSES, build_classifier, label_dataset
 from training.nets.config import TrainConfig
 from training.nets.data import make_dataset
@@ -43,11 +50,9 @@ log = logging.getLogger(__name__)
 # (epoch, epochs, step, steps, loss) -> keep going?
 ProgressCallback = Callable[[int, int, int, int, float], bool]
 
-CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "model.weights.h5"
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.json"
-_STATE_FILE = "state.json"
 
 
 class TrainingStopped(Exception):
@@ -94,125 +99,6 @@ class _Progress(tf.keras.callbacks.Callback):
         if not self.report(self.epoch, self.epochs, batch + 1, self.steps, loss):
             self.model.stop_training = True
             raise TrainingStopped()
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def _resumable_config(config: TrainConfig) -> dict[str, Any]:
-    """The options that must not change between an interrupted run and its resumption.
-
-    The number of epochs may grow (training a finished run for longer is a resume too).
-    """
-    data = config.to_dict()
-    data.pop("epochs")
-    return data
-
-
-class _Checkpointer(tf.keras.callbacks.Callback):
-    """Saves weights, optimizer state and the epoch number after every epoch.
-
-    The loss history goes to ``state.json`` *before* the checkpoint is written: a crash between
-    the two leaves a state one epoch ahead, which the restore truncates to the checkpoint's
-    epoch, never a checkpoint whose loss is unknown.
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        checkpoint: tf.train.Checkpoint,
-        epoch_var: tf.Variable,
-        losses: list[float],
-        config: TrainConfig,
-        version: str,
-        save: bool = True,
-        keep: int = 1,
-    ):
-        super().__init__()
-        self.directory = directory
-        self.checkpoint = checkpoint
-        self.epoch_var = epoch_var
-        self.losses = losses
-        self.config = config
-        self.version = version
-        self.save = save
-        self.manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=keep)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self.losses.append(float((logs or {}).get("loss", math.nan)))
-        self.epoch_var.assign(epoch + 1)
-        if not self.save:
-            return
-        state = {
-            "epoch": epoch + 1,
-            "loss_history": self.losses,
-            "config": self.config.to_dict(),
-            "data_version": self.version,
-        }
-        _write_json_atomic(self.directory / _STATE_FILE, state)
-        self.manager.save(checkpoint_number=epoch + 1)
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _read_state(directory: Path) -> dict[str, Any]:
-    path = directory / _STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _check_resumable(directory: Path, config: TrainConfig, version: str) -> None:
-    """Refuses, before anything is built, to resume a checkpoint made otherwise.
-
-    Raises:
-        ValueError: the checkpoint's options differ in more than the number of epochs, or it
-            was trained on other data.
-    """
-    state = _read_state(directory)
-    saved_version = state.get("data_version")
-    if saved_version is not None and saved_version != version:
-        raise ValueError(
-            f"cannot resume from {directory}: the checkpoint was trained on other data "
-            f"({saved_version}, now {version}); start over with resume=False"
-        )
-    saved = state.get("config")
-    if saved is None:
-        return
-    before, now = _resumable_config(TrainConfig.from_dict(saved)), _resumable_config(config)
-    if before != now:
-        changed = sorted(k for k, v in now.items() if before.get(k) != v)
-        raise ValueError(
-            f"cannot resume from {directory}: the checkpoint was trained with different "
-            f"options ({', '.join(changed)}); start over with resume=False"
-        )
-
-
-def _restore(
-    directory: Path, checkpoint: tf.train.Checkpoint, epoch_var: tf.Variable
-) -> tuple[int, list[float]]:
-    """Restores the latest checkpoint in `directory`; returns (completed epochs, losses)."""
-    latest = tf.train.latest_checkpoint(str(directory))
-    if latest is None:
-        return 0, []
-    state = _read_state(directory)
-    checkpoint.restore(latest).assert_existing_objects_matched()
-    epoch = int(epoch_var.numpy())
-    losses = [float(v) for v in state.get("loss_history", [])][:epoch]
-    losses += [math.nan] * (epoch - len(losses))
-    return epoch, losses
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +263,7 @@ def fit(
     facts = dict(extra or {})
     version = facts.get("data_version") or data_version(list(images), masks_read)
     if resume:
-        _check_resumable(ckpt_dir, config, version)
+        check_resumable(ckpt_dir, config, version)
     elif ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     if checkpoint:
@@ -410,11 +296,11 @@ def fit(
             model.optimizer.build(model.trainable_variables)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             tracker = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch_var)
-        initial_epoch, losses = _restore(ckpt_dir, tracker, epoch_var) if resume else (0, [])
+        initial_epoch, losses = restore(ckpt_dir, tracker, epoch_var) if resume else (0, [])
         if resume:
             log.info("resuming %s at epoch %d of %d", out, initial_epoch, config.epochs)
         callbacks: list[tf.keras.callbacks.Callback] = [
-            _Checkpointer(ckpt_dir, tracker, epoch_var, losses, config, version, save=checkpoint)
+            Checkpointer(ckpt_dir, tracker, epoch_var, losses, config, version, save=checkpoint)
         ]
         if on_progress:
             callbacks.append(_Progress(on_progress, config.epochs, steps))
@@ -442,7 +328,7 @@ def fit(
     config_path = out / CONFIG_FILE
     config_path.write_text(
         json.dumps(
-            {"config": config.to_dict(), "loss": losses, **facts}, indent=2, default=_json_default
+            {"config": config.to_dict(), "loss": losses, **facts}, indent=2, default=json_default
         )
     )
     run_path = out / RUN_FILE
@@ -470,5 +356,5 @@ def fit(
         "seconds": seconds,
         "weights": WEIGHTS_FILE,
     }
-    _write_json_atomic(run_path, run)
+    write_json_atomic(run_path, run)
     return FitResult(weights_path, config_path, losses, seconds, run_path, initial_epoch)

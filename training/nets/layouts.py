@@ -30,247 +30,49 @@ Rules, the same for every layout:
 - Patient ids come from the CSV's ``patient`` column, or, in the other layouts, from any CSV in
   the data root with ``file`` and ``patient`` columns (e.g. ``groups.csv``; ``file`` relative to
   the root or a bare file name). Without one every image is its own group.
+
+What a data set holds (`Sample`, `Dataset`, the classes) lives in `training.nets.samples`, the
+file-name matching rules in `training.nets.matching`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-COVID = "COVID-19"
-NON_COVID = "Non-COVID"
-NORMAL = "Normal"
-CLASSES: tuple[str, ...] = (COVID, NON_COVID, NORMAL)
-LAYOUTS: tuple[str, ...] = ("qata", "covid-qu-ex", "csv", "pairs")
-
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_MASK_DIR_NAMES = (
-    "infection masks",
-    "infection_masks",
-    "ground-truths",
-    "ground truths",
-    "ground_truths",
-    "groundtruths",
-    "masks",
+from training.nets.matching import (
+    CONTROL_DIR_NAMES,
+    IMAGE_SUFFIXES,
+    LUNG_DIR_NAMES,
+    MASK_DIR_NAMES,
+    QATA_MASK_DIR_NAMES,
+    class_from_name,
+    index_masks,
+    is_image,
+    list_images,
+    mask_is_empty,
+    sibling,
 )
-_QATA_MASK_DIR_NAMES = ("ground-truths", "ground truths", "ground_truths", "groundtruths")
-_LUNG_DIR_NAMES = ("lung masks", "lung_masks", "lungs")
-_CONTROL_DIR_NAMES = ("control_group", "control group", "control-group")
-_MASK_PREFIXES = ("mask_", "mask-")
-_MASK_SUFFIXES = ("_mask", "-mask")
-_CLASS_NAMES = {
-    "covid-19": COVID,
-    "covid19": COVID,
-    "covid": COVID,
-    "non-covid": NON_COVID,
-    "noncovid": NON_COVID,
-    "non-covid-19": NON_COVID,
-    "control": NON_COVID,
-    "controls": NON_COVID,
-    "negative": NON_COVID,
-    "normal": NORMAL,
-}
+from training.nets.samples import CLASSES, COVID, NON_COVID, NORMAL, Dataset, Sample
 
+__all__ = [
+    "CLASSES",
+    "COVID",
+    "IMAGE_SUFFIXES",
+    "LAYOUTS",
+    "NON_COVID",
+    "NORMAL",
+    "Dataset",
+    "Sample",
+    "class_from_name",
+    "index_masks",
+    "list_images",
+    "mask_is_empty",
+    "read_dataset",
+]
 
-@dataclass(frozen=True)
-class Sample:
-    """One CXR and what the data set says about it.
-
-    Attributes:
-        key: the image path relative to the data root (POSIX separators); unique.
-        image: path of the CXR.
-        image_class: "COVID-19", "Non-COVID" or "Normal".
-        mask: path of its infection mask; None for a control (empty by definition) and for a
-            COVID-19 image that is not annotated yet.
-        lung: path of its lung mask, if the data set has one.
-        patient: patient id, or None when unknown (the image is then its own group).
-    """
-
-    key: str
-    image: Path
-    image_class: str
-    mask: Path | None = None
-    lung: Path | None = None
-    patient: str | None = None
-
-    @property
-    def covid(self) -> bool:
-        """Whether the CXR is COVID-19 (the detection ground truth)."""
-        return self.image_class == COVID
-
-    @property
-    def annotated(self) -> bool:
-        """Whether its infection mask is known: a mask file, or a control's empty mask."""
-        return self.mask is not None or not self.covid
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """The samples of one folder, sorted by key."""
-
-    root: Path
-    samples: tuple[Sample, ...]
-    layout: str  # "qata", "covid-qu-ex", "csv", "pairs" or "mixed"
-    unmatched_masks: tuple[Path, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def images(self) -> list[str]:
-        return [str(s.image) for s in self.samples]
-
-    @property
-    def masks(self) -> list[str | None]:
-        return [None if s.mask is None else str(s.mask) for s in self.samples]
-
-    @property
-    def lungs(self) -> list[str | None]:
-        return [None if s.lung is None else str(s.lung) for s in self.samples]
-
-    @property
-    def covid_flags(self) -> list[bool]:
-        return [s.covid for s in self.samples]
-
-    @property
-    def keys(self) -> list[str]:
-        return [s.key for s in self.samples]
-
-    @property
-    def classes(self) -> list[str]:
-        return [s.image_class for s in self.samples]
-
-    @property
-    def groups(self) -> list[str | None]:
-        return [s.patient for s in self.samples]
-
-    def subset(self, samples: Iterable[Sample]) -> Dataset:
-        """The same data set restricted to `samples` (e.g. a fold)."""
-        return replace(self, samples=tuple(samples), unmatched_masks=())
-
-    def annotated(self) -> Dataset:
-        """Only the samples whose infection mask is known: what a network can train on."""
-        return self.subset(s for s in self.samples if s.annotated)
-
-    def summary(self) -> str:
-        """One line for people: counts, layout, and what was left aside."""
-        n_covid = sum(self.covid_flags)
-        text = (
-            f"{len(self)} images ({n_covid} COVID-19, {len(self) - n_covid} controls) in "
-            f"{self.root} [{self.layout} layout]"
-        )
-        with_lungs = sum(s.lung is not None for s in self.samples)
-        if with_lungs:
-            text += f", {with_lungs} with lung masks"
-        not_annotated = sum(not s.annotated for s in self.samples)
-        if not_annotated:
-            text += f"; {not_annotated} COVID-19 image(s) without an infection mask"
-        if self.unmatched_masks:
-            text += f"; {len(self.unmatched_masks)} mask(s) without an image were ignored"
-        return text
-
-
-# --------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------
-
-
-def class_from_name(name: str) -> str | None:
-    """The class a folder name or CSV cell names, or None if it names none.
-
-    Args:
-        name: e.g. "COVID-19", "covid19", "Non-COVID", "non_covid", "Normal", "Control",
-            "Viral Pneumonia".
-
-    Returns:
-        "COVID-19", "Non-COVID", "Normal" or None.
-    """
-    key = re.sub(r"[\s_]+", "-", name.strip().lower())
-    if key in _CLASS_NAMES:
-        return _CLASS_NAMES[key]
-    if re.search(r"non-?covid", key) or "pneumonia" in key or "control" in key:
-        return NON_COVID
-    if "covid" in key:
-        return COVID
-    if "normal" in key:
-        return NORMAL
-    return None
-
-
-def _is_image(path: Path) -> bool:
-    return (
-        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-    )
-
-
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
-    return sorted((p for p in Path(folder).iterdir() if _is_image(p)), key=lambda p: p.name)
-
-
-def _mask_keys(path: Path) -> list[str]:
-    """Image stems a mask file can belong to: its own, then without "mask_" / "_mask"."""
-    stem = path.stem.lower()
-    keys = [stem]
-    for prefix in _MASK_PREFIXES:
-        if stem.startswith(prefix) and len(stem) > len(prefix):
-            keys.append(stem[len(prefix) :])
-            break
-    for suffix in _MASK_SUFFIXES:
-        if stem.endswith(suffix) and len(stem) > len(suffix):
-            keys.append(stem[: -len(suffix)])
-    return keys
-
-
-def index_masks(folder: Path | None) -> dict[str, Path]:
-    """Mask files of a folder by the lower-case image stem they belong to.
-
-    An exact stem wins over one with a "mask_" prefix or "_mask" suffix removed.
-    """
-    if folder is None:
-        return {}
-    index: dict[str, Path] = {}
-    exact: set[str] = set()
-    for path in list_images(folder):
-        keys = _mask_keys(path)
-        index[keys[0]] = path
-        exact.add(keys[0])
-        for key in keys[1:]:
-            if key not in exact:
-                index.setdefault(key, path)
-    return index
-
-
-def mask_is_empty(path: str | os.PathLike[str]) -> bool:
-    """Whether a mask file has no foreground (0/1, 0/255 and 16-bit masks; colour: any channel)."""
-    with Image.open(path) as im:
-        values = np.asarray(im)
-    if values.size == 0:
-        return True
-    top = float(values.max())
-    if top <= 1:
-        return top <= 0
-    if top <= 255:
-        return bool(top <= 127)
-    return bool(top <= 32767)
-
-
-def _sibling(folder: Path, names: Sequence[str]) -> Path | None:
-    parent = folder.parent
-    if not parent.is_dir():
-        return None
-    by_name = {p.name.lower(): p for p in parent.iterdir() if p.is_dir()}
-    for name in names:
-        if name in by_name and by_name[name].resolve() != folder.resolve():
-            return by_name[name]
-    return None
+LAYOUTS: tuple[str, ...] = ("qata", "covid-qu-ex", "csv", "pairs")
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +159,7 @@ def _folder_class(images_dir: Path, root: Path | None) -> tuple[str | None, str]
     """
     if images_dir.name.lower() != "images":
         return None, "pairs"
-    if _sibling(images_dir, _QATA_MASK_DIR_NAMES) is not None:
+    if sibling(images_dir, QATA_MASK_DIR_NAMES) is not None:
         return COVID, "qata"
     parent = images_dir.parent
     # The class folder only counts below the data root: a root named "COVID-19 data" must not
@@ -436,7 +238,7 @@ def _read_tree(root: Path, patients: dict[str, str]) -> Dataset | None:
     for folder, subfolders, _ in os.walk(root):
         subfolders.sort()
         name = Path(folder).name.lower()
-        if name in _CONTROL_DIR_NAMES:
+        if name in CONTROL_DIR_NAMES:
             control_dirs.append(Path(folder))
             subfolders.clear()  # every image below is a control: no need to look further
         elif name == "images" and Path(folder) != root:
@@ -455,14 +257,14 @@ def _read_tree(root: Path, patients: dict[str, str]) -> Dataset | None:
             root,
             patients,
             image_class=image_class,
-            masks_dir=_sibling(images_dir, _MASK_DIR_NAMES),
-            lungs_dir=_sibling(images_dir, _LUNG_DIR_NAMES),
+            masks_dir=sibling(images_dir, MASK_DIR_NAMES),
+            lungs_dir=sibling(images_dir, LUNG_DIR_NAMES),
         )
         samples += part
         unmatched += orphans
         layouts.add(layout)
     for control_dir in control_dirs:
-        for image in sorted(p for p in control_dir.rglob("*") if _is_image(p)):
+        for image in sorted(p for p in control_dir.rglob("*") if is_image(p)):
             key = image.relative_to(root).as_posix()
             samples.append(
                 _sample(key, image, NON_COVID, None, None, _patient_of(patients, key, image))
@@ -530,7 +332,7 @@ def read_dataset(
         root,
         patients,
         image_class=image_class,
-        masks_dir=Path(masks) if masks is not None else _sibling(root, _MASK_DIR_NAMES),
-        lungs_dir=Path(lungs) if lungs is not None else _sibling(root, _LUNG_DIR_NAMES),
+        masks_dir=Path(masks) if masks is not None else sibling(root, MASK_DIR_NAMES),
+        lungs_dir=Path(lungs) if lungs is not None else sibling(root, LUNG_DIR_NAMES),
     )
     return Dataset(root, tuple(samples), layout, tuple(unmatched))
