@@ -75,6 +75,13 @@ def stage_two_run(make_image, admin_user, tiny_weights, settings):
     return make
 
 
+def _send(run):
+    """predictions_send as the services call it, inside their transaction: the tasks go out
+    when it commits (here: to the captured on-commit callbacks)."""
+    with transaction.atomic():
+        return runs.predictions_send(run)
+
+
 def test_prediction_shards_cover_the_targets_once_in_order():
     ids = [9, 3, 7, 1, 5, 3, 11]
     shards = runs.prediction_shards(ids, 2)
@@ -100,7 +107,7 @@ def test_trained_run_sends_one_predict_task_per_shard(
     assert len(sent) == 3  # 2 + 2 + 1 targets
 
     with django_capture_on_commit_callbacks() as sent_again:
-        shards = runs.predictions_send(run)
+        shards = _send(run)
     assert [len(s) for s in shards] == [2, 2, 1] and len(sent_again) == 3
     assert sorted(i for s in shards for i in s) == sorted(run.target_image_ids)
 
@@ -113,7 +120,8 @@ def test_shards_in_any_order_finish_the_run_once_with_every_candidate(
     with django_capture_on_commit_callbacks():
         runs.run_trained(run_id=run.pk)
     run.refresh_from_db()
-    shards = runs.predictions_send(run)
+    with django_capture_on_commit_callbacks():
+        shards = _send(run)
     assert len(shards) == 3
     mv = ModelVersion.objects.get(run=run)
 
@@ -126,7 +134,7 @@ def test_shards_in_any_order_finish_the_run_once_with_every_candidate(
     assert 0.8 < run.progress < 1.0
     # Re-sent now (as the reconciler would for a stale run), only what is left goes out.
     with django_capture_on_commit_callbacks() as resent:
-        assert runs.predictions_send(run) == [shards[1]]
+        assert _send(run) == [shards[1]]
     assert len(resent) == 1
 
     # A repeated shard adds nothing and does not finish the run.
