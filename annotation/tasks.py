@@ -7,7 +7,7 @@ from celery import shared_task
 
 from annotation import services
 from annotation.models import Export
-from annotation.services import runs
+from annotation.services import rounds, runs
 
 # The workers' reports are small, idempotent database writes: retried on any error, since a
 # report that is never applied leaves its round waiting.
@@ -47,3 +47,20 @@ def run_predictions_add(run_id: int, predictions: list[dict[str, Any]]) -> int:
 @shared_task(**REPORT)
 def run_evaluated(run_id: int, metrics: dict[str, Any]) -> None:
     runs.run_evaluated(run_id=run_id, metrics=metrics)
+
+
+# A round's bulk steps: each call is one short transaction over a bounded batch, re-sent by
+# the service until nothing is left. Idempotent, so a retry or a duplicate does no harm.
+@shared_task(**REPORT)
+def round_open_batch(round_id: int) -> int:
+    return rounds.round_open_batch(round_id=round_id)
+
+
+@shared_task(**REPORT)
+def round_withdraw_batch(round_id: int) -> int:
+    return rounds.round_withdraw_batch(round_id=round_id)
+
+
+@shared_task(acks_late=True)
+def round_warm_display_copies(item_ids: list[int]) -> None:
+    rounds.round_warm_display_copies(item_ids=item_ids)
