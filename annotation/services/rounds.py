@@ -209,16 +209,21 @@ def _open_batch(rnd: Round) -> int:
         .values_list("pk", flat=True)[: _batch_size()]
     )
     shuffler = random.Random(secrets.randbits(64))
-    by_item: dict[int, list[Candidate]] = {}
-    for candidate in Candidate.objects.filter(item_id__in=ids).order_by("item_id", "id"):
-        by_item.setdefault(candidate.item_id, []).append(candidate)
-    labelled = []
+    by_item: dict[int, list[int]] = {}
+    for pk, item_id in (
+        Candidate.objects.filter(item_id__in=ids)
+        .order_by("item_id", "id")
+        .values_list("pk", "item_id")
+    ):
+        by_item.setdefault(item_id, []).append(pk)
+    # One UPDATE per label (a handful), not one per candidate nor a CASE over all of them.
+    by_label: dict[str, list[int]] = {}
     for candidates in by_item.values():
         shuffler.shuffle(candidates)
-        for label, candidate in zip(LABELS, candidates, strict=False):
-            candidate.label = label
-            labelled.append(candidate)
-    Candidate.objects.bulk_update(labelled, ["label"], batch_size=1000)
+        for label, pk in zip(LABELS, candidates, strict=False):
+            by_label.setdefault(label, []).append(pk)
+    for label, pks in by_label.items():
+        Candidate.objects.filter(pk__in=pks).update(label=label)
     opened = states.move_all(ReviewItem.objects.filter(pk__in=ids), ReviewItem.Status.OPEN)
     images_refresh_status(
         image_ids=ReviewItem.objects.filter(pk__in=ids).values_list("image_id", flat=True)
