@@ -17,6 +17,7 @@ from annotation.services.images import (
     DuplicateImage,
     image_create,
     image_refresh_status,
+    images_refresh_status,
     latest_manual_mask,
     mask_create,
     mask_draw,
@@ -26,7 +27,9 @@ from annotation.services.rounds import (
     candidate_add,
     round_advance,
     round_cancel,
+    round_open_batch,
     round_start,
+    round_withdraw_batch,
 )
 
 __all__ = [
@@ -41,11 +44,14 @@ __all__ = [
     "export_request",
     "image_create",
     "image_refresh_status",
+    "images_refresh_status",
     "latest_manual_mask",
     "mask_create",
     "mask_draw",
     "round_advance",
     "round_cancel",
+    "round_open_batch",
     "round_start",
+    "round_withdraw_batch",
     "user_set_roles",
 ]

@@ -126,3 +126,14 @@ def test_bulk_status_refresh_agrees_with_the_one_image_rule(reviewing_round, md,
     changed = images_refresh_status(image_ids=list(expected))
     assert changed == sum(1 for s in expected.values() if s != Image.Status.IN_ROUND)
     assert dict(Image.objects.values_list("pk", "status")) == expected
+
+
+def test_the_dashboard_shows_the_bulk_step_and_its_progress(reviewing_round, admin_user, api):
+    rnd = reviewing_round(images=5)
+    rnd.progress = {"step": "opening", "done": 2, "total": 5}
+    rnd.save(update_fields=["progress"])
+    client = api(admin_user)
+    body = client.get(f"/api/rounds/{rnd.number}/").json()
+    assert body["progress"] == {"step": "opening", "done": 2, "total": 5}
+    assert "Opening items: 2 of 5" in client.get(f"/rounds/{rnd.number}/").content.decode()
+    assert "opening 2/5" in client.get("/rounds/").content.decode()
