@@ -211,6 +211,20 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
     }
 
 
+BULK_TASKS = {
+    "opening": "annotation.tasks.round_open_batch",
+    "withdrawing": "annotation.tasks.round_withdraw_batch",
+}
+
+
+def round_bulk_steps() -> list[tuple[str, int]]:
+    """(task name, round id) for every round whose bulk step is under way: what a reconciler
+    re-sends if the chain of batches was lost (each batch is idempotent, so a spare one is
+    harmless)."""
+    steps = Round.objects.exclude(progress={}).values_list("pk", "progress")
+    return [(BULK_TASKS[p["step"]], pk) for pk, p in steps if p.get("step") in BULK_TASKS]
+
+
 def _median(rows: QuerySet, field: str, n: int) -> float | None:
     """The median of `field` over `rows` (n of them), reading at most two values."""
     if not n:

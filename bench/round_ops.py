@@ -133,26 +133,34 @@ class Decider(threading.Thread):
         )
 
 
-def measure(what: str, start, done, *, round_id: int, md: str, dsn: str) -> None:
+def measure(
+    what: str, start, done, *, round_id: int, md: str, dsn: str, decide: bool = True
+) -> None:
     decider = Decider(round_id, md)
-    decider.start()
+    if decide:
+        decider.start()
     sampler = LockSampler(dsn, decider.pids)
     sampler.start()
     time.sleep(0.3)
     t0 = time.perf_counter()
-    start()
+    failed = ""
+    try:
+        start()
+    except Exception as exc:  # e.g. the deadlock the code before the change runs into
+        failed = f"   FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}"
     call = time.perf_counter() - t0
-    while not done():
+    while not failed and not done():
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     time.sleep(0.1)
     sampler.stop.set()
     decider.stop.set()
     sampler.join()
-    decider.join()
+    if decide:
+        decider.join()
     print(
         f"{what:<8} call {call:7.2f} s   until all items moved {wall:7.2f} s   "
-        f"longest lock held {sampler.longest:6.2f} s   load {os.getloadavg()[0]:.2f}"
+        f"longest lock held {sampler.longest:6.2f} s   load {os.getloadavg()[0]:.2f}{failed}"
     )
     print(f"         longest decision transaction meanwhile {sampler.decision_longest:6.2f} s")
     print(f"         decisions meanwhile (1 MD, no thinking time): {decider.summary()}")
@@ -163,6 +171,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=120_000)
     parser.add_argument("--items", type=int, default=9_000)
     parser.add_argument("--batch", type=int, default=None, help="MASKLOOP_BULK_BATCH")
+    parser.add_argument(
+        "--cancel-only", action="store_true", help="seed an open round and only cancel it"
+    )
+    parser.add_argument("--no-decisions", action="store_true", help="no MD deciding meanwhile")
     args = parser.parse_args()
     dsn = os.environ.get("DATABASE_URL", "")
     if not dsn.startswith("postgres"):
@@ -193,13 +205,13 @@ def main() -> None:
         items=args.items,
         candidates=5,
         mds=2,
-        pending=True,
+        pending=not args.cancel_only,
         log=lambda *a: None,
     )
     round_id = out["round_id"]
     TrainingRun.objects.filter(round_id=round_id).update(status=TrainingRun.Status.SUCCEEDED)
     items = ReviewItem.objects.filter(round_id=round_id)
-    print(f"seeded {args.images} images, round of {items.count()} pending items × 5 candidates")
+    print(f"seeded {args.images} images, round of {items.count()} items × 5 candidates")
 
     worker = None
     if batched:
@@ -213,17 +225,20 @@ def main() -> None:
         time.sleep(8)  # the worker connects and imports the apps
     try:
         waiting = items.filter(status__in=["pending", "open", "adjudication"])
-        measure(
-            "advance",
-            lambda: services.round_advance(round_id=round_id),
-            lambda: (
-                not items.filter(status="pending").exists()
-                and not Round.objects.get(pk=round_id).progress
-            ),
-            round_id=round_id,
-            md=out["mds"][0],
-            dsn=dsn,
-        )
+        decide = not args.no_decisions
+        if not args.cancel_only:
+            measure(
+                "advance",
+                lambda: services.round_advance(round_id=round_id),
+                lambda: (
+                    not items.filter(status="pending").exists()
+                    and not Round.objects.get(pk=round_id).progress
+                ),
+                round_id=round_id,
+                md=out["mds"][0],
+                dsn=dsn,
+                decide=decide,
+            )
         rnd = Round.objects.get(pk=round_id)
         measure(
             "cancel",
@@ -232,6 +247,7 @@ def main() -> None:
             round_id=round_id,
             md=out["mds"][1],
             dsn=dsn,
+            decide=decide,
         )
         final = items.order_by().values_list("status").annotate(n=Count("id"))
         print(f"items at the end: {dict(final)}")

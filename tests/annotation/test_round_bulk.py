@@ -137,3 +137,18 @@ def test_the_dashboard_shows_the_bulk_step_and_its_progress(reviewing_round, adm
     assert body["progress"] == {"step": "opening", "done": 2, "total": 5}
     assert "Opening items: 2 of 5" in client.get(f"/rounds/{rnd.number}/").content.decode()
     assert "opening 2/5" in client.get("/rounds/").content.decode()
+
+
+def test_a_lost_chain_is_found_and_resumes(reviewing_round, admin_user, settings):
+    from annotation.selectors import round_bulk_steps
+
+    settings.MASKLOOP_BULK_BATCH = 2
+    rnd = reviewing_round(images=4)
+    assert round_bulk_steps() == [("annotation.tasks.round_open_batch", rnd.pk)]
+    while round_open_batch(round_id=rnd.pk):
+        pass
+    assert round_bulk_steps() == []
+    services.round_cancel(round=rnd, by=admin_user)
+    assert round_bulk_steps() == [("annotation.tasks.round_withdraw_batch", rnd.pk)]
+    assert round_withdraw_batch(round_id=rnd.pk) == 0
+    assert round_bulk_steps() == []
