@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
-from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Avg, Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.urls import reverse
 
 from annotation import storage
@@ -176,37 +176,41 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
     )
     mean_agreement = items.pop("mean_agreement")
     decisions = Decision.objects.filter(item__round=rnd)
-    per_md = dict(
+    timed = Q(is_adjudication=False)
+    per_md = list(
         decisions.order_by()
         .values_list("reviewer__username")
-        .annotate(n=Count("id"))
-        .values_list("reviewer__username", "n")
+        .annotate(
+            n=Count("id"), timed=Count("id", filter=timed), total=Sum("seconds", filter=timed)
+        )
+        .values_list("reviewer__username", "n", "timed", "total")
     )
-    timed = decisions.filter(is_adjudication=False)
-    times = timed.aggregate(n=Count("id"), mean=Avg("seconds"))
-    # Items where the MD's own mask was one of the candidates (Stage I).
-    with_manual = GroundTruth.objects.filter(
-        item__round=rnd,
-        decision__isnull=False,
-        item__in=Candidate.objects.filter(
-            item__round=rnd, mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
-        ).values("item_id"),
-    ).aggregate(
-        compared=Count("id"),
-        machine=Count("id", filter=Q(mask__source=Mask.Source.PREDICTED)),
+    n_timed = sum(row[2] for row in per_md)
+    # Decided items where the MD's own mask was one of the candidates (found through the
+    # small partial index of manual masks).
+    manual = Candidate.objects.filter(
+        item=OuterRef("item"), mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
+    )
+    with_manual = (
+        GroundTruth.objects.filter(item__round=rnd, decision__isnull=False)
+        .filter(Exists(manual))
+        .aggregate(
+            compared=Count("id"),
+            machine=Count("id", filter=Q(mask__source=Mask.Source.PREDICTED)),
+        )
     )
     resolved = items["accepted"] + items["redraw"] + items["redrawn"]
     compared, machine_preferred = with_manual["compared"], with_manual["machine"]
     return {
         "items": items,
-        "decisions": sum(per_md.values()),
-        "decisions_per_md": dict(sorted(per_md.items())),
+        "decisions": sum(row[1] for row in per_md),
+        "decisions_per_md": {name: n for name, n, _, _ in sorted(per_md)},
         "machine_preferred": machine_preferred,
         "manual_compared": compared,
         "machine_preferred_rate": machine_preferred / compared if compared else None,
         "redraw_rate": (items["redraw"] + items["redrawn"]) / resolved if resolved else None,
-        "median_seconds": _median(timed, "seconds", times["n"]),
-        "mean_seconds": times["mean"],
+        "median_seconds": _median(decisions.filter(timed), "seconds", n_timed),
+        "mean_seconds": sum(row[3] for row in per_md if row[2]) / n_timed if n_timed else None,
         "mean_agreement": mean_agreement,
     }
 

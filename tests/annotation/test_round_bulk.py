@@ -152,3 +152,27 @@ def test_a_lost_chain_is_found_and_resumes(reviewing_round, admin_user, settings
     assert round_bulk_steps() == [("annotation.tasks.round_withdraw_batch", rnd.pk)]
     assert round_withdraw_batch(round_id=rnd.pk) == 0
     assert round_bulk_steps() == []
+
+
+def test_statistics_count_adjudication_but_time_only_reviewers(
+    reviewing_round, md, md2, admin_user
+):
+    from annotation.selectors import round_statistics
+
+    rnd = reviewing_round(images=2, reviewers=2)
+    tied, agreed = rnd.items.all()
+    services.decision_create(item=tied, reviewer=md, choice="A", seconds=1)
+    services.decision_create(item=tied, reviewer=md2, choice="B", seconds=4)
+    services.decision_create(item=agreed, reviewer=md, choice="A", seconds=2)
+    services.decision_create(item=agreed, reviewer=md2, choice="A", seconds=5)
+    stats = round_statistics(rnd)
+    assert stats["items"]["adjudication"] == 1 and stats["items"]["accepted"] == 1
+    assert stats["mean_agreement"] == 0.75
+    tied.refresh_from_db()
+    services.decision_adjudicate(item=tied, admin=admin_user, choice="A", seconds=100)
+    stats = round_statistics(rnd)
+    assert stats["decisions"] == 5
+    assert stats["decisions_per_md"] == {"boss": 1, "md1": 2, "md2": 2}
+    assert stats["median_seconds"] == 3.0  # of 1, 2, 4, 5: the admin's 100 s is not timed
+    assert stats["mean_seconds"] == 3.0
+    assert stats["items"]["accepted"] == 2 and stats["redraw_rate"] == 0.0
