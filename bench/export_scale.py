@@ -124,7 +124,7 @@ def statistics_time(round_id: int) -> str:
     )
 
 
-def export_once(out: dict, env: dict[str, str]) -> str:
+def export_once(out: dict, env: dict[str, str], repeat: int = 2) -> str:
     from config.celery import app
 
     app.control.purge()
@@ -149,9 +149,9 @@ def export_once(out: dict, env: dict[str, str]) -> str:
         time.sleep(6)  # the worker connects and imports the apps
         (web_pid,) = _children(web.pid)
         web_before, worker_before = _mb(web_pid, "VmRSS"), _mb(worker.pid, "VmRSS")
-        # Twice: the first request also opens the web process's connection to the broker.
+        # Twice by default: the first request also opens the web process's broker connection.
         runs = []
-        for _ in range(2):
+        for _ in range(repeat):
             started = time.perf_counter()
             code, body = browser.request("/api/exports/", {"accepted_only": True})
             latency = time.perf_counter() - started
@@ -180,6 +180,7 @@ def export_once(out: dict, env: dict[str, str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 120_000])
+    parser.add_argument("--repeat", type=int, default=2, help="exports per size")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (it is erased first)")
@@ -208,7 +209,7 @@ def main() -> None:
         _tiny_files(Path(settings.MEDIA_ROOT))
         print(f"{size} images (load {', '.join(f'{x:.2f}' for x in os.getloadavg())})")
         print(f"  {statistics_time(out['round_id'])}")
-        print(f"  export: {export_once(out, env)}")
+        print(f"  export: {export_once(out, env, args.repeat)}")
         sys.stdout.flush()
 
 
