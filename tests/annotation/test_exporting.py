@@ -71,3 +71,21 @@ def test_filters_select_by_class_and_round(reviewing_round, md, make_image):
     assert export_count({"accepted_only": False}) == 3
     with pytest.raises(DomainError, match="there is no round 42"):
         services.export_filters_clean({"round": 42})
+
+
+def test_the_central_directory_waits_on_disk_and_the_zip_stays_valid(tmp_path):
+    """More entries than a plain zip's count field holds, the directory spilled as it goes."""
+    from annotation.exporting import _FlatZip, _info
+
+    n = 66_000
+    path = tmp_path / "many.zip"
+    with path.open("w+b") as out, _FlatZip(out, "w", allowZip64=True) as zf:
+        for i in range(n):
+            zf.writestr(_info(f"images/{i:06d}.png", zipfile.ZIP_STORED), b"x" * (i % 5))
+            if i % 1000 == 999:
+                zf.spill()
+                assert zf.filelist == []
+    with zipfile.ZipFile(path) as zf:
+        assert len(zf.namelist()) == n
+        assert zf.testzip() is None
+        assert zf.read("images/065999.png") == b"x" * (65_999 % 5)
