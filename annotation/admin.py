@@ -1,3 +1,7 @@
+"""The Django admin. Masks, decisions and ground truth are the provenance of every label, and
+rounds, review items and candidates change only through the services' state machine: the
+admin shows them and never writes them."""
+
 from django.contrib import admin
 
 from annotation.models import (
@@ -10,6 +14,7 @@ from annotation.models import (
     ReviewItem,
     Round,
 )
+from config.readonly_admin import ReadOnlyAdmin
 
 
 @admin.register(Image)
@@ -20,15 +25,40 @@ class ImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Mask)
-class MaskAdmin(admin.ModelAdmin):
+class MaskAdmin(ReadOnlyAdmin):
     list_display = ["id", "image", "version", "source", "author", "model_version", "round", "area"]
     list_filter = ["source"]
+    list_select_related = ["image", "author", "model_version", "round"]
 
 
 @admin.register(Round)
-class RoundAdmin(admin.ModelAdmin):
+class RoundAdmin(ReadOnlyAdmin):
     list_display = ["number", "stage", "status", "started_by", "created_at"]
 
 
-for model in (ReviewItem, Candidate, Decision, GroundTruth, Export):
-    admin.site.register(model)
+@admin.register(ReviewItem)
+class ReviewItemAdmin(ReadOnlyAdmin):
+    list_display = ["uuid", "round", "image", "status"]
+    list_filter = ["status"]
+    list_select_related = ["round", "image"]
+
+
+@admin.register(Candidate)
+class CandidateAdmin(ReadOnlyAdmin):
+    list_display = ["id", "item", "mask"]
+    list_select_related = ["item__round", "item__image", "mask__image"]
+
+
+@admin.register(Decision)
+class DecisionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "item", "reviewer", "candidate"]
+    list_select_related = ["item__round", "item__image", "reviewer", "candidate"]
+
+
+@admin.register(GroundTruth)
+class GroundTruthAdmin(ReadOnlyAdmin):
+    list_display = ["id", "image", "mask", "accepted_by"]
+    list_select_related = ["image", "mask__image", "accepted_by"]
+
+
+admin.site.register(Export)

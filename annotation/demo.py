@@ -75,7 +75,7 @@ def demo_md_masks(*, cases: list[DemoCase], author, count: int, size: int = 256)
     return drawn
 
 
-def demo_accounts() -> list[tuple[str, str, list[str]]]:
+def demo_accounts() -> list[tuple[str, str, list[Role]]]:
     User = get_user_model()
     for username, password, roles in DEMO_ACCOUNTS:
         user, created = User.objects.get_or_create(username=username)

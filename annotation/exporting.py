@@ -18,7 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import IO, Any, cast
 
 Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
@@ -77,7 +77,7 @@ class _FlatZip(zipfile.ZipFile):
     spool, then the end records, counting every entry.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._directory = _spool()
         self._spilled = 0
@@ -95,7 +95,7 @@ class _FlatZip(zipfile.ZipFile):
             _comment=b"",
             mode="w",
         )
-        zipfile.ZipFile._write_end_record(fake)  # type: ignore[arg-type]
+        getattr(zipfile.ZipFile, "_write_end_record")(fake)  # noqa: B009 - private in typeshed
         self._directory.seek(-22, io.SEEK_END)
         self._directory.truncate()
         self._spilled += len(self.filelist)
@@ -104,17 +104,17 @@ class _FlatZip(zipfile.ZipFile):
 
     def _write_end_record(self) -> None:
         self.spill()
-        self._directory.seek(0)
-        for chunk in iter(lambda: self._directory.read(CHUNK), b""):
-            self.fp.write(chunk)
+        fp, z = self.fp, cast(Any, zipfile)  # the record layouts are private in typeshed
+        assert fp is not None
+        _copy(self._directory, fp)
         self._directory.close()
-        pos2 = self.fp.tell()
+        pos2 = fp.tell()
         count, size, offset = self._spilled, pos2 - self.start_dir, self.start_dir
         if count > zipfile.ZIP_FILECOUNT_LIMIT or max(size, offset) > zipfile.ZIP64_LIMIT:
-            self.fp.write(
+            fp.write(
                 struct.pack(
-                    zipfile.structEndArchive64,
-                    zipfile.stringEndArchive64,
+                    z.structEndArchive64,
+                    z.stringEndArchive64,
                     44,
                     45,
                     45,
@@ -126,20 +126,20 @@ class _FlatZip(zipfile.ZipFile):
                     offset,
                 )
             )
-            self.fp.write(
+            fp.write(
                 struct.pack(
-                    zipfile.structEndArchive64Locator,
-                    zipfile.stringEndArchive64Locator,
+                    z.structEndArchive64Locator,
+                    z.stringEndArchive64Locator,
                     0,
                     pos2,
                     1,
                 )
             )
             count, size, offset = min(count, 0xFFFF), min(size, 0xFFFFFFFF), min(offset, 0xFFFFFFFF)
-        self.fp.write(
+        fp.write(
             struct.pack(
-                zipfile.structEndArchive,
-                zipfile.stringEndArchive,
+                z.structEndArchive,
+                z.stringEndArchive,
                 0,
                 0,
                 count,
@@ -149,7 +149,7 @@ class _FlatZip(zipfile.ZipFile):
                 0,
             )
         )
-        self.fp.flush()
+        fp.flush()
 
 
 def _info(name: str, compress: int) -> zipfile.ZipInfo:
@@ -200,7 +200,7 @@ def _csv_line(writer_buf: io.StringIO, row: Sequence[object]) -> bytes:
 
 def write_zip(
     rows: Iterable[ExportRow],
-    out: BinaryIO,
+    out: IO[bytes],
     *,
     opener: Opener = _local_file,
     on_progress: Callable[[int, int], None] | None = None,
@@ -281,13 +281,18 @@ def write_zip(
         with zf.open(_info("manifest.json", zipfile.ZIP_DEFLATED), "w") as dst:
             dst.write(b'{\n  "files": {\n')
             dst.write(_manifest_line("folds.csv", folds_digest))
-            for spool in (image_lines, mask_lines):
-                spool.seek(0)
-                for chunk in iter(lambda spool=spool: spool.read(CHUNK), b""):
-                    dst.write(chunk)
+            _copy(image_lines, dst)
+            _copy(mask_lines, dst)
             dst.write(_manifest_line("metadata.csv", meta_digest, last=True))
             dst.write(f'  }},\n  "format": "maskloop-export/1",\n  "images": {count}\n}}'.encode())
     return count
+
+
+def _copy(spool: IO[bytes], dst: IO[bytes]) -> None:
+    """Copies a spooled scratch file from its start, a chunk at a time."""
+    spool.seek(0)
+    while chunk := spool.read(CHUNK):
+        dst.write(chunk)
 
 
 def _manifest_line(name: str, digest: str, *, last: bool = False) -> bytes:

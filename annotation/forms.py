@@ -7,7 +7,7 @@ Rounds page's form draws its fields and checks what is posted with it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -101,7 +101,7 @@ class RoundStartForm(forms.Form):
         super().__init__(data)
         declared = RoundStartInput().fields
         self.fields.update({name: _form_field(declared[name]) for name in self.SHOWN})
-        self.fields["stage"].choices = STAGE_CHOICES
+        cast(forms.ChoiceField, self.fields["stage"]).choices = STAGE_CHOICES
 
     def clean(self) -> dict[str, Any]:
         if self.errors:  # e.g. a number that is not one: RoundStartInput would only repeat it
@@ -119,7 +119,7 @@ class RoundStartForm(forms.Form):
 
 def _form_field(field: serializers.Field) -> forms.Field:
     """A form field that draws a RoundStartInput field with its bounds, label and default."""
-    options = {
+    options: dict[str, Any] = {
         "required": field.required,
         "label": field.label,
         "help_text": field.help_text or "",

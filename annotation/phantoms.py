@@ -20,7 +20,9 @@ class Phantom:
     covid: bool
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float):
+def _ellipse(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float
+) -> np.ndarray:
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
 
 

@@ -5,10 +5,22 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Avg, Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import (
+    Avg,
+    Count,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from annotation import storage
@@ -20,6 +32,7 @@ from annotation.models import (
     Image,
     Mask,
     ReviewItem,
+    ReviewLease,
     Role,
     Round,
 )
@@ -60,6 +73,84 @@ def open_items_for(user: Any) -> QuerySet[ReviewItem]:
     )
 
 
+def reviewing_rounds() -> list[Round]:
+    """The rounds under blind review, oldest first (one at a time in practice)."""
+    return list(Round.objects.filter(status=Round.Status.REVIEWING).order_by("number"))
+
+
+def held_leases_for(
+    user: Any, *, now: datetime, exclude: ReviewItem | None = None
+) -> QuerySet[ReviewLease]:
+    """This MD's live leases on items still open for review, oldest first (the item on screen
+    before the prefetched next one). A decision deletes its lease, so none is decided."""
+    leases = ReviewLease.objects.filter(
+        reviewer=user,
+        expires_at__gt=now,
+        item__status=ReviewItem.Status.OPEN,
+        item__round__status=Round.Status.REVIEWING,
+    )
+    if exclude is not None:
+        leases = leases.exclude(item=exclude)
+    return leases.order_by("created_at", "id")
+
+
+def _live_leases_of_others(user: Any, now: datetime) -> QuerySet[ReviewLease]:
+    return ReviewLease.objects.filter(item=OuterRef("pk"), expires_at__gt=now).exclude(
+        reviewer=user
+    )
+
+
+def _count(rows: QuerySet) -> Subquery:
+    counted = rows.order_by().values("item").annotate(n=Count("*")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def item_slots(item_id: int, *, user: Any, now: datetime) -> dict[str, Any]:
+    """One statement, read fresh: the item's status, its reviewers' decisions so far, the live
+    leases other MDs hold on it, and whether `user` has decided it or holds a live lease."""
+    return (
+        ReviewItem.objects.filter(pk=item_id)
+        .annotate(
+            decided=_count(Decision.objects.filter(item=OuterRef("pk"), is_adjudication=False)),
+            held=_count(_live_leases_of_others(user, now)),
+            mine=Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)),
+            leased=Exists(
+                ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
+            ),
+        )
+        .values("status", "decided", "held", "mine", "leased")
+        .get()
+    )
+
+
+def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewItem]:
+    """Open items of `rnd` that this MD may be handed now, in hand-out order: not decided by
+    them, not already leased by them, and with a free slot: decisions so far plus other MDs'
+    live leases below the round's reviewers per item.
+
+    Read under READ COMMITTED, this is a snapshot: the service that hands an item out locks it
+    and checks its slots again (`item_slots`) before leasing it."""
+    items = ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN).exclude(
+        Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user))
+    )
+    mine = ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
+    items = items.exclude(Exists(mine))
+    if rnd.reviewers_per_item == 1:
+        # An open item of a one-reviewer round has no decision yet: a free slot is no lease.
+        items = items.exclude(Exists(_live_leases_of_others(user, now)))
+    else:
+        decided = Decision.objects.filter(item=OuterRef("pk"), is_adjudication=False)
+        items = items.annotate(
+            taken=_count(decided) + _count(_live_leases_of_others(user, now))
+        ).filter(taken__lt=rnd.reviewers_per_item)
+    return items.order_by("id")
+
+
+def review_count_for(user: Any) -> int:
+    """How many items this MD could still review (held by others or not)."""
+    return open_items_for(user).count()
+
+
 def redraw_items() -> QuerySet[ReviewItem]:
     return ReviewItem.objects.filter(status=ReviewItem.Status.REDRAW).select_related(
         "image", "round"
@@ -72,7 +163,6 @@ def images_to_draw() -> QuerySet[Image]:
 
 @dataclass(frozen=True)
 class MdQueue:
-    review: list[ReviewItem]
     redraw: list[ReviewItem]
     draw: list[Image]
     review_count: int
@@ -84,25 +174,16 @@ class MdQueue:
 
 def md_queue(user: Any, *, limit: int = 50) -> MdQueue:
     active = Round.objects.filter(status__in=Round.ACTIVE).order_by("-number").first()
-    review = open_items_for(user)
     decided = Decision.objects.filter(reviewer=user, item__round=active).count() if active else 0
     return MdQueue(
-        review=list(review[:limit]),
         redraw=list(redraw_items()[:limit]),
         draw=list(images_to_draw()[:limit]),
-        review_count=review.count(),
+        review_count=review_count_for(user),
         redraw_count=redraw_items().count(),
         draw_count=images_to_draw().count(),
         decided_in_round=decided,
         round=active,
     )
-
-
-def next_item_for(user: Any, *, after: ReviewItem | None = None) -> ReviewItem | None:
-    items = open_items_for(user)
-    if after is not None:
-        items = items.exclude(pk=after.pk)
-    return items.first()
 
 
 def item_candidates(item: ReviewItem) -> list[Candidate]:

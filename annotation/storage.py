@@ -18,6 +18,7 @@ from config.storage import (
     open_file,
     read,
     store,
+    stored_name,
     stream_to,
     unique_name,
     upload_dir,
@@ -34,6 +35,7 @@ __all__ = [
     "open_file",
     "read",
     "store",
+    "stored_name",
     "stream_to",
     "unique_name",
     "upload_dir",
@@ -46,7 +48,7 @@ __all__ = [
 DISPLAY_SIZES = (512, 1024, 1536, 2048)
 
 
-def display_copy(name: str, max_side: int | None, *, form: str = "image") -> bytes:
+def display_copy(name: str | None, max_side: int | None, *, form: str = "image") -> bytes:
     """The stored PNG or a copy of it for display, made once and then read from storage.
 
     `form` is "image" (a CXR: Lanczos), "mask" (nearest neighbour, stays 0/255) or "overlay"
@@ -55,6 +57,7 @@ def display_copy(name: str, max_side: int | None, *, form: str = "image") -> byt
     """
     from annotation.imaging import downscaled_png, overlay_png
 
+    name = stored_name(name)
     if form not in ("image", "mask", "overlay"):
         raise ValueError(f"unknown display form {form!r}")
     if max_side and max_side not in DISPLAY_SIZES:
@@ -70,7 +73,26 @@ def display_copy(name: str, max_side: int | None, *, form: str = "image") -> byt
     if form == "overlay":
         data = overlay_png(read(name), max_side)
     else:
+        assert max_side  # a full-size image or mask is the stored file, returned above
         data = downscaled_png(read(name), max_side, binary=form == "mask")
-    with contextlib.suppress(OSError):  # two requests at once: the first one's copy wins
-        default_storage.save(cached, ContentFile(data))
+    with contextlib.suppress(OSError):  # a copy that cannot be cached is still served
+        _save_exactly(cached, data)
     return data
+
+
+def _save_exactly(name: str, data: bytes) -> None:
+    """Stores `data` under exactly `name`, in one step, replacing what is there.
+
+    Two requests making the same display copy at once then leave one file (the same bytes
+    either way), and a reader never sees half of one; default_storage.save would keep both,
+    the second under a new name.
+    """
+    try:
+        default_storage.path(name)
+    except NotImplementedError:  # an object store: one PUT replaces the object whole
+        saved = default_storage.save(name, ContentFile(data))
+        if saved != name:  # a store that renames instead of overwriting
+            default_storage.delete(saved)
+        return
+    with stream_to(name) as out:  # a local folder: a temporary file renamed into place
+        out.write(data)

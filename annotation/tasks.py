@@ -1,7 +1,7 @@
 """Celery tasks of the `default` queue: exports, and the reports of the training and inference
 workers about a round's runs (sent by name with `config.celery.send`)."""
 
-from typing import Any
+from typing import Any, TypedDict
 
 from celery import shared_task
 
@@ -9,9 +9,22 @@ from annotation import services
 from annotation.models import Export
 from annotation.services import rounds, runs
 
+
+class _Retried(TypedDict):  # shared_task's options, spelled so that mypy can check them
+    acks_late: bool
+    autoretry_for: tuple[type[Exception], ...]
+    retry_backoff: int
+    max_retries: int
+
+
 # The workers' reports are small, idempotent database writes: retried on any error, since a
 # report that is never applied leaves its round waiting.
-REPORT = {"acks_late": True, "autoretry_for": (Exception,), "retry_backoff": 2, "max_retries": 5}
+REPORT: _Retried = {
+    "acks_late": True,
+    "autoretry_for": (Exception,),
+    "retry_backoff": 2,
+    "max_retries": 5,
+}
 
 
 @shared_task(acks_late=True)

@@ -34,6 +34,11 @@ urlpatterns = [
         name="item-decision",
     ),
     path(
+        "review-items/<uuid:item_uuid>/lease/",
+        review.ReviewLeaseApi.as_view(),
+        name="item-lease",
+    ),
+    path(
         "review-items/<uuid:item_uuid>/adjudicate/",
         review.ReviewAdjudicateApi.as_view(),
         name="item-adjudicate",

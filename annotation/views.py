@@ -65,7 +65,7 @@ def draw(request, image_id: int):
 
 @role_required(Role.MD)
 def review_next(request):
-    item = selectors.next_item_for(request.user)
+    item = services.item_claim(reviewer=request.user)
     if item is None:
         messages.info(request, "Nothing left to review. Thank you!")
         return redirect("queue")
@@ -86,6 +86,12 @@ def review(request, item_uuid):
         return redirect(
             "review-next" if selectors.user_has_role(request.user, Role.MD) else "rounds"
         )
+    if not adjudicating:
+        try:
+            services.lease_take(item=item, reviewer=request.user)
+        except DomainError as exc:
+            messages.info(request, f"That image is not yours to review now: {exc}.")
+            return redirect("review-next")
     # The item's data and its first (smallest) images come with the page: no request stands
     # between the page's scripts and the item's first frame.
     payload = selectors.blind_item_payload(item)
@@ -100,6 +106,8 @@ def review(request, item_uuid):
             ),
             # An admin breaking a tie goes back to the rounds, not on to an MD's queue.
             "next_api_url": "" if adjudicating else reverse("api:item-next"),
+            # The page renews the MD's leases on its items (this one's URL, by item id).
+            "lease_url": "" if adjudicating else reverse("api:item-lease", args=[item.uuid]),
             "queue_url": reverse("rounds" if adjudicating else "queue"),
             "adjudicating": adjudicating,
         },

@@ -50,6 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchenv import django_env  # noqa: E402
 from tests.browser.helpers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (what the tests run)
 
 PASSWORD = "bench-md-pass"
@@ -194,7 +195,7 @@ def setup_database(size: int, candidates: int):
         services.mask_draw(
             image=image, author=md, data=imaging.encode_mask(md_drawing(p.infection, seed))
         )
-        image.truth = p.infection
+        image.truth = p.infection  # type: ignore[attr-defined]  # the phantom's, for the bench
         images.append(image)
     return md, admin, images
 
@@ -470,9 +471,10 @@ def main() -> int:
         for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "MASKLOOP_MEDIA_ROOT")
     }
-    env.update(MASKLOOP_VAR_DIR=tmp, DJANGO_SETTINGS_MODULE="config.settings", PYTHONUNBUFFERED="1")
+    env.update(MASKLOOP_VAR_DIR=tmp, PYTHONUNBUFFERED="1")
     os.environ.clear()
     os.environ.update(env)
+    env.update(django_env())
     # The round is opened from this process while Playwright's loop runs in this thread.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchenv import django_env  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,7 +31,8 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="maskloop-bench-")
-    os.environ.update(MASKLOOP_VAR_DIR=tmp, DJANGO_SETTINGS_MODULE="config.settings")
+    os.environ.update(MASKLOOP_VAR_DIR=tmp)
+    django_env()
     os.environ.pop("DATABASE_URL", None)
     import django
 

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     overhead = sum(stage_ms.values())
     print(
         f"\nNon-network stages add {overhead:.1f} ms/image "
-        f"(largest: {max(stage_ms, key=stage_ms.get)} "
+        f"(largest: {max(stage_ms, key=lambda k: stage_ms[k])} "
         f"{max(stage_ms.values()):.1f} ms)."
     )
     return 0

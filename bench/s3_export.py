@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchenv import django_env  # noqa: E402
+
 
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -47,7 +49,7 @@ def peak_mb() -> float:
 
 
 def django_setup() -> None:
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    django_env()
     os.environ.pop("DATABASE_URL", None)
     import django
 

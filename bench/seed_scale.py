@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.benchenv import django_env  # noqa: E402
+
 PASSWORD = "bench-pass-123"
 BATCH = 5000
 LABELS = "ABCDEFGHIJ"
@@ -56,7 +58,7 @@ NETWORKS = [
 
 
 def setup_django() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django_env()
     import django
 
     django.setup()
@@ -333,7 +335,7 @@ def seed(
                 [
                     GroundTruth(
                         image_id=d.item.image_id,
-                        mask_id=d.candidate.mask_id,
+                        mask_id=d.candidate.mask_id,  # type: ignore[union-attr]  # never a redraw
                         item=d.item,
                         decision=d,
                         accepted_by=d.reviewer,

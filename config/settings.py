@@ -5,9 +5,12 @@ filesystem transport for the Celery broker, both under ./var. Set DATABASE_URL a
 CELERY_BROKER_URL to run on PostgreSQL and Redis.
 """
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("MASKLOOP_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -15,9 +18,35 @@ VAR_DIR = Path(environ.Env().str("MASKLOOP_VAR_DIR", default=str(BASE_DIR / "var
 env = environ.Env()
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="maskloop-insecure-development-key")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+# Security. With DJANGO_DEBUG off these pass `manage.py check --deploy` without a warning; each
+# can be relaxed through its environment variable (e.g. a trial on plain HTTP).
+_DEVELOPMENT_KEY = "maskloop-insecure-development-key"
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=_DEVELOPMENT_KEY if DEBUG else "")
+if not DEBUG and (
+    SECRET_KEY == _DEVELOPMENT_KEY
+    or SECRET_KEY.startswith("django-insecure")
+    or len(SECRET_KEY) < 50
+    or len(set(SECRET_KEY)) < 5
+):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is unset or too weak, and DJANGO_DEBUG is off: set DJANGO_SECRET_KEY "
+        "to a random string of at least 50 characters, e.g. the output of  python -c "
+        '"from django.core.management.utils import get_random_secret_key as k; print(k())"  '
+        "(or set DJANGO_DEBUG=1 for a local trial)."
+    )
+# Only behind a proxy that terminates TLS and sets X-Forwarded-Proto (else a client could).
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+SESSION_COOKIE_AGE = env.int("DJANGO_SESSION_SECONDS", default=12 * 3600)  # one working day
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -28,6 +57,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "axes",
     "annotation",
     "training",
     "inference",
@@ -36,12 +66,15 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files from STATIC_ROOT under gunicorn (and from the app folders with DEBUG on).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into its 429 page
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -73,8 +106,25 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
 ]
+# Sign-in throttling (django-axes): after AXES_FAILURE_LIMIT wrong passwords for one username
+# from one address, that pair is refused (429) for the cool-off, even with the right password.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("MASKLOOP_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("MASKLOOP_LOGIN_COOLOFF_MINUTES", default=30))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = "config.security.client_ip"  # the client's, also behind the proxy
+AXES_RESET_ON_SUCCESS = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -103,9 +153,15 @@ MASKLOOP_S3_ENDPOINT_URL = env.str("MASKLOOP_S3_ENDPOINT_URL", default="")
 # Where browsers reach the store, when not at the endpoint the servers use (presigned downloads).
 MASKLOOP_S3_PUBLIC_URL = env.str("MASKLOOP_S3_PUBLIC_URL", default="")
 MASKLOOP_DOWNLOAD_URL_SECONDS = env.int("MASKLOOP_DOWNLOAD_URL_SECONDS", default=300)
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Compressed files with content hashes in their names, served by WhiteNoise and cached for
+    # good by browsers; with DEBUG on, the files as they are in static/.
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "config.staticfiles.StaticFilesStorage"
+    },
 }
 if MASKLOOP_S3_ENDPOINT_URL:
     from botocore.config import Config as _BotoConfig
@@ -139,8 +195,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Sessions only: the sign-in page is where throttling happens (no Basic auth).
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -184,6 +240,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # Training: which preset a round uses unless its form says otherwise.
 MASKLOOP_DEFAULT_PRESET = env.str("MASKLOOP_DEFAULT_PRESET", default="tiny")
+MASKLOOP_LEASE_SECONDS = env.int("MASKLOOP_LEASE_SECONDS", default=300)  # an MD's hold on an item
 # Items opened or withdrawn per transaction when a round opens or ends (round_open_batch).
 MASKLOOP_BULK_BATCH = env.int("MASKLOOP_BULK_BATCH", default=200)
 

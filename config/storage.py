@@ -25,7 +25,8 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage, storages
-from django.http import FileResponse, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.utils.http import content_disposition_header
 
 CHUNK = 1 << 20
@@ -52,12 +53,25 @@ def _s3_backend() -> Any | None:
     return backend if type(backend).__module__.startswith("storages.backends.s3") else None
 
 
-def read(name: str) -> bytes:
+def stored_name(name: str | None) -> str:
+    """`name` of a stored file; a file field's `.name` is None or "" when it holds no file.
+
+    The helpers that read a stored file take a field's name as it is and pass it through here.
+
+    Raises:
+        FileNotFoundError: `name` is empty: no file is stored.
+    """
+    if not name:
+        raise FileNotFoundError("no file is stored (the file field is empty)")
+    return name
+
+
+def read(name: str | None) -> bytes:
     with open_file(name) as fh:
         return fh.read()
 
 
-def open_file(name: str) -> IO[bytes]:
+def open_file(name: str | None) -> IO[bytes]:
     """A stored file opened for reading, as a stream.
 
     On S3 this is the body of a single GET: django-storages' own file object sends a HEAD
@@ -67,6 +81,7 @@ def open_file(name: str) -> IO[bytes]:
     Raises:
         FileNotFoundError: nothing is stored under `name`.
     """
+    name = stored_name(name)
     s3 = _s3_backend()
     if s3 is None:
         return default_storage.open(name, "rb")
@@ -133,7 +148,7 @@ def _copy_atomically(src: IO[bytes], target: Path) -> None:
         raise
 
 
-def local_copy(name: str) -> Path:
+def local_copy(name: str | None) -> Path:
     """A local file with the stored file's bytes, for code that needs a path (TensorFlow, PIL).
 
     On a local storage folder this is the stored file itself. Otherwise it is a copy in this
@@ -143,6 +158,7 @@ def local_copy(name: str) -> Path:
     Raises:
         FileNotFoundError: nothing is stored under `name`.
     """
+    name = stored_name(name)
     path = _filesystem_path(name)
     if path is not None:
         if not path.is_file():
@@ -310,22 +326,22 @@ def stream_to(name: str) -> Iterator[_HashingWriter]:
                 os.unlink(tmp)
             raise
         return
-    out = default_storage.open(name, "wb")
+    upload = default_storage.open(name, "wb")
     try:
-        yield _HashingWriter(out)
+        yield _HashingWriter(upload)
     except BaseException:
         # Closing completes the multipart upload; remove the partial object it leaves.
         with contextlib.suppress(Exception):
-            out.close()
+            upload.close()
         with contextlib.suppress(Exception):
             default_storage.delete(name)
         raise
-    out.close()
+    upload.close()
 
 
 def download_response(
-    name: str, filename: str, *, content_type: str = "application/octet-stream"
-) -> HttpResponse:
+    name: str | None, filename: str, *, content_type: str = "application/octet-stream"
+) -> HttpResponseBase:
     """The response that hands a stored file to a browser as a download named `filename`.
 
     On S3 a redirect to a presigned URL valid for settings.MASKLOOP_DOWNLOAD_URL_SECONDS, so
@@ -333,6 +349,7 @@ def download_response(
     settings.MASKLOOP_S3_PUBLIC_URL when browsers reach the store under another address than
     the servers. On a local folder the file itself, streamed.
     """
+    name = stored_name(name)
     backend = _s3_backend()
     if backend is None:
         return FileResponse(

@@ -26,7 +26,7 @@ class SeverityOutput(serializers.Serializer):
     right_lung_fraction = serializers.FloatField(allow_null=True, help_text="Patient's right.")
     left_lung_fraction = serializers.FloatField(allow_null=True, help_text="Patient's left.")
     grade = serializers.IntegerField(allow_null=True, help_text="0-4, with a lung mask only.")
-    label = serializers.CharField(allow_null=True)
+    label = serializers.CharField(allow_null=True)  # type: ignore[assignment]  # not Field.label
     lung_split = serializers.CharField(allow_null=True)
 
 

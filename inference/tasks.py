@@ -1,13 +1,22 @@
 """Celery tasks of the `inference` queue: thin wrappers that call one service and report a
 failure to annotation by task name."""
 
+from typing import TypedDict
+
 from celery import shared_task
 from django.db import OperationalError
 
 from config.celery import send
 from inference import services
 
-RETRY = {"acks_late": True, "autoretry_for": (OperationalError,), "retry_backoff": 5}
+
+class _Retried(TypedDict):  # shared_task's options, spelled so that mypy can check them
+    acks_late: bool
+    autoretry_for: tuple[type[Exception], ...]
+    retry_backoff: int
+
+
+RETRY: _Retried = {"acks_late": True, "autoretry_for": (OperationalError,), "retry_backoff": 5}
 
 
 @shared_task(**RETRY, max_retries=3)

@@ -67,6 +67,8 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("GET", "/api/review-items/{item}/image.png", only(MD, ADMIN)),
     ("GET", "/api/review-items/{item}/candidates/A.png", only(MD, ADMIN)),
     ("POST", "/api/review-items/{item}/decision/", only(MD)),
+    ("POST", "/api/review-items/{item}/lease/", only(MD)),
+    ("DELETE", "/api/review-items/{item}/lease/", only(MD)),
     ("POST", "/api/review-items/{item}/adjudicate/", only(ADMIN)),
     # ---------------------------------------------------------------- API: exports
     ("GET", "/api/exports/", only(DATA)),

@@ -1,12 +1,20 @@
 from django.contrib import admin
 
+from config.readonly_admin import ReadOnlyAdmin
 from training.models import ModelVersion, TrainingRun
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
+class TrainingRunAdmin(ReadOnlyAdmin):
+    """Read-only: a run's status changes only through annotation's state machine."""
+
     list_display = ["id", "round", "arch", "encoder", "fold", "status", "epoch", "loss"]
     list_filter = ["status", "arch"]
+    list_select_related = ["round"]
 
 
-admin.site.register(ModelVersion)
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    """Read-only: a model version is the provenance of every mask it predicted."""
+
+    list_display = ["id", "run", "arch", "encoder", "created_at"]

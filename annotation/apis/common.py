@@ -39,7 +39,7 @@ OVERLAY = OpenApiParameter(
 )
 
 
-def png_response(name: str, request=None, *, form: str = "image") -> HttpResponse:
+def png_response(name: str | None, request=None, *, form: str = "image") -> HttpResponse:
     """A stored PNG with no file name attached: a name would identify the image or mask.
 
     `?max=1024` (512, 1024, 1536 or 2048) serves a cached downscaled copy for fast display;

@@ -61,7 +61,8 @@ class ImageUploadApi(APIView):
         file = serializers.FileField()
         image_class = serializers.ChoiceField(choices=ImageClass.choices)
         patient_id = serializers.CharField(required=False, allow_blank=True, default="")
-        source = serializers.CharField(required=False, default="upload")
+        # mypy reads `source` as Field.source; DRF takes declared fields off the class.
+        source = serializers.CharField(required=False, default="upload")  # type: ignore[assignment]
         mask = serializers.FileField(required=False)
 
         class Meta:

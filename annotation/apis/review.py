@@ -18,10 +18,11 @@ from annotation.apis.common import DISPLAY_MAX, OVERLAY, PNG, png_response
 from annotation.errors import DomainError
 from annotation.models import ReviewItem
 from annotation.permissions import IsAdmin, IsMD, IsReviewer
+from annotation.services.leases import lease_seconds
 
 
 class BlindCandidateOutput(serializers.Serializer):
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
     mask_url = serializers.CharField(help_text="the mask, 0/255 grayscale")
     overlay_url = serializers.CharField(help_text="the mask coloured for drawing on the CXR")
 
@@ -63,10 +64,16 @@ class ReviewItemApi(APIView):
 
     @extend_schema(responses=BlindItemOutput)
     def get(self, request, item_uuid):
-        return Response(selectors.blind_item_payload(_visible_item(request, item_uuid)))
+        item = _visible_item(request, item_uuid)
+        if item.status == ReviewItem.Status.OPEN:
+            services.lease_renew(item=item, reviewer=request.user)  # if they hold one
+        return Response(selectors.blind_item_payload(item))
 
 
 class ReviewNextApi(APIView):
+    """Hands this MD an item and leases it to them: their current one first; with `after`
+    (the item on screen) a different one, the prefetched next item."""
+
     permission_classes = [IsMD]
 
     @extend_schema(responses={200: BlindItemOutput, 204: None})
@@ -78,10 +85,34 @@ class ReviewNextApi(APIView):
             except ValueError:
                 raise DomainError("'after' must be a review item id") from None
             current = ReviewItem.objects.filter(uuid=after).first()
-        item = selectors.next_item_for(request.user, after=current)
+        item = services.item_claim(reviewer=request.user, after=current)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(selectors.blind_item_payload(item))
+
+
+class LeaseOutput(serializers.Serializer):
+    expires_at = serializers.DateTimeField()
+    seconds = serializers.IntegerField(help_text="how long a lease lasts unless renewed")
+
+
+class ReviewLeaseApi(APIView):
+    """This MD's hold on an item: POST takes or renews it (the open review page does so every
+    minute), DELETE gives the item back to the pool."""
+
+    permission_classes = [IsMD]
+
+    @extend_schema(request=None, responses={200: LeaseOutput, 409: None})
+    def post(self, request, item_uuid):
+        item = get_object_or_404(ReviewItem, uuid=item_uuid)
+        expires_at = services.lease_take(item=item, reviewer=request.user)
+        return Response(LeaseOutput({"expires_at": expires_at, "seconds": lease_seconds()}).data)
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, item_uuid):
+        item = get_object_or_404(ReviewItem, uuid=item_uuid)
+        services.lease_release(item=item, reviewer=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ReviewItemImageApi(APIView):
@@ -132,11 +163,8 @@ class ReviewDecisionApi(APIView):
             seconds=v["seconds"],
             round_number=v.get("round"),
         )
-        nxt = selectors.next_item_for(request.user)
-        return Response(
-            {"next_url": reverse("review", args=[nxt.uuid]) if nxt else reverse("queue")},
-            status=status.HTTP_201_CREATED,
-        )
+        # The page hands the MD their next item (leased) when it opens.
+        return Response({"next_url": reverse("review-next")}, status=status.HTTP_201_CREATED)
 
 
 class ReviewAdjudicateApi(APIView):

@@ -22,6 +22,7 @@ from annotation.services.images import (
     mask_create,
     mask_draw,
 )
+from annotation.services.leases import item_claim, lease_release, lease_renew, lease_take
 from annotation.services.review import decision_adjudicate, decision_create
 from annotation.services.rounds import (
     candidate_add,
@@ -45,7 +46,11 @@ __all__ = [
     "image_create",
     "image_refresh_status",
     "images_refresh_status",
+    "item_claim",
     "latest_manual_mask",
+    "lease_release",
+    "lease_renew",
+    "lease_take",
     "mask_create",
     "mask_draw",
     "round_advance",

@@ -1,29 +1,50 @@
-"""Blind review: MDs' picks, majority and adjudication, ground truth."""
+"""Blind review: MDs' picks, majority and adjudication, ground truth.
+
+Locks. One order everywhere (annotation/services/states.py): Round, then TrainingRun, then
+ReviewItem, then ReviewLease, then Image. A decision or an adjudication locks only its item's
+row (`FOR UPDATE OF` the item: a join must not lock the round too), then deletes leases and
+updates the image. It never locks the round: cancelling and advancing lock the round first and
+then its items, so a decision that waited on the round while holding its item would deadlock
+with them, and every decision of a round would queue behind one lock. Decisions on different
+items therefore run in parallel. The item row is updated once per decision: PostgreSQL checks
+the foreign keys of a row that one transaction updates twice, and that check share-locks the
+round's row (FOR KEY SHARE), which would wait for a cancel holding it. When an item resolves,
+whether its round is now done is settled after the commit, in a short transaction of its own
+that locks only the round (`_round_complete_after`).
+
+Work hand-out is annotation/services/leases.py: a decision is accepted from the MD who holds a
+live lease on the item, or from anyone while a slot is free (decisions so far plus other MDs'
+live leases below the round's reviewers per item); a lease never lets an item slip away from
+the MD who holds it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
+from annotation import selectors
 from annotation.errors import Conflict, DomainError
 from annotation.models import (
     Candidate,
     Decision,
     GroundTruth,
     ReviewItem,
+    ReviewLease,
     Round,
 )
 from annotation.services import states
 from annotation.services.images import image_refresh_status
-from annotation.services.rounds import round_complete_if_done
+from annotation.services.rounds import WAITING, round_complete_if_done
 
 NONE = "none"
+logger = logging.getLogger(__name__)
 
 
-@transaction.atomic
 def decision_create(
     *,
     item: ReviewItem,
@@ -35,9 +56,36 @@ def decision_create(
     """Records one MD's blind pick (a candidate's label, or "none" to redraw).
 
     Once the round's quota of reviewers has decided, the majority wins; a tie goes to an admin.
+
+    Raises:
+        Conflict: the item is not open, the MD decided it already, or their lease expired and
+            other MDs now hold its slots.
     """
+    with transaction.atomic():
+        decision, resolved = _decision_create(
+            item=item,
+            reviewer=reviewer,
+            choice=choice,
+            seconds=seconds,
+            round_number=round_number,
+        )
+    if resolved:
+        _round_complete_after(decision.item.round_id)
+    return decision
+
+
+def _decision_create(
+    *,
+    item: ReviewItem,
+    reviewer: Any,
+    choice: str,
+    seconds: float,
+    round_number: int | None,
+) -> tuple[Decision, bool]:
     item = (
-        ReviewItem.objects.select_for_update(of=("self",)).select_related("round").get(pk=item.pk)
+        ReviewItem.objects.select_for_update(of=("self",))
+        .select_related("round", "image")
+        .get(pk=item.pk)
     )
     if round_number is not None and item.round.number != round_number:
         raise DomainError(
@@ -45,8 +93,19 @@ def decision_create(
         )
     if item.status != ReviewItem.Status.OPEN:
         raise Conflict(f"this item is not open for review ({item.get_status_display().lower()})")
-    if item.decisions.filter(reviewer=reviewer).exists():
+    if item.round.status != Round.Status.REVIEWING:
+        raise Conflict(
+            f"round {item.round.number} is {item.round.get_status_display().lower()}; "
+            "it takes no more decisions"
+        )
+    slots = selectors.item_slots(item.pk, user=reviewer, now=timezone.now())
+    if slots["mine"]:
         raise Conflict("you have already decided on this item; decisions are final")
+    if not slots["leased"] and slots["decided"] + slots["held"] >= item.round.reviewers_per_item:
+        raise Conflict(
+            "your hold on this image expired and other MDs are reviewing it now; "
+            "your pick was not recorded — please go on with the next image"
+        )
     candidate = _candidate_for_choice(item, choice)
     if seconds is None or not (0 <= float(seconds) < 86400):
         raise DomainError("seconds must be between 0 and 86400")
@@ -57,18 +116,35 @@ def decision_create(
             )
     except IntegrityError:
         raise Conflict("you have already decided on this item; decisions are final") from None
-    _item_tally(item)
-    return decision
+    if _item_tally(item):
+        return decision, item.status != ReviewItem.Status.ADJUDICATION
+    ReviewLease.objects.filter(item=item, reviewer=reviewer).delete()
+    return decision, False
 
 
-@transaction.atomic
 def decision_adjudicate(
     *, item: ReviewItem, admin: Any, choice: str, seconds: float = 0.0
 ) -> Decision:
     """An admin settles a tie between reviewers."""
-    item = ReviewItem.objects.select_for_update().get(pk=item.pk)
+    with transaction.atomic():
+        decision = _decision_adjudicate(item=item, admin=admin, choice=choice, seconds=seconds)
+    _round_complete_after(decision.item.round_id)
+    return decision
+
+
+def _decision_adjudicate(*, item: ReviewItem, admin: Any, choice: str, seconds: float) -> Decision:
+    item = (
+        ReviewItem.objects.select_for_update(of=("self",))
+        .select_related("round", "image")
+        .get(pk=item.pk)
+    )
     if item.status != ReviewItem.Status.ADJUDICATION:
         raise Conflict("only tied items are adjudicated")
+    if item.round.status != Round.Status.REVIEWING:
+        raise Conflict(
+            f"round {item.round.number} is {item.round.get_status_display().lower()}; "
+            "it takes no more decisions"
+        )
     if item.decisions.filter(reviewer=admin).exists():
         raise Conflict("you already reviewed this item; another admin must break the tie")
     candidate = _candidate_for_choice(item, choice)
@@ -83,42 +159,71 @@ def _candidate_for_choice(item: ReviewItem, choice: str) -> Candidate | None:
     choice = (choice or "").strip()
     if choice.lower() == NONE:
         return None
-    labels = sorted(item.candidates.values_list("label", flat=True))
+    candidates = {c.label: c for c in Candidate.objects.filter(item=item)}
     try:
-        return item.candidates.get(label=choice.upper())
-    except Candidate.DoesNotExist:
+        return candidates[choice.upper()]
+    except KeyError:
         raise DomainError(
-            f"no candidate labelled {choice!r}; choose one of {', '.join(labels)} or 'none'"
+            f"no candidate labelled {choice!r}; choose one of {', '.join(sorted(candidates))} "
+            "or 'none'"
         ) from None
 
 
-def _item_tally(item: ReviewItem) -> None:
-    decisions = list(item.decisions.filter(is_adjudication=False).order_by("id"))
+def _item_tally(item: ReviewItem) -> bool:
+    """Settles the item once its quota of reviewers has decided; says whether it left OPEN."""
+    decisions = list(
+        item.decisions.filter(is_adjudication=False).select_related("candidate").order_by("id")
+    )
     needed = item.round.reviewers_per_item
     if len(decisions) < needed:
-        return
+        return False
+    # Nobody reviews it any more: every lease on it goes (expired ones included).
+    ReviewLease.objects.filter(item=item).delete()
     votes = Counter(d.candidate_id for d in decisions)
     ranked = votes.most_common()
-    item.agreement = ranked[0][1] / len(decisions)
+    agreement = ranked[0][1] / len(decisions)
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-        states.move(item, ReviewItem.Status.ADJUDICATION, agreement=item.agreement)
-        return
+        states.move(item, ReviewItem.Status.ADJUDICATION, agreement=agreement)
+        return True
     winner = next(d for d in decisions if d.candidate_id == ranked[0][0])
-    item.save(update_fields=["agreement"])
-    _item_resolve(item, winner)
+    _item_resolve(item, winner, agreement=agreement)
+    return True
 
 
-def _item_resolve(item: ReviewItem, decision: Decision) -> None:
-    if decision.candidate is None:
-        states.move(item, ReviewItem.Status.REDRAW, resolved_at=timezone.now())
-    else:
-        states.move(item, ReviewItem.Status.ACCEPTED, resolved_at=timezone.now())
+def _item_resolve(item: ReviewItem, decision: Decision, **fields: Any) -> None:
+    # One UPDATE of the item per transaction: PostgreSQL checks the foreign keys of a row that
+    # this transaction updates a second time, which takes a share lock on the round's row and
+    # would wait for (and deadlock with) a cancel holding it.
+    status = ReviewItem.Status.REDRAW if decision.candidate is None else ReviewItem.Status.ACCEPTED
+    states.move(item, status, resolved_at=timezone.now(), **fields)
+    if decision.candidate is not None:
         GroundTruth.objects.create(
-            image=item.image,
-            mask=decision.candidate.mask,
+            image_id=item.image_id,
+            mask_id=decision.candidate.mask_id,
             item=item,
             decision=decision,
-            accepted_by=decision.reviewer,
+            accepted_by_id=decision.reviewer_id,
         )
     image_refresh_status(image=item.image)
-    round_complete_if_done(Round.objects.select_for_update().get(pk=item.round_id))
+
+
+def _round_complete_after(round_id: int) -> None:
+    """Closes the round if the item just resolved was its last one: in a transaction of its own
+    once the decision is committed, so that no item lock is held while the round is locked.
+
+    (Called inside a caller's own transaction, as tests do, it runs within it, after the
+    decision's work.) The decision is stored either way, so a database error here is logged,
+    not raised.
+    """
+    outer = transaction.get_connection().in_atomic_block
+    # Most items are not the last: a plain read (after this decision's commit) says so without
+    # queueing on the round's lock. Of two last decisions, the one that commits second sees both.
+    if ReviewItem.objects.filter(round_id=round_id, status__in=WAITING).exists():
+        return
+    try:
+        with transaction.atomic():
+            round_complete_if_done(Round.objects.select_for_update().get(pk=round_id))
+    except DatabaseError:
+        if outer:
+            raise
+        logger.exception("round %s: the check whether it is done failed", round_id)

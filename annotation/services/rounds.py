@@ -76,7 +76,7 @@ def round_start(
         raise DomainError(f"stage must be one of {', '.join(Round.Stage.values)}, not {stage!r}")
     if reviewers_per_item < 1:
         raise DomainError("each item needs at least one reviewer")
-    nets = check_networks(networks or DEFAULT_NETWORKS[stage])
+    nets = check_networks(networks or DEFAULT_NETWORKS[Round.Stage(stage)])
     preset = preset or settings.MASKLOOP_DEFAULT_PRESET
     try:
         config = training_services.train_config(preset, seed=seed, **(overrides or {}))

@@ -8,6 +8,10 @@
 // While the reader looks at one item, the next one is fetched and decoded, so after a pick it
 // is swapped in at once and the address bar follows with history.replaceState.
 //
+// Both items are leased to this MD (nobody else is handed them past the round's quota). The
+// leases expire unless renewed, so the page renews them every minute while it is visible; one
+// that was lost meanwhile (the page slept past its expiry) moves the page on to another item.
+//
 // Plain ES2020, no dependencies: the app runs offline.
 
 import { clamp, csrfToken, errorText, networkMessage, readJsonScript, setWindowLevelFilter } from "./common.js";
@@ -20,7 +24,10 @@ const config = {
   decisionUrl: root.dataset.decisionUrl,
   nextApiUrl: root.dataset.nextApiUrl,
   queueUrl: root.dataset.queueUrl || "/",
+  leaseUrl: root.dataset.leaseUrl || "", // the first item's; empty when adjudicating
+  firstItemId: (readJsonScript("review-item", null) || {}).id || "",
 };
+const LEASE_RENEW_MS = 60 * 1000; // well inside the server's lease (5 minutes by default)
 
 const $ = (selector) => root.querySelector(selector);
 const stage = $(".review-stage");
@@ -711,6 +718,63 @@ async function nextItem(decidedId) {
   return prepareItem(item);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Leases: renewed while the page is open and visible
+
+/** Renews (or takes again) this MD's lease on an item: false when the item went to others. */
+async function renewLease(id) {
+  if (!config.leaseUrl || !id) return true;
+  const response = await fetch(config.leaseUrl.replace(config.firstItemId, id), {
+    method: "POST",
+    headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+    credentials: "same-origin",
+  });
+  if (response.status === 409) return false;
+  return true; // a network or server error: keep the item and try again at the next renewal
+}
+
+async function renewLeases() {
+  if (document.hidden || !state.current || state.busy || !config.leaseUrl) return;
+  const currentId = state.current.item.id;
+  const held = await renewLease(currentId).catch(() => true);
+  if (!held) {
+    if (state.current && state.current.item.id === currentId && !state.busy) {
+      await moveOn(currentId, "This image was handed to another MD while the page was away.");
+    }
+    return;
+  }
+  const pending = prefetch;
+  if (!pending || pending.forId !== currentId) return;
+  const prepared = await pending.promise.catch(() => null);
+  if (!prepared || prefetch !== pending) return;
+  const kept = await renewLease(prepared.item.id).catch(() => true);
+  if (!kept && prefetch === pending) {
+    releasePrepared(prepared);
+    startPrefetch(currentId); // the server hands a fresh one
+  }
+}
+
+/** Leaves an item that cannot be decided here any more (`why`) for the next one. */
+async function moveOn(leftId, why) {
+  setBusy(true);
+  newReadyPromise();
+  loadingBox.hidden = false;
+  try {
+    const prepared = await nextItem(leftId);
+    if (!prepared) {
+      setStatus(`${why} Nothing else to review: back to the queue…`, "notice");
+      window.location.assign(config.queueUrl);
+      return;
+    }
+    if (prepared.item.page_url) history.replaceState(null, "", prepared.item.page_url);
+    show(prepared);
+    showBanner(`${why} Here is the next one.`, "notice"); // stays until the next pick
+  } catch (err) {
+    setStatus(`${why} The next image did not load (${networkMessage(err)}); opening it…`, "error");
+    window.location.assign(config.queueUrl);
+  }
+}
+
 async function pick(choice) {
   if (!state.current || state.busy) return;
   const seconds = visibleSeconds();
@@ -730,6 +794,11 @@ async function pick(choice) {
       credentials: "same-origin",
       body: JSON.stringify({ choice, seconds: Math.round(seconds * 1000) / 1000 }),
     });
+    if (response.status === 409) {
+      // Not recorded and never will be here (the item was decided, closed or handed on).
+      await moveOn(item.id, `Not recorded: ${await errorText(response)}.`);
+      return;
+    }
     if (!response.ok) throw new Error(await errorText(response));
     body = await response.json().catch(() => ({}));
   } catch (err) {
@@ -891,7 +960,9 @@ function bind() {
       state.hiddenMs += now - state.hiddenSince;
       state.hiddenSince = null;
     }
+    if (!document.hidden) renewLeases(); // the leases may have run out while it was hidden
   });
+  window.setInterval(renewLeases, LEASE_RENEW_MS);
   window.addEventListener("keydown", onKeyDown);
   window.addEventListener("keyup", onKeyUp);
   window.addEventListener("blur", () => {

@@ -120,7 +120,7 @@ def secrets_of(item: ReviewItem, *, viewer=None) -> list[str]:
     """Every string that would tell a reviewer where an item's candidates came from."""
     found = [str(item.pk), str(item.image_id), item.image.name, item.image.sha256]
     for c in item.candidates.select_related("mask"):
-        found += [str(c.pk), str(c.mask_id), c.mask.sha256, c.mask.file.name]
+        found += [str(c.pk), str(c.mask_id), c.mask.sha256, str(c.mask.file.name)]
     found += [u.get_username() for u in get_user_model().objects.all() if u != viewer]
     return found
 
@@ -326,6 +326,7 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
         "decision-url": f"/api/review-items/{item.uuid}/decision/",
         "next-api-url": "/api/review-items/next/",
         "queue-url": "/queue/",
+        "lease-url": f"/api/review-items/{item.uuid}/lease/",
     }
 
 

@@ -73,6 +73,20 @@ def test_local_copy_is_the_stored_file_itself_on_a_local_folder(settings):
         storage.local_copy("display/ef/never-stored.png")
 
 
+@pytest.mark.parametrize("empty", [None, ""])
+def test_an_empty_file_field_reads_as_a_missing_file_not_a_folder(empty):
+    """A file field's `.name` is None or "" when it holds no file: every reader says so,
+    instead of opening MEDIA_ROOT or caching a display copy under "None"."""
+    for read in (storage.read, storage.open_file, storage.local_copy):
+        with pytest.raises(FileNotFoundError, match="no file is stored"):
+            read(empty)
+    with pytest.raises(FileNotFoundError, match="no file is stored"):
+        storage.display_copy(empty, 512)
+    with pytest.raises(FileNotFoundError, match="no file is stored"):
+        storage.download_response(empty, "x.zip")
+    assert not default_storage.exists("display-cache/512/None")
+
+
 def _checkpoints(folder: Path) -> None:
     (folder / "fold-0").mkdir(parents=True)
     (folder / "fold-0" / "best.weights.h5").write_bytes(b"w" * 3000)

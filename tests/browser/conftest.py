@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ VIEWPORT = {"width": 1366, "height": 768}
 
 
 @pytest.fixture(scope="session")
-def browser() -> Browser:
+def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"the browser tests need Chromium at {CHROMIUM} (make test installs it)")
     with sync_playwright() as p:
@@ -50,7 +51,7 @@ def browser() -> Browser:
 
 
 @pytest.fixture
-def page(browser, live_server) -> Page:
+def page(browser, live_server) -> Iterator[Page]:
     context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     context.set_default_timeout(15_000)
     pg = context.new_page()
@@ -58,7 +59,7 @@ def page(browser, live_server) -> Page:
     console: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(f"{pg.url}: {exc}"))
     pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-    pg.console_messages = console  # type: ignore[attr-defined]
+    pg.console_messages = console
     yield pg
     context.close()
     assert not errors, "JavaScript errors in the page:\n" + "\n".join(errors)

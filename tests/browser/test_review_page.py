@@ -257,3 +257,42 @@ def test_two_fingers_zoom_every_panel_and_pick_nothing(page, sign_in, url, shot,
     )
     assert page.evaluate("window.maskloopReview.selected()") is None  # a pinch is not a tap
     assert not Decision.objects.exists()
+
+
+def test_the_page_holds_its_items_and_moves_on_when_one_went_to_another_md(
+    page, sign_in, url, shot, reviewing_round
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotation.models import ReviewLease
+    from annotation.services import item_claim
+
+    rnd = reviewing_round(images=3)
+    md2, md3 = make_user("md2", Role.MD), make_user("md3", Role.MD)
+    sign_in(page, md2)
+    page.goto(url("/review/next/"))
+    item_id = review_ready(page)
+    assert page.evaluate("window.maskloopReview.prefetched()")
+    # The item on screen and the prefetched next one are both leased to md2.
+    held = set(ReviewLease.objects.filter(reviewer=md2).values_list("item__uuid", flat=True))
+    assert len(held) == 2 and item_id in {str(u) for u in held}
+
+    # The page slept past the lease of the item on screen, and md3 was handed it.
+    ReviewLease.objects.filter(reviewer=md2, item__uuid=item_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert str(item_claim(reviewer=md3).uuid) == item_id
+    mark_document(page)
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # visible again
+    page.wait_for_function(f"window.maskloopReview.currentItemId() !== '{item_id}'")
+    shot(page, "moved-on")
+    assert still_same_document(page)
+    assert "handed to another MD" in page.inner_text(".review-banner")
+    now_on = review_ready(page)
+    assert now_on in {str(u) for u in held} - {item_id}
+    lease = ReviewLease.objects.get(reviewer=md2, item__uuid=now_on)
+    assert lease.expires_at > timezone.now()  # still held by md2
+    assert not Decision.objects.exists()
+    assert rnd.items.filter(status=ReviewItem.Status.OPEN).count() == 3

@@ -49,3 +49,21 @@ def test_the_object_store_is_seaweedfs_with_its_s3_api_and_a_healthcheck():
     assert store["command"].split()[0] == "server" and "-s3" in store["command"].split()
     assert "-s3.port=8333" in store["command"]
     assert "8333" in " ".join(store["healthcheck"]["test"])
+
+
+def test_the_secret_key_has_no_fallback_and_the_web_app_expects_tls_in_front():
+    for name in APP_SERVICES:
+        env = compose()["services"][name]["environment"]
+        assert env["DJANGO_SECRET_KEY"].startswith("${DJANGO_SECRET_KEY:?")  # required
+        assert "change-me" not in env["DJANGO_SECRET_KEY"]
+        assert "DJANGO_DEBUG" not in env
+        assert env["DJANGO_SECURE_PROXY_SSL_HEADER"].endswith(":-true}")
+        assert env["DJANGO_SECURE_SSL_REDIRECT"].endswith(":-true}")
+
+
+def test_the_image_collects_the_static_files_that_gunicorn_serves():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "manage.py collectstatic --no-input" in dockerfile
+    # Collected after the whole tree is copied in, so static/ is there.
+    assert dockerfile.index("COPY . .") < dockerfile.index("collectstatic")
+    assert "gunicorn config.wsgi:application" in compose()["services"]["web"]["command"]

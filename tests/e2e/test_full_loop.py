@@ -50,7 +50,7 @@ def wait_for(rnd: Round, status: str, worker) -> Round:
 
 
 def review_everything(client, *, none_first: bool = False) -> list[str]:
-    picked = []
+    picked: list[str] = []
     while True:
         response = client.get("/api/review-items/next/")
         if response.status_code == 204:

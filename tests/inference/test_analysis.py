@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +78,10 @@ def dicom_bytes(
     preamble: bool = True,
 ) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray, presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -235,7 +236,7 @@ def test_png_data_url_round_trips():
 
 
 @pytest.fixture(scope="module")
-def weight_files(tmp_path_factory) -> dict[str, Path]:
+def weight_files(tmp_path_factory) -> Iterator[dict[str, Path]]:
     """Randomly initialised 32-px networks, saved once for the module."""
     import tensorflow as tf
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def urls(settings):
 
 
 @pytest.fixture(scope="module")
-def unet_weights(tmp_path_factory) -> Path:
+def unet_weights(tmp_path_factory) -> Iterator[Path]:
     import tensorflow as tf
 
     from training.nets.builders import build_model

@@ -89,12 +89,12 @@ class Evaluation:
         return {
             "pixel": {
                 "confusion": _confusion_dict(self.pixel.confusion),
-                "scores": _clean(self.pixel.scores(ci_n=ci_n)),  # type: ignore[arg-type]
+                "scores": _clean(self.pixel.scores(ci_n=ci_n)),
                 "auc": _clean_value(self.pixel_curve.auc()),
             },
             "image": {
                 "confusion": _confusion_dict(self.image.confusion),
-                "scores": _clean(self.image.scores(ci_n=ci_n)),  # type: ignore[arg-type]
+                "scores": _clean(self.image.scores(ci_n=ci_n)),
                 "auc": _clean_value(auc(truth, score) if truth.size else math.nan),
             },
             "ms_per_sample": (

@@ -123,7 +123,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             if eval_path.is_file():
                 saved = json.loads(eval_path.read_text())
                 ev = Evaluation.from_dict(saved["evaluation"])
-                params = tuple(saved["params"])  # type: ignore[assignment]
+                params = tuple(saved["params"])
                 say(f"[{done}/{total}] {cid} fold {fold}: done before, reusing {eval_path}")
             else:
                 train_data = data.subset(train)

@@ -63,7 +63,7 @@ def build_classifier(
         raise ValueError(f"inceptionv3 needs input_size >= {_MIN_INCEPTION_SIZE}, got {input_size}")
     weights_file = None
     if weights not in (None, "imagenet"):
-        weights_file = os.fspath(weights)  # type: ignore[arg-type]
+        weights_file = os.fspath(weights)
         if not os.path.isfile(weights_file):
             raise FileNotFoundError(f"weights file not found: {weights_file}")
     elif weights == "imagenet" and encoder == "chexnet":

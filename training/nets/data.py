@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import tensorflow as tf
@@ -31,7 +32,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # --------------------------------------------------------------------------------------------
 
 
-def _open(path: str | PathLike[str]) -> Image.Image:
+def _open(path: str | PathLike[str] | IO[bytes]) -> Image.Image:
     with Image.open(path) as im:
         im.load()
         # Phones and some PACS exports store the orientation in EXIF only; masks are drawn on
@@ -54,7 +55,7 @@ def _float_to_eight(values: np.ndarray) -> np.ndarray:
     return np.round((values - lo) / span * 255.0).astype(np.uint8)
 
 
-def load_gray(path: str | PathLike[str]) -> np.ndarray:
+def load_gray(path: str | PathLike[str] | IO[bytes]) -> np.ndarray:
     """Loads an image file as 8-bit grayscale.
 
     Any Pillow mode is accepted: 8-bit gray, palette, RGB(A) (alpha is dropped, colour is
@@ -63,7 +64,7 @@ def load_gray(path: str | PathLike[str]) -> np.ndarray:
     other ranges are stretched to 0..255).
 
     Args:
-        path: PNG, JPEG or any format Pillow reads.
+        path: PNG, JPEG or any format Pillow reads: its path, or the file opened in binary.
 
     Returns:
         uint8 array of shape (H, W).

@@ -82,10 +82,10 @@ class _Progress(tf.keras.callbacks.Callback):
         self.epoch = 0
         self.last = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.epoch = epoch + 1
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
         now = time.monotonic()
         if now - self.last < self.every and batch + 1 < self.steps:
             return
@@ -140,7 +140,7 @@ class _Checkpointer(tf.keras.callbacks.Callback):
         self.save = save
         self.manager = tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=keep)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.losses.append(float((logs or {}).get("loss", math.nan)))
         self.epoch_var.assign(epoch + 1)
         if not self.save:
@@ -266,6 +266,7 @@ def _dataset(
 
 def _compiled_model(config: TrainConfig, mixed: bool) -> tf.keras.Model:
     """The network of `config`, compiled with its task's loss and an Adam optimizer."""
+    metrics: list[str | Callable[..., object]]
     if config.is_classifier:
         # The classifier's softmax already computes in float32 (see build_classifier).
         model = build_classifier(config.encoder, config.input_size, config.weights)

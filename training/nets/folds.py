@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
+
+K = TypeVar("K", bound=Hashable)  # a sample's key: the result maps the callers' own keys
 
 
 def _groups(
@@ -54,12 +56,12 @@ def _visit_order(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def grouped_stratified_folds(
-    keys: Sequence[Hashable],
+    keys: Sequence[K],
     labels: Sequence[Hashable],
     groups: Sequence[Hashable | None],
     n_folds: int = 5,
     seed: int = 0,
-) -> dict[Hashable, int]:
+) -> dict[K, int]:
     """Assigns every key to one of `n_folds` folds, grouped by patient and stratified by label.
 
     With fewer patient groups than folds some folds stay empty: callers that iterate folds
@@ -89,7 +91,7 @@ def grouped_stratified_folds(
     # Ties between equally good folds go to a seed-dependent fold order, so seeds differ even
     # when every group has the same size and label.
     fold_order = rng.permutation(n_folds)
-    assignment: dict[Hashable, int] = {}
+    assignment: dict[K, int] = {}
     for g in _visit_order(counts, rng):
         c = counts[g]
         # Increase of the squared distance to the per-label targets if the group joins a fold;
@@ -104,12 +106,12 @@ def grouped_stratified_folds(
 
 
 def grouped_train_test_split(
-    keys: Sequence[Hashable],
+    keys: Sequence[K],
     labels: Sequence[Hashable],
     groups: Sequence[Hashable | None],
     test_fraction: float = 0.2,
     seed: int = 0,
-) -> dict[Hashable, Literal["train", "test"]]:
+) -> dict[K, Literal["train", "test"]]:
     """One fixed grouped, stratified train/test split (the paper's Group-II mode).
 
     Each label aims at ``round(test_fraction * n_label)`` test samples; patient groups are
@@ -137,7 +139,7 @@ def grouped_train_test_split(
     rng = np.random.default_rng(seed)
     targets = np.floor(counts.sum(axis=0) * test_fraction + 0.5)
     test_counts = np.zeros(counts.shape[1], dtype=np.float64)
-    split: dict[Hashable, Literal["train", "test"]] = {}
+    split: dict[K, Literal["train", "test"]] = {}
     for g in _visit_order(counts, rng):
         c = counts[g]
         gain = ((test_counts - targets) ** 2).sum() - ((test_counts + c - targets) ** 2).sum()

@@ -13,7 +13,9 @@ from training.nets.folds import grouped_stratified_folds, grouped_train_test_spl
 def cohort(n_patients: int = 60, seed: int = 0, max_images: int = 3):
     """Patients with 1..max_images images each, one label per patient, a few without id."""
     rng = np.random.default_rng(seed)
-    keys, labels, groups = [], [], []
+    keys: list[str] = []
+    labels: list[str] = []
+    groups: list[str | None] = []
     for p in range(n_patients):
         label = "covid" if rng.random() < 0.3 else "control"
         for j in range(int(rng.integers(1, max_images + 1))):
