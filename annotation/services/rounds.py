@@ -322,9 +322,10 @@ def round_cancel(*, round: Round, by: Any) -> Round:
     """Stops a round: queued and running training stops, unreviewed items are withdrawn.
 
     The round is cancelled at once; its waiting items are withdrawn in batches afterwards
-    (the dashboard shows the progress). Until an item is withdrawn it is still open, and a
-    decision on it is recorded as usual. Decisions already made stay, as do the masks they
-    accepted.
+    (the dashboard shows the progress). Until an item is withdrawn it still shows as open; a
+    decision on it meanwhile is answered at once (review.decision_create refuses decisions in
+    a round that is no longer in review), and a batch skips an item a decision holds locked,
+    for a later batch. Decisions already made stay, as do the masks they accepted.
     """
     rnd = Round.objects.select_for_update().get(pk=round.pk)
     if not rnd.is_active:

@@ -3,6 +3,7 @@
 import pytest
 
 from annotation import services, storage
+from annotation.errors import Conflict
 from annotation.models import GroundTruth, Image, ReviewItem, Round
 from annotation.services.images import image_refresh_status, images_refresh_status
 from annotation.services.rounds import round_open_batch, round_withdraw_batch
@@ -81,7 +82,7 @@ def test_md_decides_on_the_first_batch_and_the_round_waits_for_the_rest(
     assert GroundTruth.objects.filter(item__round=rnd).count() == 4
 
 
-def test_cancel_withdraws_in_batches_and_decisions_meanwhile_are_kept(
+def test_cancel_withdraws_in_batches_and_a_decision_meanwhile_is_refused_at_once(
     reviewing_round, md, admin_user, settings
 ):
     settings.MASKLOOP_BULK_BATCH = 3
@@ -93,21 +94,22 @@ def test_cancel_withdraws_in_batches_and_decisions_meanwhile_are_kept(
     assert rnd.status == Round.Status.CANCELLED and rnd.failure_reason == "cancelled by boss"
     assert rnd.progress == {"step": "withdrawing", "done": 3, "total": 10}
     assert counts(rnd) == {It.OPEN: 7, It.CANCELLED: 3}
-    # An item not withdrawn yet is still open: a decision on it is recorded as usual.
+    # An item not withdrawn yet still shows as open: a decision on it meanwhile is refused in
+    # words (the round is cancelled), at once, without waiting for the withdrawal.
     late = rnd.items.filter(status=It.OPEN).last()
-    services.decision_create(item=late, reviewer=md, choice="B", seconds=4)
+    with pytest.raises(Conflict, match="cancelled; it takes no more decisions"):
+        services.decision_create(item=late, reviewer=md, choice="B", seconds=4)
     left = []
     while True:
         left.append(round_withdraw_batch(round_id=rnd.pk))
         if not left[-1]:
             break
-    assert left == [3, 0]
+    assert left == [4, 1, 0]
     rnd.refresh_from_db()
     assert rnd.progress == {}
-    assert counts(rnd) == {It.ACCEPTED: 1, It.CANCELLED: 9}
-    assert Image.objects.get(pk=late.image_id).status == Image.Status.ACCEPTED
-    others = Image.objects.exclude(pk=late.image_id).values_list("status", flat=True)
-    assert set(others) == {Image.Status.MANUAL}
+    assert counts(rnd) == {It.CANCELLED: 10}
+    assert not GroundTruth.objects.filter(item__round=rnd).exists()
+    assert set(Image.objects.values_list("status", flat=True)) == {Image.Status.MANUAL}
     rnd.refresh_from_db()
     assert rnd.status == Round.Status.CANCELLED
     assert round_withdraw_batch(round_id=rnd.pk) == 0
