@@ -12,11 +12,14 @@ import hashlib
 import io
 import json
 import re
+import struct
+import tempfile
+import types
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any, cast
 
 Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
@@ -72,6 +75,90 @@ METADATA_COLUMNS = [
 ]
 
 
+class _FlatZip(zipfile.ZipFile):
+    """A ZipFile whose central directory waits in a scratch file rather than in memory.
+
+    zipfile keeps a ZipInfo per entry until it writes the central directory at close: about
+    400 bytes each, 100 MB for 120 K images and masks. `spill` writes the directory records of
+    the entries so far to a spool (with zipfile's own code) and forgets them; close writes the
+    spool, then the end records, counting every entry.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._directory = _spool()
+        self._spilled = 0
+
+    def spill(self) -> None:
+        if not self.filelist:
+            return
+        # zipfile's own writer, aimed at the spool: the directory records, then a 22-byte end
+        # record (no ZIP64 one, for the offset given is 0), which is cut off again.
+        fake = types.SimpleNamespace(
+            filelist=self.filelist,
+            fp=self._directory,
+            start_dir=0,
+            _allowZip64=True,
+            _comment=b"",
+            mode="w",
+        )
+        getattr(zipfile.ZipFile, "_write_end_record")(fake)  # noqa: B009 - private in typeshed
+        self._directory.seek(-22, io.SEEK_END)
+        self._directory.truncate()
+        self._spilled += len(self.filelist)
+        self.filelist = []
+        self.NameToInfo = {}
+
+    def _write_end_record(self) -> None:
+        self.spill()
+        fp, z = self.fp, cast(Any, zipfile)  # the record layouts are private in typeshed
+        assert fp is not None
+        _copy(self._directory, fp)
+        self._directory.close()
+        pos2 = fp.tell()
+        count, size, offset = self._spilled, pos2 - self.start_dir, self.start_dir
+        if count > zipfile.ZIP_FILECOUNT_LIMIT or max(size, offset) > zipfile.ZIP64_LIMIT:
+            fp.write(
+                struct.pack(
+                    z.structEndArchive64,
+                    z.stringEndArchive64,
+                    44,
+                    45,
+                    45,
+                    0,
+                    0,
+                    count,
+                    count,
+                    size,
+                    offset,
+                )
+            )
+            fp.write(
+                struct.pack(
+                    z.structEndArchive64Locator,
+                    z.stringEndArchive64Locator,
+                    0,
+                    pos2,
+                    1,
+                )
+            )
+            count, size, offset = min(count, 0xFFFF), min(size, 0xFFFFFFFF), min(offset, 0xFFFFFFFF)
+        fp.write(
+            struct.pack(
+                z.structEndArchive,
+                z.stringEndArchive,
+                0,
+                0,
+                count,
+                count,
+                size,
+                offset,
+                0,
+            )
+        )
+        fp.flush()
+
+
 def _info(name: str, compress: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=EPOCH)
     info.compress_type = compress
@@ -94,9 +181,15 @@ def _write_file(zf: zipfile.ZipFile, name: str, src_file: AbstractContextManager
     return digest.hexdigest()
 
 
-def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> str:
-    zf.writestr(_info(name, zipfile.ZIP_DEFLATED), data)
-    return hashlib.sha256(data).hexdigest()
+def _write_spool(zf: zipfile.ZipFile, name: str, spool: IO[bytes]) -> str:
+    """Deflates a spooled file into the zip from its start, a chunk at a time."""
+    digest = hashlib.sha256()
+    spool.seek(0)
+    with zf.open(_info(name, zipfile.ZIP_DEFLATED), "w", force_zip64=True) as dst:
+        for chunk in iter(lambda: spool.read(CHUNK), b""):
+            digest.update(chunk)
+            dst.write(chunk)
+    return digest.hexdigest()
 
 
 def csv_cell(value: object) -> object:
@@ -127,73 +220,116 @@ def safe_extension(ext: str) -> str:
     return ext if _EXTENSION.fullmatch(ext) else "bin"
 
 
-def _csv(rows: Iterable[Sequence[object]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows([csv_cell(v) for v in row] for row in rows)
-    return buf.getvalue().encode()
+def _spool() -> IO[bytes]:
+    """A scratch file that stays in memory while small: the CSVs and the manifest's lines,
+    which grow with the number of images, go to disk rather than to RAM."""
+    return tempfile.SpooledTemporaryFile(max_size=CHUNK)  # noqa: SIM115 - closed by the caller
+
+
+def _csv_line(writer_buf: io.StringIO, row: Sequence[object]) -> bytes:
+    writer_buf.seek(0)
+    writer_buf.truncate()
+    csv.writer(writer_buf, lineterminator="\n").writerow([csv_cell(v) for v in row])
+    return writer_buf.getvalue().encode()
 
 
 def write_zip(
-    rows: Sequence[ExportRow],
+    rows: Iterable[ExportRow],
     out: IO[bytes],
     *,
     opener: Opener = _local_file,
     on_progress: Callable[[int, int], None] | None = None,
-) -> dict[str, str]:
+    total: int | None = None,
+) -> int:
     """Writes images/, masks/, metadata.csv, folds.csv and manifest.json to `out`.
 
+    Memory stays flat however many rows there are: rows may be a stream, files are copied a
+    chunk at a time, and the CSVs and the manifest's lines are spooled to scratch files.
+
     Args:
-        rows: one per image, in any order (they are written by image id).
+        rows: one per image. A list is written by image id; any other iterable must already
+            come in image id order (selectors.export_rows streams them so).
         out: where the zip goes; written front to back, so it need not be seekable.
         opener: opens a row's image_path / mask_path for reading (default: local files).
         on_progress: called with (done, total) every 25 images.
+        total: how many rows to expect, for on_progress (a list's length by default).
 
     Returns:
-        The manifest: archive name → sha256 of the file's bytes.
+        How many images it holds. manifest.json names every other file with its sha256.
     """
-    manifest: dict[str, str] = {}
-    meta: list[Sequence[object]] = [METADATA_COLUMNS]
-    folds: list[Sequence[object]] = [["image", "fold", "class", "patient_id"]]
-    with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
-        for i, row in enumerate(sorted(rows, key=lambda r: r.image_id)):
+    if isinstance(rows, list):
+        rows, total = sorted(rows, key=lambda r: r.image_id), len(rows)
+    total = total or 0
+    line = io.StringIO()
+    with (
+        _spool() as meta,
+        _spool() as folds,
+        _spool() as image_lines,
+        _spool() as mask_lines,
+        _FlatZip(out, "w", allowZip64=True) as zf,
+    ):
+        meta.write(_csv_line(line, METADATA_COLUMNS))
+        folds.write(_csv_line(line, ["image", "fold", "class", "patient_id"]))
+        count = 0
+        for row in rows:
             stem = safe_name(row.image_name)
             image_name = f"images/{stem}.{safe_extension(row.image_ext)}"
             mask_name = f"masks/{stem}.png" if row.mask_path else ""
-            manifest[image_name] = _write_file(zf, image_name, opener(row.image_path))
+            digest = _write_file(zf, image_name, opener(row.image_path))
+            image_lines.write(_manifest_line(image_name, digest))
             if row.mask_path:
-                manifest[mask_name] = _write_file(zf, mask_name, opener(row.mask_path))
-            meta.append(
-                [
-                    image_name,
-                    mask_name,
-                    row.image_class,
-                    row.patient_id,
-                    row.source,
-                    row.width,
-                    row.height,
-                    row.sha256,
-                    row.mask_source,
-                    row.round or "",
-                    row.stage,
-                    row.decision_id or "",
-                    row.reviewer,
-                    row.model,
-                    "" if row.agreement is None else f"{row.agreement:.3f}",
-                ]
+                digest = _write_file(zf, mask_name, opener(row.mask_path))
+                mask_lines.write(_manifest_line(mask_name, digest))
+            meta.write(
+                _csv_line(
+                    line,
+                    [
+                        image_name,
+                        mask_name,
+                        row.image_class,
+                        row.patient_id,
+                        row.source,
+                        row.width,
+                        row.height,
+                        row.sha256,
+                        row.mask_source,
+                        row.round or "",
+                        row.stage,
+                        row.decision_id or "",
+                        row.reviewer,
+                        row.model,
+                        "" if row.agreement is None else f"{row.agreement:.3f}",
+                    ],
+                )
             )
-            folds.append([image_name, row.fold, row.image_class, row.patient_id])
-            if on_progress and (i % 25 == 0 or i == len(rows) - 1):
-                on_progress(i + 1, len(rows))
-        manifest["metadata.csv"] = _write_bytes(zf, "metadata.csv", _csv(meta))
-        manifest["folds.csv"] = _write_bytes(zf, "folds.csv", _csv(folds))
-        body = {
-            "format": "maskloop-export/1",
-            "images": len(rows),
-            "files": dict(sorted(manifest.items())),
-        }
-        zf.writestr(
-            _info("manifest.json", zipfile.ZIP_DEFLATED),
-            json.dumps(body, indent=2, sort_keys=True).encode(),
-        )
-    return manifest
+            folds.write(_csv_line(line, [image_name, row.fold, row.image_class, row.patient_id]))
+            count += 1
+            if count % 1000 == 0:
+                zf.spill()
+            if on_progress and (count % 25 == 1 or count == total):
+                on_progress(count, max(total, count))
+        if on_progress and count != total:
+            on_progress(count, count)
+        folds_digest = _write_spool(zf, "folds.csv", folds)
+        meta_digest = _write_spool(zf, "metadata.csv", meta)
+        # manifest.json as json.dumps(body, indent=2, sort_keys=True) writes it, a line at a
+        # time: its "files" are sorted by name, which rows in image id order already are.
+        with zf.open(_info("manifest.json", zipfile.ZIP_DEFLATED), "w") as dst:
+            dst.write(b'{\n  "files": {\n')
+            dst.write(_manifest_line("folds.csv", folds_digest))
+            _copy(image_lines, dst)
+            _copy(mask_lines, dst)
+            dst.write(_manifest_line("metadata.csv", meta_digest, last=True))
+            dst.write(f'  }},\n  "format": "maskloop-export/1",\n  "images": {count}\n}}'.encode())
+    return count
+
+
+def _copy(spool: IO[bytes], dst: IO[bytes]) -> None:
+    """Copies a spooled scratch file from its start, a chunk at a time."""
+    spool.seek(0)
+    while chunk := spool.read(CHUNK):
+        dst.write(chunk)
+
+
+def _manifest_line(name: str, digest: str, *, last: bool = False) -> bytes:
+    return f"    {json.dumps(name)}: {json.dumps(digest)}{'' if last else ','}\n".encode()

@@ -107,6 +107,15 @@ class Mask(models.Model):
                 name="mask_one_prediction_per_model_round",
             ),
         ]
+        indexes = [
+            # The few MD-drawn and imported masks among the predicted ones: round statistics
+            # find the items whose candidates include the MD's own mask through it.
+            models.Index(
+                fields=["id"],
+                condition=Q(source__in=["drawn", "imported"]),
+                name="mask_manual",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.image} mask v{self.version} ({self.source})"

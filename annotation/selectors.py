@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import base64
-import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db import connection
+from django.db.models import (
+    Avg,
+    Count,
+    Exists,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+)
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 
@@ -25,7 +36,6 @@ from annotation.models import (
     Role,
     Round,
 )
-from training.services import grouped_stratified_folds
 
 
 def user_roles(user: Any) -> set[str]:
@@ -42,15 +52,11 @@ def user_has_role(user: Any, *roles: str) -> bool:
     return bool(user_roles(user) & set(roles))
 
 
-def current_ground_truths() -> dict[int, GroundTruth]:
-    """The newest ground truth of every image that has one, keyed by image id."""
-    current: dict[int, GroundTruth] = {}
-    rows = GroundTruth.objects.select_related(
-        "mask__model_version", "mask__author", "item__round", "decision__reviewer", "accepted_by"
-    ).order_by("image_id", "-id")
-    for gt in rows:
-        current.setdefault(gt.image_id, gt)
-    return current
+def current_ground_truths() -> QuerySet[GroundTruth]:
+    """The current (newest) ground truth of every image that has one, as one query: filter it
+    further, or iterate it, rather than loading it whole."""
+    newest = GroundTruth.objects.filter(image=OuterRef("image")).order_by("-id").values("id")[:1]
+    return GroundTruth.objects.filter(pk=Subquery(newest))
 
 
 # ---------------------------------------------------------------- MD queue
@@ -235,11 +241,11 @@ def first_display_images(item: ReviewItem, payload: dict[str, Any]) -> dict[str,
 
 
 def round_statistics(rnd: Round) -> dict[str, Any]:
-    """How a round went: machine-vs-manual preference, redraw rate, time per decision."""
-    decisions = list(
-        Decision.objects.filter(item__round=rnd).select_related("candidate__mask", "reviewer")
-    )
-    seconds = [d.seconds for d in decisions if not d.is_adjudication]
+    """How a round went: machine-vs-manual preference, redraw rate, time per decision.
+
+    Every figure is an SQL aggregate (a handful of queries whatever the round's size), since
+    the dashboard polls it while MDs decide.
+    """
     items = rnd.items.aggregate(
         total=Count("id"),
         open=Count("id", filter=Q(status=ReviewItem.Status.OPEN)),
@@ -247,105 +253,210 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
         redraw=Count("id", filter=Q(status=ReviewItem.Status.REDRAW)),
         redrawn=Count("id", filter=Q(status=ReviewItem.Status.REDRAWN)),
         adjudication=Count("id", filter=Q(status=ReviewItem.Status.ADJUDICATION)),
+        mean_agreement=Avg("agreement"),
     )
-    accepted = GroundTruth.objects.filter(item__round=rnd, decision__isnull=False).select_related(
-        "mask"
+    mean_agreement = items.pop("mean_agreement")
+    decisions = Decision.objects.filter(item__round=rnd)
+    timed = Q(is_adjudication=False)
+    per_md = list(
+        decisions.order_by()
+        .values_list("reviewer__username")
+        .annotate(
+            n=Count("id"), timed=Count("id", filter=timed), total=Sum("seconds", filter=timed)
+        )
+        .values_list("reviewer__username", "n", "timed", "total")
     )
-    # Items where the MD's own mask was one of the candidates (Stage I), in one query.
-    manual_items = set(
-        rnd.items.filter(
-            candidates__mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
-        ).values_list("pk", flat=True)
+    n_timed = sum(row[2] for row in per_md)
+    # Decided items where the MD's own mask was one of the candidates (found through the
+    # small partial index of manual masks).
+    manual = Candidate.objects.filter(
+        item=OuterRef("item"), mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
     )
-    with_manual = [gt for gt in accepted if gt.item_id in manual_items]
-    machine_preferred = sum(1 for gt in with_manual if gt.mask.source == Mask.Source.PREDICTED)
+    with_manual = (
+        GroundTruth.objects.filter(item__round=rnd, decision__isnull=False)
+        .filter(Exists(manual))
+        .aggregate(
+            compared=Count("id"),
+            machine=Count("id", filter=Q(mask__source=Mask.Source.PREDICTED)),
+        )
+    )
     resolved = items["accepted"] + items["redraw"] + items["redrawn"]
-    per_md: dict[str, int] = {}
-    for d in decisions:
-        per_md[d.reviewer.get_username()] = per_md.get(d.reviewer.get_username(), 0) + 1
-    agreements = [a for a in rnd.items.exclude(agreement=None).values_list("agreement", flat=True)]
+    compared, machine_preferred = with_manual["compared"], with_manual["machine"]
     return {
         "items": items,
-        "decisions": len(decisions),
-        "decisions_per_md": dict(sorted(per_md.items())),
+        "decisions": sum(row[1] for row in per_md),
+        "decisions_per_md": {name: n for name, n, _, _ in sorted(per_md)},
         "machine_preferred": machine_preferred,
-        "manual_compared": len(with_manual),
-        "machine_preferred_rate": machine_preferred / len(with_manual) if with_manual else None,
+        "manual_compared": compared,
+        "machine_preferred_rate": machine_preferred / compared if compared else None,
         "redraw_rate": (items["redraw"] + items["redrawn"]) / resolved if resolved else None,
-        "median_seconds": statistics.median(seconds) if seconds else None,
-        "mean_seconds": statistics.fmean(seconds) if seconds else None,
-        "mean_agreement": statistics.fmean(agreements) if agreements else None,
+        "median_seconds": _median(decisions.filter(timed), "seconds", n_timed),
+        "mean_seconds": sum(row[3] for row in per_md if row[2]) / n_timed if n_timed else None,
+        "mean_agreement": mean_agreement,
     }
+
+
+BULK_TASKS = {
+    "opening": "annotation.tasks.round_open_batch",
+    "withdrawing": "annotation.tasks.round_withdraw_batch",
+}
+
+
+def round_bulk_steps(*, silent_since: datetime | None = None) -> list[tuple[str, int]]:
+    """(task name, round id) for every round whose bulk step is under way (with
+    `silent_since`: whose last batch ended before then): what the reconciler re-sends when
+    the chain of batches was lost. Each batch is idempotent, so a spare one is harmless."""
+    steps = Round.objects.exclude(progress={}).values_list("pk", "progress")
+    return [
+        (BULK_TASKS[p["step"]], pk)
+        for pk, p in steps
+        if p.get("step") in BULK_TASKS
+        and (silent_since is None or _before(p.get("at"), silent_since))
+    ]
+
+
+def _before(stamp: str | None, moment: datetime) -> bool:
+    return stamp is None or datetime.fromisoformat(stamp) < moment
+
+
+def _median(rows: QuerySet, field: str, n: int) -> float | None:
+    """The median of `field` over `rows` (n of them), reading at most two values."""
+    if not n:
+        return None
+    ordered = rows.order_by(field).values_list(field, flat=True)
+    middle = list(ordered[(n - 1) // 2 : n // 2 + 1])
+    return sum(middle) / len(middle)
 
 
 # ---------------------------------------------------------------- export
 
 
-def export_rows(filters: dict[str, Any]) -> list[ExportRow]:
-    """One row per exported image with the provenance of its accepted mask."""
-    images = Image.objects.order_by("id")
+EXPORT_CHUNK = 2000
+
+
+def export_images(filters: dict[str, Any]) -> QuerySet[Image]:
+    """The images an export with these (clean) filters holds, in id order, each annotated
+    with `gt_id`: its current ground truth (the newest), found by SQL, or None."""
+    newest = GroundTruth.objects.filter(image=OuterRef("pk")).order_by("-id")
+    images = Image.objects.annotate(gt_id=Subquery(newest.values("id")[:1])).order_by("id")
     if filters.get("classes"):
         images = images.filter(image_class__in=filters["classes"])
-    gts = current_ground_truths()
     if filters.get("round") is not None:
-        gts = {
-            k: gt
-            for k, gt in gts.items()
-            if gt.item is not None and gt.item.round.number == filters["round"]
-        }
-        images = images.filter(pk__in=list(gts))
+        images = images.annotate(
+            gt_round=Subquery(newest.values("item__round__number")[:1])
+        ).filter(gt_round=filters["round"])
     if filters.get("accepted_only", True):
-        images = images.filter(pk__in=list(gts))
-    images = list(images)
-    if not images:
-        return []
-    fold_of = (
-        grouped_stratified_folds(
-            [img.pk for img in images],
-            [img.image_class for img in images],
-            [img.patient_id or f"image-{img.pk}" for img in images],
-            n_folds=min(5, len(images)) if len(images) >= 2 else 2,
-            seed=0,
-        )
-        if len(images) >= 2
-        else {images[0].pk: 0}
+        images = images.filter(gt_id__isnull=False)
+    return images
+
+
+def export_count(filters: dict[str, Any]) -> int:
+    return export_images(filters).count()
+
+
+def export_rows(filters: dict[str, Any], *, chunk_size: int = EXPORT_CHUNK) -> Iterator[ExportRow]:
+    """One row per exported image with the provenance of its accepted mask, in image id order.
+
+    A stream: images come from a server-side cursor `chunk_size` at a time, each chunk's
+    ground truths in one more query, so memory stays flat however many images there are.
+    Folds are grouped by patient and stratified by class (see `_export_folds`).
+    """
+    images = export_images(filters)
+    folds = _export_folds(images)
+    fold: tuple[int, int] | None = next(folds, None)
+    fields = ("id", "name", "original", "image_class", "patient_id", "source", "width")
+    fields += ("height", "sha256", "gt_id")
+    for batch in _chunks(images.values(*fields).iterator(chunk_size=chunk_size), chunk_size):
+        gts = GroundTruth.objects.select_related(
+            "mask__model_version",
+            "mask__author",
+            "item__round",
+            "decision__reviewer",
+            "accepted_by",
+        ).in_bulk([img["gt_id"] for img in batch if img["gt_id"] is not None])
+        for img in batch:
+            # Both streams run in image id order; an image added between their two queries
+            # has no fold of its own and goes to fold 0.
+            while fold is not None and fold[0] < img["id"]:
+                fold = next(folds, None)
+            yield _export_row(
+                img, gts.get(img["gt_id"]), fold[1] if fold and fold[0] == img["id"] else 0
+            )
+
+
+def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _export_row(img: dict[str, Any], gt: GroundTruth | None, fold: int) -> ExportRow:
+    mask = gt.mask if gt else None
+    mv = mask.model_version if mask else None
+    reviewer = ""
+    if gt is not None:
+        who = gt.decision.reviewer if gt.decision else (gt.accepted_by or (mask and mask.author))
+        reviewer = who.get_username() if who else ""
+    stem = img["name"].rsplit(".", 1)[0].replace("/", "_")
+    item = gt.item if gt else None
+    return ExportRow(
+        image_id=img["id"],
+        image_name=f"{img['id']:06d}_{stem}",
+        image_path=img["original"],
+        image_ext=img["original"].rsplit(".", 1)[-1],
+        mask_path=mask.file.name if mask else None,
+        image_class=img["image_class"],
+        patient_id=img["patient_id"],
+        source=img["source"],
+        width=img["width"],
+        height=img["height"],
+        sha256=img["sha256"],
+        mask_source=mask.source if mask else "",
+        round=item.round.number if item else None,
+        stage=item.round.stage if item else "",
+        decision_id=gt.decision_id if gt else None,
+        reviewer=reviewer,
+        model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
+        agreement=item.agreement if item else None,
+        fold=fold,
     )
-    rows = []
-    for img in images:
-        gt = gts.get(img.pk)
-        mask = gt.mask if gt else None
-        mv = mask.model_version if mask else None
-        reviewer = ""
-        if gt is not None:
-            who = (
-                gt.decision.reviewer if gt.decision else (gt.accepted_by or (mask and mask.author))
-            )
-            reviewer = who.get_username() if who else ""
-        stem = img.name.rsplit(".", 1)[0].replace("/", "_")
-        rows.append(
-            ExportRow(
-                image_id=img.pk,
-                image_name=f"{img.pk:06d}_{stem}",
-                image_path=img.original.name,
-                image_ext=img.original.name.rsplit(".", 1)[-1],
-                mask_path=mask.file.name if mask else None,
-                image_class=img.image_class,
-                patient_id=img.patient_id,
-                source=img.source,
-                width=img.width,
-                height=img.height,
-                sha256=img.sha256,
-                mask_source=mask.source if mask else "",
-                round=gt.item.round.number if gt and gt.item else None,
-                stage=gt.item.round.stage if gt and gt.item else "",
-                decision_id=gt.decision_id if gt else None,
-                reviewer=reviewer,
-                model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
-                agreement=gt.item.agreement if gt and gt.item else None,
-                fold=fold_of[img.pk],
-            )
+
+
+def _export_folds(images: QuerySet[Image]) -> Iterator[tuple[int, int]]:
+    """(image id, fold) for the images, in id order, computed by the database.
+
+    Patients (an image without a patient id is a patient of its own) are dealt round-robin
+    into min(5, images) folds within their class, in an order fixed by a hash of the patient
+    id: every image of a patient shares a fold, and each class is spread evenly.
+    """
+    n = images.count()
+    k = max(1, min(5, n))
+    ids_sql, params = images.order_by().values("id").query.sql_with_params()
+    image = connection.ops.quote_name(Image._meta.db_table)
+    order = "md5(pkey)" if connection.vendor == "postgresql" else "pkey"
+    sql = f"""
+        WITH sel AS (
+            SELECT id, image_class,
+                   COALESCE(NULLIF(patient_id, ''), 'image-' || CAST(id AS TEXT)) AS pkey
+            FROM {image} WHERE id IN ({ids_sql})
+        ),
+        patients AS (SELECT pkey, MIN(image_class) AS cls FROM sel GROUP BY pkey),
+        dealt AS (
+            SELECT pkey, ROW_NUMBER() OVER (PARTITION BY cls ORDER BY {order}, pkey) - 1 AS r
+            FROM patients
         )
-    return rows
+        SELECT sel.id, dealt.r %% %s FROM sel JOIN dealt ON dealt.pkey = sel.pkey ORDER BY sel.id
+    """
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, [*params, k])
+        while rows := cursor.fetchmany(EXPORT_CHUNK):
+            for image_id, fold in rows:
+                yield image_id, int(fold)
 
 
 def predicted_image_ids(*, model_version_id: int, round_id: int) -> set[int]:

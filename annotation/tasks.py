@@ -8,7 +8,7 @@ from celery import shared_task
 from annotation import services
 from annotation.models import Export
 from annotation.services import reconcile as reconciler
-from annotation.services import runs
+from annotation.services import rounds, runs
 
 
 class _Retried(TypedDict):  # shared_task's options, spelled so that mypy can check them
@@ -67,3 +67,20 @@ def run_evaluated(run_id: int, metrics: dict[str, Any]) -> None:
 def reconcile() -> dict[str, Any]:
     """Run by `celery beat` (settings.CELERY_BEAT_SCHEDULE): sends lost work again."""
     return reconciler.reconcile()
+
+
+# A round's bulk steps: each call is one short transaction over a bounded batch, re-sent by
+# the service until nothing is left. Idempotent, so a retry or a duplicate does no harm.
+@shared_task(**REPORT)
+def round_open_batch(round_id: int) -> int:
+    return rounds.round_open_batch(round_id=round_id)
+
+
+@shared_task(**REPORT)
+def round_withdraw_batch(round_id: int) -> int:
+    return rounds.round_withdraw_batch(round_id=round_id)
+
+
+@shared_task(acks_late=True)
+def round_warm_display_copies(item_ids: list[int]) -> None:
+    rounds.round_warm_display_copies(item_ids=item_ids)

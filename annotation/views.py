@@ -144,8 +144,10 @@ def round_detail(request, number: int):
     rnd = get_object_or_404(Round, number=number)
     if request.method == "POST" and request.POST.get("action") == "cancel":
         try:
-            services.round_cancel(round=rnd, by=request.user)
-            messages.success(request, f"Round {rnd.number} cancelled.")
+            rnd = services.round_cancel(round=rnd, by=request.user)
+            left = rnd.progress.get("total", 0) - rnd.progress.get("done", 0)
+            more = f" {left} unreviewed items are being withdrawn." if left else ""
+            messages.success(request, f"Round {rnd.number} cancelled.{more}")
         except DomainError as exc:
             messages.error(request, str(exc))
         return redirect("round-detail", number=number)

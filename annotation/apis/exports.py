@@ -60,12 +60,13 @@ class ExportListApi(APIView):
             ExportOutput(Export.objects.select_related("requested_by")[:100], many=True).data
         )
 
-    @extend_schema(request=InputSerializer, responses={201: ExportOutput})
+    @extend_schema(request=InputSerializer, responses={202: ExportOutput})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         export = services.export_request(requested_by=request.user, filters=data.validated_data)
-        return Response(ExportOutput(export).data, status=status.HTTP_201_CREATED)
+        # Queued: the worker counts and builds it; GET the export to follow it.
+        return Response(ExportOutput(export).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ExportDetailApi(APIView):

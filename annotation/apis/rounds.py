@@ -62,6 +62,7 @@ class RoundOutput(serializers.ModelSerializer):
             "created_at",
             "finished_at",
             "failure_reason",
+            "progress",
         ]
 
 

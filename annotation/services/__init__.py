@@ -17,6 +17,7 @@ from annotation.services.images import (
     DuplicateImage,
     image_create,
     image_refresh_status,
+    images_refresh_status,
     latest_manual_mask,
     mask_create,
     mask_draw,
@@ -27,7 +28,9 @@ from annotation.services.rounds import (
     candidate_add,
     round_advance,
     round_cancel,
+    round_open_batch,
     round_start,
+    round_withdraw_batch,
 )
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "export_request",
     "image_create",
     "image_refresh_status",
+    "images_refresh_status",
     "item_claim",
     "latest_manual_mask",
     "lease_release",
@@ -51,6 +55,8 @@ __all__ = [
     "mask_draw",
     "round_advance",
     "round_cancel",
+    "round_open_batch",
     "round_start",
+    "round_withdraw_batch",
     "user_set_roles",
 ]

@@ -15,6 +15,9 @@ attempt, and fails it with its reason in words once it was lost MASKLOOP_MAX_ATT
   applies);
 - an export queued for the stale limit while nothing waits in the `default` queue, or building
   with no sign of life for longer than its task's time limit;
+- a round's bulk step (opening or withdrawing its items in batches) whose last batch ended
+  longer ago than the stale limit while nothing waits in the `default` queue: the chain of
+  batch tasks was lost, and the next batch is sent;
 - an outbox message still unsent MASKLOOP_OUTBOX_GRACE_SECONDS after it was written (the broker
   was down when its transaction committed): it is published now (config/outbox.py).
 
@@ -36,6 +39,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotation.models import Export, Round
+from annotation.selectors import round_bulk_steps
 from annotation.services import runs
 from annotation.services.exports import export_fail
 from config.celery import queue_size, send
@@ -66,6 +70,7 @@ def reconcile() -> dict[str, Any]:
             "runs_failed",
             "exports_resent",
             "exports_failed",
+            "round_steps_resent",
         )
     }
     for run_id, status, worker, stage in _silent_runs(stale):
@@ -92,6 +97,10 @@ def reconcile() -> dict[str, Any]:
         outcome = _export_lost(export_id=export_id, cutoff=cutoff, now=now)
         if outcome:
             done[f"exports_{outcome}"].append(export_id)
+    if idle("default"):
+        for task_name, round_id in round_bulk_steps(silent_since=stale):
+            send(task_name, round_id)
+            done["round_steps_resent"].append(round_id)
     done["outbox"] = outbox
     if any(done[key] for key in done if key != "outbox") or done["outbox"]["sent"]:
         log.info("reconciled: %s", done)

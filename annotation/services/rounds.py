@@ -18,8 +18,9 @@ from annotation import storage
 from annotation.errors import Conflict, DomainError
 from annotation.models import Candidate, Image, Mask, ReviewItem, Round
 from annotation.services import states
-from annotation.services.images import image_refresh_status
+from annotation.services.images import image_refresh_status, images_refresh_status
 from annotation.services.planning import check_networks, plan_round, work_inputs
+from config.celery import send
 from training import services as training_services
 from training.models import TrainingRun
 
@@ -151,8 +152,10 @@ def candidate_add(*, round: Round, image_id: int, mask: Mask) -> Candidate:
 def round_advance(*, round_id: int) -> Round:
     """Moves a training round on once all its runs have finished.
 
-    When every run succeeded, each item's candidates are shuffled and labelled A, B, C, …
-    and the items open for blind review. A failed run fails the round, with its reason.
+    When every run succeeded the round goes to review at once and its items open in batches
+    (`round_open_batch`): each item's candidates are shuffled and labelled A, B, C, … and the
+    item opens for blind review. The first batch opens in this transaction, so MDs can start
+    while a Celery task opens the rest. A failed run fails the round, with its reason.
     """
     rnd = Round.objects.select_for_update().get(pk=round_id)
     if rnd.status != Round.Status.TRAINING:
@@ -166,18 +169,100 @@ def round_advance(*, round_id: int) -> Round:
         return rnd
     if rnd.stage == Round.Stage.FINAL:
         return _round_close(rnd, Round.Status.DONE)
+    total = rnd.items.filter(status=ReviewItem.Status.PENDING).count()
+    states.move(rnd, Round.Status.REVIEWING, progress=_step(OPENING, 0, total))
+    _open_batch(rnd)
+    return rnd
+
+
+OPENING, WITHDRAWING = "opening", "withdrawing"
+
+
+def _batch_size() -> int:
+    return max(1, int(settings.MASKLOOP_BULK_BATCH))
+
+
+def round_open_batch(*, round_id: int) -> int:
+    """Opens the next batch of a reviewing round's pending items, in one short transaction.
+
+    Re-sends itself (annotation.tasks.round_open_batch) once committed while pending items
+    remain; running it again or late does no harm.
+
+    Returns:
+        How many pending items are left.
+    """
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().get(pk=round_id)
+        if rnd.status != Round.Status.REVIEWING or rnd.progress.get("step") != OPENING:
+            return 0
+        return _open_batch(rnd)
+
+
+def _open_batch(rnd: Round) -> int:
+    """Opens up to MASKLOOP_BULK_BATCH pending items of a locked round; the caller's
+    transaction commits them. Items a reviewer holds locked are skipped, for a later batch,
+    so the round's lock never waits for an item's."""
+    pending = rnd.items.filter(status=ReviewItem.Status.PENDING)
+    ids = list(
+        pending.order_by("id")
+        .select_for_update(skip_locked=True)
+        .values_list("pk", flat=True)[: _batch_size()]
+    )
     shuffler = random.Random(secrets.randbits(64))
-    for item in rnd.items.filter(status=ReviewItem.Status.PENDING).select_related("image"):
-        candidates = list(item.candidates.select_related("mask"))
+    by_item: dict[int, list[int]] = {}
+    for pk, item_id in (
+        Candidate.objects.filter(item_id__in=ids)
+        .order_by("item_id", "id")
+        .values_list("pk", "item_id")
+    ):
+        by_item.setdefault(item_id, []).append(pk)
+    # One UPDATE per label (a handful), not one per candidate nor a CASE over all of them.
+    by_label: dict[str, list[int]] = {}
+    for candidates in by_item.values():
         shuffler.shuffle(candidates)
-        for label, candidate in zip(LABELS, candidates, strict=False):
-            candidate.label = label
-            candidate.save(update_fields=["label"])
-        states.move(item, ReviewItem.Status.OPEN)
-        image_refresh_status(image=item.image)
-        _warm_display_copies(item.image, candidates)
-    states.move(rnd, Round.Status.REVIEWING)
-    return round_complete_if_done(rnd)
+        for label, pk in zip(LABELS, candidates, strict=False):
+            by_label.setdefault(label, []).append(pk)
+    for label, pks in by_label.items():
+        Candidate.objects.filter(pk__in=pks).update(label=label)
+    opened = states.move_all(ReviewItem.objects.filter(pk__in=ids), ReviewItem.Status.OPEN)
+    images_refresh_status(
+        image_ids=ReviewItem.objects.filter(pk__in=ids).values_list("image_id", flat=True)
+    )
+    left = pending.count()
+    _progress(rnd, OPENING, opened, left)
+    if ids:
+        transaction.on_commit(lambda: send("annotation.tasks.round_warm_display_copies", ids))
+    if left:
+        transaction.on_commit(lambda: send("annotation.tasks.round_open_batch", rnd.pk))
+    else:
+        round_complete_if_done(rnd)
+    return left
+
+
+def _step(step: str, done: int, total: int) -> dict[str, Any]:
+    """A round's progress: its bulk step, how far it is, and when a batch last ended (the
+    reconciler re-sends a chain of batches that fell silent)."""
+    return {"step": step, "done": done, "total": total, "at": timezone.now().isoformat()}
+
+
+def _progress(rnd: Round, step: str, done: int, left: int) -> None:
+    """Counts a batch into the round's progress; clears it once nothing is left."""
+    if left:
+        done += int(rnd.progress.get("done", 0)) if rnd.progress.get("step") == step else 0
+        rnd.progress = _step(step, done, done + left)
+    else:
+        rnd.progress = {}
+    rnd.save(update_fields=["progress"])
+
+
+def round_warm_display_copies(*, item_ids: Sequence[int]) -> None:
+    """Makes the review page's small copies of these items' CXRs and overlays now, so an MD's
+    first view of them opens at once. Outside any transaction: it only writes files."""
+    candidates: dict[int, list[Candidate]] = {}
+    for c in Candidate.objects.filter(item_id__in=item_ids).select_related("mask", "item__image"):
+        candidates.setdefault(c.item_id, []).append(c)
+    for group in candidates.values():
+        _warm_display_copies(group[0].item.image, group)
 
 
 def _warm_display_copies(image: Image, candidates: Sequence[Candidate]) -> None:
@@ -189,22 +274,64 @@ def _warm_display_copies(image: Image, candidates: Sequence[Candidate]) -> None:
 
 
 def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:
-    """Ends a locked round: its unfinished runs and unreviewed items are cancelled."""
+    """Ends a locked round: its unfinished runs are cancelled at once, its unreviewed items are
+    withdrawn in batches (the first here, the rest by annotation.tasks.round_withdraw_batch)."""
     now = timezone.now()
-    states.move(rnd, status, failure_reason=reason, finished_at=now)
+    total = rnd.items.filter(status__in=WAITING).count()
+    states.move(
+        rnd,
+        status,
+        failure_reason=reason,
+        finished_at=now,
+        progress=_step(WITHDRAWING, 0, total),
+    )
     states.move_all(rnd.training_runs.all(), TrainingRun.Status.CANCELLED, finished_at=now)
-    withdrawn = list(rnd.items.filter(status__in=WAITING).select_related("image"))
-    states.move_all(rnd.items.filter(status__in=WAITING), ReviewItem.Status.CANCELLED)
-    for item in withdrawn:
-        image_refresh_status(image=item.image)
+    _withdraw_batch(rnd)
     return rnd
+
+
+def round_withdraw_batch(*, round_id: int) -> int:
+    """Withdraws (cancels) the next batch of a closed round's waiting items, in one short
+    transaction, and re-sends itself once committed while some remain.
+
+    Returns:
+        How many waiting items are left.
+    """
+    with transaction.atomic():
+        rnd = Round.objects.select_for_update().get(pk=round_id)
+        if rnd.is_active or rnd.progress.get("step") != WITHDRAWING:
+            return 0
+        return _withdraw_batch(rnd)
+
+
+def _withdraw_batch(rnd: Round) -> int:
+    waiting = rnd.items.filter(status__in=WAITING)
+    ids = list(
+        waiting.order_by("id")
+        .select_for_update(skip_locked=True)
+        .values_list("pk", flat=True)[: _batch_size()]
+    )
+    # An item decided since it was picked keeps its decision: move_all skips it.
+    withdrawn = states.move_all(ReviewItem.objects.filter(pk__in=ids), ReviewItem.Status.CANCELLED)
+    images_refresh_status(
+        image_ids=ReviewItem.objects.filter(pk__in=ids).values_list("image_id", flat=True)
+    )
+    left = waiting.count()
+    _progress(rnd, WITHDRAWING, withdrawn, left)
+    if left:
+        transaction.on_commit(lambda: send("annotation.tasks.round_withdraw_batch", rnd.pk))
+    return left
 
 
 @transaction.atomic
 def round_cancel(*, round: Round, by: Any) -> Round:
     """Stops a round: queued and running training stops, unreviewed items are withdrawn.
 
-    Decisions already made stay, as do the masks they accepted.
+    The round is cancelled at once; its waiting items are withdrawn in batches afterwards
+    (the dashboard shows the progress). Until an item is withdrawn it still shows as open; a
+    decision on it meanwhile is answered at once (review.decision_create refuses decisions in
+    a round that is no longer in review), and a batch skips an item a decision holds locked,
+    for a later batch. Decisions already made stay, as do the masks they accepted.
     """
     rnd = Round.objects.select_for_update().get(pk=round.pk)
     if not rnd.is_active:

@@ -17,6 +17,9 @@ async function poll() {
         window.location.reload();
         return;
       }
+      const state = tr.querySelector(".state");
+      if (state) state.textContent = e.status === "running" ? "Building" : "Queued";
+      if (e.status === "running") tr.querySelector(".count").textContent = e.image_count;
       const bar = tr.querySelector(".bar");
       if (bar) bar.style.width = `${Math.round(e.progress * 100)}%`;
     }

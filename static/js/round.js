@@ -166,12 +166,25 @@ function renderPlots(runs) {
   const signature = JSON.stringify(runs.map((r) => [r.id, r.status, lossesOf(r).length, r.epochs, Object.keys(r.metrics || {}).sort()]));
   if (signature === drawn) return;
   drawn = signature;
+  renderProgress(body.progress || {});
   const colors = new Map(runs.map((run, i) => [run.id, colorFor(i)]));
   renderLosses(runs, colors);
   if (evaluation) renderEvaluation(runs, colors);
 }
 
 // ---------------------------------------------------------------- polling
+
+// A bulk step in batches: items opening for review, or being withdrawn from an ended round.
+function renderProgress(progress) {
+  const box = document.getElementById("round-progress");
+  box.hidden = !progress.step;
+  if (!progress.step) return;
+  const step = progress.step[0].toUpperCase() + progress.step.slice(1);
+  document.getElementById("round-progress-text").textContent =
+    `${step} items: ${progress.done} of ${progress.total}`;
+  const share = progress.total ? progress.done / progress.total : 0;
+  document.getElementById("round-progress-bar").style.width = `${Math.round(share * 100)}%`;
+}
 
 async function refresh() {
   let body;
@@ -204,7 +217,8 @@ async function refresh() {
     // A plot must never stop the live table from updating.
     console.error("round plots:", err);
   }
-  if (body.status === "training" || body.status === "reviewing") setTimeout(refresh, 2000);
+  const busy = body.status === "training" || body.status === "reviewing" || body.progress?.step;
+  if (busy) setTimeout(refresh, 2000);
 }
 
 refresh();

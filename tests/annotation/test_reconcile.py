@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from annotation import services
-from annotation.models import Export, Round
+from annotation.models import Export, ReviewItem, Round
 from annotation.services import runs
 from annotation.services.reconcile import reconcile
 from config.celery import publish, send
@@ -197,7 +197,9 @@ def test_a_silent_prediction_is_sent_again_once_the_inference_queue_is_empty(
     broker.flushdb()
     with django_capture_on_commit_callbacks(execute=True):
         assert reconcile()["predictions_resent"] == [run.pk]
-    assert queued(broker, "inference") == [("inference.tasks.predict", repr((run.pk,)))]
+    # Its targets, none predicted yet, in one shard.
+    shard = sorted(run.target_image_ids)
+    assert queued(broker, "inference") == [("inference.tasks.predict", repr((run.pk, shard)))]
     run.refresh_from_db()
     assert run.attempt == 1 and run.status == T.PREDICTING
 
@@ -226,3 +228,22 @@ def test_a_lost_export_is_sent_again_then_failed(data_user, broker):
     export.refresh_from_db()
     assert export.status == Export.Status.FAILED
     assert "the export worker stopped answering 3 times" in export.failure_reason
+
+
+def test_a_silent_chain_of_round_batches_is_sent_again_a_live_one_is_left_alone(
+    make_image, md, admin_user, broker, settings
+):
+    settings.MASKLOOP_BULK_BATCH = 1
+    round_ = Round.objects.create(
+        number=7, stage=Round.Stage.STAGE_II, started_by=admin_user, status=Round.Status.REVIEWING
+    )
+    for _ in range(2):
+        ReviewItem.objects.create(round=round_, image=make_image(size=32))
+    round_.progress = {"step": "opening", "done": 0, "total": 2, "at": timezone.now().isoformat()}
+    round_.save()
+    assert reconcile()["round_steps_resent"] == []  # its last batch ended just now
+
+    round_.progress["at"] = (timezone.now() - LONG_AGO).isoformat()
+    round_.save()
+    assert reconcile()["round_steps_resent"] == [round_.pk]
+    assert queued(broker, "default") == [("annotation.tasks.round_open_batch", f"({round_.pk},)")]

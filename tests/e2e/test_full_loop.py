@@ -64,7 +64,7 @@ def review_everything(client, *, none_first: bool = False) -> list[str]:
 
 def build_export(client) -> tuple[bytes, dict]:
     response = client.post("/api/exports/", {"accepted_only": True}, format="json")
-    assert response.status_code == 201, response.content
+    assert response.status_code == 202, response.content
     uuid = response.json()["uuid"]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
