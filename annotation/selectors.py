@@ -56,13 +56,22 @@ def current_ground_truths() -> dict[int, GroundTruth]:
 # ---------------------------------------------------------------- MD queue
 
 
+def authored_by(user: Any) -> Exists:
+    """For a query on ReviewItem: the item holds a mask this user drew (their own Stage I mask,
+    or their redraw of a rejected one). An author recognises their own mask, so such an item is
+    never offered to them, listed for them, or decided by them: the pick would not be blind."""
+    return Exists(Candidate.objects.filter(item=OuterRef("pk"), mask__author=user))
+
+
 def open_items_for(user: Any) -> QuerySet[ReviewItem]:
-    """Items this MD can still review: open, in a round under review, not yet decided by them."""
+    """Items this MD can still review: open, in a round under review, not yet decided by them,
+    and holding no mask they drew."""
     return (
         ReviewItem.objects.filter(
             status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING
         )
         .exclude(decisions__reviewer=user)
+        .exclude(authored_by(user))
         .order_by("round__number", "id")
     )
 
@@ -76,13 +85,14 @@ def held_leases_for(
     user: Any, *, now: datetime, exclude: ReviewItem | None = None
 ) -> QuerySet[ReviewLease]:
     """This MD's live leases on items still open for review, oldest first (the item on screen
-    before the prefetched next one). A decision deletes its lease, so none is decided."""
+    before the prefetched next one). A decision deletes its lease, so none is decided. A lease
+    on an item holding a mask they drew is never returned (none should exist)."""
     leases = ReviewLease.objects.filter(
         reviewer=user,
         expires_at__gt=now,
         item__status=ReviewItem.Status.OPEN,
         item__round__status=Round.Status.REVIEWING,
-    )
+    ).exclude(Exists(Candidate.objects.filter(item=OuterRef("item"), mask__author=user)))
     if exclude is not None:
         leases = leases.exclude(item=exclude)
     return leases.order_by("created_at", "id")
@@ -101,7 +111,8 @@ def _count(rows: QuerySet) -> Subquery:
 
 def item_slots(item_id: int, *, user: Any, now: datetime) -> dict[str, Any]:
     """One statement, read fresh: the item's status, its reviewers' decisions so far, the live
-    leases other MDs hold on it, and whether `user` has decided it or holds a live lease."""
+    leases other MDs hold on it, whether `user` has decided it or holds a live lease, and
+    whether it holds a mask `user` drew (`authored`)."""
     return (
         ReviewItem.objects.filter(pk=item_id)
         .annotate(
@@ -111,21 +122,24 @@ def item_slots(item_id: int, *, user: Any, now: datetime) -> dict[str, Any]:
             leased=Exists(
                 ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
             ),
+            authored=authored_by(user),
         )
-        .values("status", "decided", "held", "mine", "leased")
+        .values("status", "decided", "held", "mine", "leased", "authored")
         .get()
     )
 
 
 def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewItem]:
     """Open items of `rnd` that this MD may be handed now, in hand-out order: not decided by
-    them, not already leased by them, and with a free slot: decisions so far plus other MDs'
-    live leases below the round's reviewers per item.
+    them, not already leased by them, holding no mask they drew (`authored_by`), and with a
+    free slot: decisions so far plus other MDs' live leases below the round's reviewers per item.
 
     Read under READ COMMITTED, this is a snapshot: the service that hands an item out locks it
     and checks its slots again (`item_slots`) before leasing it."""
-    items = ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN).exclude(
-        Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user))
+    items = (
+        ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN)
+        .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
+        .exclude(authored_by(user))
     )
     mine = ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
     items = items.exclude(Exists(mine))
