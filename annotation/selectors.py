@@ -154,6 +154,35 @@ def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewI
     return items.order_by("id")
 
 
+# An image with an item in one of these is still being judged: machine maps of it would steer
+# the MDs who review or redraw it.
+UNDER_REVIEW = (
+    ReviewItem.Status.PENDING,
+    ReviewItem.Status.OPEN,
+    ReviewItem.Status.ADJUDICATION,
+    ReviewItem.Status.REDRAW,
+)
+UNDER_REVIEW_REASON = (
+    "this image is under blind review; its machine infection map is hidden from MDs until the "
+    "review is settled"
+)
+
+
+def image_under_review(image_id: int) -> bool:
+    """Whether the image has an item still pending, open, tied or waiting for a redraw."""
+    return ReviewItem.objects.filter(image_id=image_id, status__in=UNDER_REVIEW).exists()
+
+
+def under_review() -> Exists:
+    """For a query on Image: `image_under_review`, as an expression."""
+    return Exists(ReviewItem.objects.filter(image=OuterRef("pk"), status__in=UNDER_REVIEW))
+
+
+def maps_hidden_from(user: Any) -> bool:
+    """MDs may not see machine maps of images under review (admins and data users may)."""
+    return user_has_role(user, Role.MD)
+
+
 def review_count_for(user: Any) -> int:
     """How many items this MD could still review (held by others or not)."""
     return open_items_for(user).count()

@@ -100,3 +100,42 @@ def test_the_author_of_a_redrawn_mask_is_not_handed_the_item_that_holds_it(
     assert str(item.uuid) not in handed
     assert decide(api(md), item.uuid).status_code == 403
     assert next_item(api(md2)) == str(item.uuid)
+
+
+# ------------------------------------------------ machine maps of images under review
+
+
+def test_an_md_cannot_open_the_machine_map_of_an_image_under_review(
+    reviewing_round, md, admin_user, data_user, api
+):
+    item = reviewing_round(images=2).items.first()
+    image_id = item.image_id
+    for path in (f"/images/{image_id}/map/", f"/api/images/{image_id}/infection-map/"):
+        response = api(md).get(path)
+        assert response.status_code == 403, (path, response.status_code)
+        assert "under blind review" in response.content.decode()
+    # the refusal comes before any network is needed: admins and data users are not refused
+    # for the review (they get the map, or a clear 409 while no final network exists)
+    for user in (admin_user, data_user):
+        assert api(user).get(f"/api/images/{image_id}/infection-map/").status_code != 403
+
+
+def test_the_map_list_gives_an_md_no_link_to_the_map_of_an_image_under_review(
+    reviewing_round, md, data_user, api
+):
+    item = reviewing_round(images=2).items.first()
+    link = f"/images/{item.image_id}/map/"
+    page = api(md).get("/maps/")
+    assert page.status_code == 200
+    assert link not in page.content.decode()
+    assert "Under review" in page.content.decode()
+    assert link in api(data_user).get("/maps/").content.decode()
+
+
+def test_a_settled_image_s_map_is_open_to_mds_again(reviewing_round, md, md2, api):
+    item = reviewing_round(images=2).items.first()
+    assert api(md).get(f"/api/images/{item.image_id}/infection-map/").status_code == 403
+    assert decide(api(md2), item.uuid).status_code == 201  # one reviewer per item: settled
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.ACCEPTED
+    assert api(md).get(f"/api/images/{item.image_id}/infection-map/").status_code != 403
