@@ -4,10 +4,12 @@ or do that the blind review must not allow, and asserts the clear refusal."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from annotation import selectors, services
-from annotation.models import Candidate, Decision, Mask, ReviewItem, ReviewLease
+from annotation.errors import DomainError
+from annotation.models import Candidate, Decision, Mask, ReviewItem, ReviewLease, Role
 
 pytestmark = pytest.mark.django_db
 
@@ -139,3 +141,28 @@ def test_a_settled_image_s_map_is_open_to_mds_again(reviewing_round, md, md2, ap
     item.refresh_from_db()
     assert item.status == ReviewItem.Status.ACCEPTED
     assert api(md).get(f"/api/images/{item.image_id}/infection-map/").status_code != 403
+
+
+# ------------------------------------------------ role mixes that would read provenance
+
+
+@pytest.mark.parametrize(
+    "roles", [[Role.MD, Role.ADMIN], [Role.MD, Role.DATA], [Role.DATA, Role.MD, Role.ADMIN]]
+)
+def test_the_md_role_cannot_be_combined_with_a_role_that_reads_provenance(roles):
+    user = get_user_model().objects.create_user(username="mixed", password="mixed-pass-123")
+    with pytest.raises(DomainError, match="the md role cannot be combined with"):
+        services.user_set_roles(user=user, roles=roles)
+    assert not user.groups.exists()
+
+
+def test_an_md_keeps_their_role_when_a_mix_is_refused(md):
+    with pytest.raises(DomainError):
+        services.user_set_roles(user=md, roles=[Role.MD, Role.ADMIN])
+    assert set(md.groups.values_list("name", flat=True)) == {Role.MD}
+
+
+def test_admin_with_data_is_still_allowed(db):
+    user = get_user_model().objects.create_user(username="ops", password="ops-pass-123")
+    services.user_set_roles(user=user, roles=[Role.ADMIN, Role.DATA])
+    assert set(user.groups.values_list("name", flat=True)) == {Role.ADMIN, Role.DATA}
