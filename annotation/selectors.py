@@ -194,6 +194,15 @@ def redraw_items() -> QuerySet[ReviewItem]:
     )
 
 
+def redraw_start_candidates(image: Image) -> dict[str, Candidate]:
+    """The candidates a redraw of `image` may start from, by label: those of its newest item
+    waiting for a redraw (none when the image is not waiting for one)."""
+    item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
+    if item is None:
+        return {}
+    return {c.label: c for c in item_candidates(item)}
+
+
 def images_to_draw() -> QuerySet[Image]:
     return Image.objects.filter(status=Image.Status.UNANNOTATED, image_class="covid19")
 

@@ -3,11 +3,16 @@ or do that the blind review must not allow, and asserts the clear refusal."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
-from annotation import selectors, services
+from annotation import imaging, selectors, services
 from annotation.errors import DomainError
 from annotation.models import Candidate, Decision, Mask, ReviewItem, ReviewLease, Role
 
@@ -166,3 +171,75 @@ def test_admin_with_data_is_still_allowed(db):
     user = get_user_model().objects.create_user(username="ops", password="ops-pass-123")
     services.user_set_roles(user=user, roles=[Role.ADMIN, Role.DATA])
     assert set(user.groups.values_list("name", flat=True)) == {Role.ADMIN, Role.DATA}
+
+
+# ------------------------------------------------ based_on: recorded, and no existence oracle
+
+
+def _redraw_item(reviewing_round, reviewer) -> ReviewItem:
+    item = reviewing_round(images=2).items.first()
+    services.decision_create(item=item, reviewer=reviewer, choice="none", seconds=2)
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.REDRAW
+    return item
+
+
+def _post_mask(client, image, **fields):
+    drawing = imaging.encode_mask(np.zeros((image.height, image.width), dtype=bool))
+    upload = SimpleUploadedFile("mask.png", drawing, content_type="image/png")
+    return client.post(f"/api/images/{image.pk}/masks/", {"mask": upload, **fields})
+
+
+def test_the_draw_page_offers_candidates_by_label_and_never_by_mask_id(reviewing_round, md, api):
+    item = _redraw_item(reviewing_round, md)
+    page = api(md).get(f"/draw/{item.image_id}/").content.decode()
+    assert '"candidate": "A"' in page
+    for mask_id in item.candidates.values_list("mask_id", flat=True):
+        assert f'"based_on": {mask_id}' not in page and f'"id": {mask_id}' not in page
+    script = (settings.BASE_DIR / "static" / "js" / "draw.js").read_text()
+    assert 'form.append("based_on_candidate", startedFrom)' in script
+
+
+def test_a_redraw_started_from_a_candidate_records_it(reviewing_round, md, api):
+    item = _redraw_item(reviewing_round, md)
+    start = item.candidates.get(label="B").mask
+    response = _post_mask(api(md), item.image, based_on_candidate="B")
+    assert response.status_code == 201, response.content
+    assert Mask.objects.get(pk=response.json()["id"]).based_on == start
+
+
+def test_based_on_answers_the_same_400_whether_or_not_the_mask_exists(
+    reviewing_round, make_image, drawer, md, api
+):
+    item = _redraw_item(reviewing_round, md)
+    elsewhere = make_image(manual_by=drawer).masks.get()  # exists, but of another image
+    missing = Mask.objects.order_by("-pk").first().pk + 1000  # does not exist
+    masks, files = Mask.objects.count(), _media_files()
+    answers = set()
+    for mask_id in (elsewhere.pk, missing):
+        response = _post_mask(api(md), item.image, based_on=mask_id)
+        assert response.status_code == 400
+        answers.add(response.content)
+    for label in ("Z", "QQ"):
+        response = _post_mask(api(md), item.image, based_on_candidate=label)
+        assert response.status_code == 400
+    assert len(answers) == 1, answers  # one answer: nothing tells the ids apart
+    assert Mask.objects.count() == masks and _media_files() == files
+    # a candidate of this image's redraw, by id, is taken
+    start = item.candidates.get(label="A").mask
+    response = _post_mask(api(md), item.image, based_on=start.pk)
+    assert response.status_code == 201
+    assert Mask.objects.get(pk=response.json()["id"]).based_on == start
+
+
+def test_based_on_is_refused_for_an_image_that_is_not_being_redrawn(make_image, md, api):
+    image = make_image()
+    other = make_image(manual_by=md).masks.get()
+    response = _post_mask(api(md), image, based_on=other.pk)
+    assert response.status_code == 400
+    assert not image.masks.exists()
+
+
+def _media_files() -> set[str]:
+    root = Path(settings.MEDIA_ROOT)
+    return {str(p) for p in root.rglob("*") if p.is_file()}
