@@ -17,6 +17,8 @@ from annotation.phantoms import make_phantom, md_drawing
 DEMO_ACCOUNTS = [
     ("md1", "md1-demo-pass", [Role.MD]),
     ("md2", "md2-demo-pass", [Role.MD]),
+    # drew the seeded masks: an MD is never handed an item holding a mask they drew
+    ("md3", "md3-demo-pass", [Role.MD]),
     ("admin", "admin-demo-pass", [Role.ADMIN]),
     ("data", "data-demo-pass", [Role.DATA]),
 ]
@@ -94,8 +96,9 @@ def demo_seed(
     demo_accounts()
     cases = demo_dataset_write(folder, n_covid=n_covid, n_control=n_control, size=size)
     report = ingest_folder(folder, source="maskloop-phantoms")
-    md1 = get_user_model().objects.get(username="md1")
-    demo_md_masks(cases=cases, author=md1, count=md_masks, size=size)
+    # md3 drew the first masks, so md1 and md2 can review every Stage I item blind.
+    md3 = get_user_model().objects.get(username="md3")
+    demo_md_masks(cases=cases, author=md3, count=md_masks, size=size)
     return report
 
 

@@ -11,5 +11,11 @@ class NotFound(DomainError):
     status_code = 404
 
 
+class PermissionDenied(DomainError):
+    """The rule forbids this user this act (e.g. an MD deciding on their own mask)."""
+
+    status_code = 403
+
+
 class Conflict(DomainError):
     status_code = 409

@@ -62,13 +62,22 @@ def current_ground_truths() -> QuerySet[GroundTruth]:
 # ---------------------------------------------------------------- MD queue
 
 
+def authored_by(user: Any) -> Exists:
+    """For a query on ReviewItem: the item holds a mask this user drew (their own Stage I mask,
+    or their redraw of a rejected one). An author recognises their own mask, so such an item is
+    never offered to them, listed for them, or decided by them: the pick would not be blind."""
+    return Exists(Candidate.objects.filter(item=OuterRef("pk"), mask__author=user))
+
+
 def open_items_for(user: Any) -> QuerySet[ReviewItem]:
-    """Items this MD can still review: open, in a round under review, not yet decided by them."""
+    """Items this MD can still review: open, in a round under review, not yet decided by them,
+    and holding no mask they drew."""
     return (
         ReviewItem.objects.filter(
             status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING
         )
         .exclude(decisions__reviewer=user)
+        .exclude(authored_by(user))
         .order_by("round__number", "id")
     )
 
@@ -82,13 +91,14 @@ def held_leases_for(
     user: Any, *, now: datetime, exclude: ReviewItem | None = None
 ) -> QuerySet[ReviewLease]:
     """This MD's live leases on items still open for review, oldest first (the item on screen
-    before the prefetched next one). A decision deletes its lease, so none is decided."""
+    before the prefetched next one). A decision deletes its lease, so none is decided. A lease
+    on an item holding a mask they drew is never returned (none should exist)."""
     leases = ReviewLease.objects.filter(
         reviewer=user,
         expires_at__gt=now,
         item__status=ReviewItem.Status.OPEN,
         item__round__status=Round.Status.REVIEWING,
-    )
+    ).exclude(Exists(Candidate.objects.filter(item=OuterRef("item"), mask__author=user)))
     if exclude is not None:
         leases = leases.exclude(item=exclude)
     return leases.order_by("created_at", "id")
@@ -107,7 +117,8 @@ def _count(rows: QuerySet) -> Subquery:
 
 def item_slots(item_id: int, *, user: Any, now: datetime) -> dict[str, Any]:
     """One statement, read fresh: the item's status, its reviewers' decisions so far, the live
-    leases other MDs hold on it, and whether `user` has decided it or holds a live lease."""
+    leases other MDs hold on it, whether `user` has decided it or holds a live lease, and
+    whether it holds a mask `user` drew (`authored`)."""
     return (
         ReviewItem.objects.filter(pk=item_id)
         .annotate(
@@ -117,21 +128,24 @@ def item_slots(item_id: int, *, user: Any, now: datetime) -> dict[str, Any]:
             leased=Exists(
                 ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
             ),
+            authored=authored_by(user),
         )
-        .values("status", "decided", "held", "mine", "leased")
+        .values("status", "decided", "held", "mine", "leased", "authored")
         .get()
     )
 
 
 def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewItem]:
     """Open items of `rnd` that this MD may be handed now, in hand-out order: not decided by
-    them, not already leased by them, and with a free slot: decisions so far plus other MDs'
-    live leases below the round's reviewers per item.
+    them, not already leased by them, holding no mask they drew (`authored_by`), and with a
+    free slot: decisions so far plus other MDs' live leases below the round's reviewers per item.
 
     Read under READ COMMITTED, this is a snapshot: the service that hands an item out locks it
     and checks its slots again (`item_slots`) before leasing it."""
-    items = ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN).exclude(
-        Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user))
+    items = (
+        ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN)
+        .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
+        .exclude(authored_by(user))
     )
     mine = ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
     items = items.exclude(Exists(mine))
@@ -146,6 +160,35 @@ def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewI
     return items.order_by("id")
 
 
+# An image with an item in one of these is still being judged: machine maps of it would steer
+# the MDs who review or redraw it.
+UNDER_REVIEW = (
+    ReviewItem.Status.PENDING,
+    ReviewItem.Status.OPEN,
+    ReviewItem.Status.ADJUDICATION,
+    ReviewItem.Status.REDRAW,
+)
+UNDER_REVIEW_REASON = (
+    "this image is under blind review; its machine infection map is hidden from MDs until the "
+    "review is settled"
+)
+
+
+def image_under_review(image_id: int) -> bool:
+    """Whether the image has an item still pending, open, tied or waiting for a redraw."""
+    return ReviewItem.objects.filter(image_id=image_id, status__in=UNDER_REVIEW).exists()
+
+
+def under_review() -> Exists:
+    """For a query on Image: `image_under_review`, as an expression."""
+    return Exists(ReviewItem.objects.filter(image=OuterRef("pk"), status__in=UNDER_REVIEW))
+
+
+def maps_hidden_from(user: Any) -> bool:
+    """MDs may not see machine maps of images under review (admins and data users may)."""
+    return user_has_role(user, Role.MD)
+
+
 def review_count_for(user: Any) -> int:
     """How many items this MD could still review (held by others or not)."""
     return open_items_for(user).count()
@@ -155,6 +198,15 @@ def redraw_items() -> QuerySet[ReviewItem]:
     return ReviewItem.objects.filter(status=ReviewItem.Status.REDRAW).select_related(
         "image", "round"
     )
+
+
+def redraw_start_candidates(image: Image) -> dict[str, Candidate]:
+    """The candidates a redraw of `image` may start from, by label: those of its newest item
+    waiting for a redraw (none when the image is not waiting for one)."""
+    item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
+    if item is None:
+        return {}
+    return {c.label: c for c in item_candidates(item)}
 
 
 def images_to_draw() -> QuerySet[Image]:

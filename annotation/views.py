@@ -45,6 +45,7 @@ def draw(request, image_id: int):
         start_masks = [
             {
                 "label": f"Candidate {c.label}",
+                "candidate": c.label,
                 "url": reverse("api:item-candidate", args=[item.uuid, c.label]),
             }
             for c in selectors.item_candidates(item)

@@ -11,10 +11,12 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from annotation import selectors
 from annotation.errors import DomainError
 from annotation.models import Image
 from annotation.permissions import IsAnyRole
@@ -114,9 +116,11 @@ class ImageMapApi(APIView):
 
     permission_classes = [IsAnyRole]
 
-    @extend_schema(parameters=[MAX_PARAMETER], responses={200: AnalysisOutput})
+    @extend_schema(parameters=[MAX_PARAMETER], responses={200: AnalysisOutput, 403: None})
     def get(self, request, image_id: int):
         max_side = _max_side(request)
         image = get_object_or_404(Image, pk=image_id)
+        if selectors.maps_hidden_from(request.user) and selectors.image_under_review(image.pk):
+            raise PermissionDenied(selectors.UNDER_REVIEW_REASON)
         result = analysis.image_analyse(image)
         return Response(analysis.analysis_payload(result, max_side=max_side))

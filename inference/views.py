@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
+from annotation import selectors
 from annotation.models import Image, ImageClass, Role
 from annotation.permissions import role_required
 from inference import analysis
@@ -25,7 +27,7 @@ def _ensemble_context() -> dict:
 @role_required(*ANY_ROLE)
 def map_list(request):
     chosen = request.GET.get("class", "")
-    images = Image.objects.all()
+    images = Image.objects.annotate(under_review=selectors.under_review())
     if chosen in ImageClass.values:
         images = images.filter(image_class=chosen)
     else:
@@ -38,6 +40,7 @@ def map_list(request):
             "page": page,
             "classes": ImageClass.choices,
             "chosen": chosen,
+            "maps_hidden": selectors.maps_hidden_from(request.user),
             **_ensemble_context(),
         },
     )
@@ -46,6 +49,8 @@ def map_list(request):
 @role_required(*ANY_ROLE)
 def image_map(request, image_id: int):
     image = get_object_or_404(Image, pk=image_id)
+    if selectors.maps_hidden_from(request.user) and selectors.image_under_review(image.pk):
+        raise PermissionDenied(selectors.UNDER_REVIEW_REASON)
     context = _ensemble_context()
     return render(
         request,

@@ -40,7 +40,7 @@ cat <<MSG
 
   maskloop is running at  http://$HOST:$PORT/
   Celery worker logs:     var/worker-training.log, var/worker-default.log, var/worker-beat.log
-  Sign in as md1 / md1-demo-pass (MD), admin / admin-demo-pass (admin), data / data-demo-pass.
+  Sign in as md1 / md1-demo-pass (MD; md3 drew the seeded masks), admin / admin-demo-pass (admin), data / data-demo-pass.
   Start with Stage I on the Rounds page as admin. Ctrl+C stops the server, the workers and beat.
 
 MSG

@@ -63,6 +63,13 @@ def md3(db):
 
 
 @pytest.fixture
+def drawer(db):
+    """An MD who draws the manual masks of `reviewing_round`: an MD never reviews an item holding
+    a mask they drew, so the reviewers in tests (md, md2, md3) are other MDs."""
+    return make_user("drawer", Role.MD)
+
+
+@pytest.fixture
 def admin_user(db):
     return make_user("boss", Role.ADMIN)
 
@@ -148,12 +155,13 @@ def shifted(image: Image, run: TrainingRun) -> np.ndarray:
 
 
 @pytest.fixture
-def reviewing_round(make_image, md, admin_user):
-    """A Stage I round with 4 images (manual masks by md), 2 networks × 2 folds, in review."""
+def reviewing_round(make_image, drawer, admin_user):
+    """A Stage I round with 4 images (manual masks by `drawer`), 2 networks × 2 folds, in
+    review."""
 
     def make(*, images: int = 4, reviewers: int = 1, networks=None) -> Round:
         for _ in range(images):
-            make_image(manual_by=md)
+            make_image(manual_by=drawer)
         rnd = services.round_start(
             stage=Round.Stage.STAGE_I,
             started_by=admin_user,

@@ -12,7 +12,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import services
+from annotation import selectors, services
 from annotation.apis.common import DISPLAY_MAX, PNG, png_response
 from annotation.errors import DomainError
 from annotation.models import Image, ImageClass, Mask
@@ -182,7 +182,18 @@ class ImageMasksApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         mask = serializers.FileField()
-        based_on = serializers.IntegerField(required=False, min_value=1, max_value=2**63 - 1)
+        based_on = serializers.IntegerField(
+            required=False,
+            min_value=1,
+            max_value=2**63 - 1,
+            help_text="the mask a redraw started from: one of the candidates of the image's "
+            "item waiting for a redraw",
+        )
+        based_on_candidate = serializers.RegexField(
+            r"^[A-Z]{1,2}$",
+            required=False,
+            help_text="the same, by the candidate's label (what the draw page sends)",
+        )
 
         class Meta:
             ref_name = "MaskDrawInput"
@@ -207,11 +218,11 @@ class ImageMasksApi(APIView):
         image = get_object_or_404(Image, pk=image_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        based_on = None
-        if data.validated_data.get("based_on"):
-            based_on = Mask.objects.filter(pk=data.validated_data["based_on"]).first()
-            if based_on is None:
-                raise DomainError("the mask to start from does not exist")
+        based_on = _start_mask(
+            image,
+            mask_id=data.validated_data.get("based_on"),
+            label=data.validated_data.get("based_on_candidate"),
+        )
         mask = services.mask_draw(
             image=image,
             author=request.user,
@@ -221,6 +232,27 @@ class ImageMasksApi(APIView):
         image.refresh_from_db()
         body = {"id": mask.pk, "version": mask.version, "image_status": image.status}
         return Response(body, status=status.HTTP_201_CREATED)
+
+
+def _start_mask(image: Image, *, mask_id: int | None, label: str | None) -> Mask | None:
+    """The candidate mask a redraw started from, or None. One answer, 400, for every mask that is
+    not one of this image's redraw candidates, whether or not it exists: no existence oracle."""
+    if mask_id is None and label is None:
+        return None
+    allowed = selectors.redraw_start_candidates(image)
+    if mask_id is not None and label is not None:
+        raise DomainError("give based_on or based_on_candidate, not both")
+    if label is not None:
+        candidate = allowed.get(label)
+        if candidate is None:
+            raise DomainError(
+                "based_on_candidate must be the label of a candidate of this image's redraw"
+            )
+        return candidate.mask
+    for candidate in allowed.values():
+        if candidate.mask_id == mask_id:
+            return candidate.mask
+    raise DomainError("based_on must be one of the candidate masks of this image's redraw")
 
 
 class MaskFileApi(APIView):

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation import selectors
-from annotation.errors import Conflict
+from annotation.errors import Conflict, PermissionDenied
 from annotation.models import ReviewItem, ReviewLease, Round
 
 # A live lease is renewed without the item's lock only while it has more than this left, so a
@@ -34,6 +34,10 @@ RENEW_MARGIN = timedelta(seconds=5)
 MAX_TRIES = 20
 MAX_HELD = 2  # the item on screen and the prefetched next one
 RETRY_PAUSE = 0.01  # seconds
+AUTHORED = (
+    "you drew one of this image's candidate masks; other MDs review it, so that the pick stays "
+    "blind"
+)
 
 
 def lease_seconds() -> int:
@@ -94,6 +98,7 @@ def _claim_in_round(*, rnd: Round, reviewer: Any, after: ReviewItem | None) -> R
             if (
                 slots["status"] == ReviewItem.Status.OPEN
                 and not slots["mine"]
+                and not slots["authored"]
                 and slots["decided"] + slots["held"] < rnd.reviewers_per_item
             ):
                 _lease_save(item=item, reviewer=reviewer, now=now)
@@ -135,7 +140,10 @@ def lease_take(*, item: ReviewItem, reviewer: Any) -> datetime:
 
     Raises:
         Conflict: the item is not open, the MD decided it already, or other MDs hold its slots.
+        PermissionDenied: the item holds a mask this MD drew (the review would not be blind).
     """
+    if ReviewItem.objects.filter(pk=item.pk).filter(selectors.authored_by(reviewer)).exists():
+        raise PermissionDenied(AUTHORED)
     expires_at = lease_renew(item=item, reviewer=reviewer)
     if expires_at is not None:
         return expires_at

@@ -28,7 +28,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from annotation import selectors
-from annotation.errors import Conflict, DomainError
+from annotation.errors import Conflict, DomainError, PermissionDenied
 from annotation.models import (
     Candidate,
     Decision,
@@ -39,6 +39,7 @@ from annotation.models import (
 )
 from annotation.services import states
 from annotation.services.images import image_refresh_status
+from annotation.services.leases import AUTHORED
 from annotation.services.rounds import WAITING, round_complete_if_done
 
 NONE = "none"
@@ -60,6 +61,7 @@ def decision_create(
     Raises:
         Conflict: the item is not open, the MD decided it already, or their lease expired and
             other MDs now hold its slots.
+        PermissionDenied: the item holds a mask this MD drew.
     """
     with transaction.atomic():
         decision, resolved = _decision_create(
@@ -99,6 +101,8 @@ def _decision_create(
             "it takes no more decisions"
         )
     slots = selectors.item_slots(item.pk, user=reviewer, now=timezone.now())
+    if slots["authored"]:
+        raise PermissionDenied(AUTHORED)
     if slots["mine"]:
         raise Conflict("you have already decided on this item; decisions are final")
     if not slots["leased"] and slots["decided"] + slots["held"] >= item.round.reviewers_per_item:

@@ -1019,6 +1019,8 @@ function runFillHoles() {
 // ---------------------------------------------------------------------------------------------
 // Start masks
 
+let startedFrom = null; // the label of the candidate this drawing started from, if any
+
 async function loadStartMask(index) {
   if (drag) return;
   const entry = index >= 0 ? startMasks[index] : null;
@@ -1045,6 +1047,8 @@ async function loadStartMask(index) {
       return;
     }
   }
+  // What the saved mask is recorded as based on: the candidate last loaded (none after a clear).
+  startedFrom = entry && entry.candidate ? entry.candidate : null;
   beginOp(entry ? `load ${entry.label}` : "clear mask");
   for (let i = 0; i < mask.length; i++) setPixel(i, next ? next[i] : 0);
   const changed = currentOp.log.n;
@@ -1080,6 +1084,7 @@ async function save() {
   try {
     const form = new FormData();
     form.append("mask", await encodeMaskPng(), "mask.png");
+    if (startedFrom) form.append("based_on_candidate", startedFrom);
     const response = await fetch(config.saveUrl, {
       method: "POST",
       body: form,

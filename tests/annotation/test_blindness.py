@@ -1,7 +1,7 @@
 """Blind review: until an MD has decided, nothing they can see says which candidate is their
 own drawing or which network made the others.
 
-The reviewer here is md2; the manual masks of `reviewing_round` were drawn by md1, so md1's
+The reviewer here is md2; the manual masks of `reviewing_round` were drawn by `drawer`, so that
 name would be a leak, while md2's own name in the page's top bar is not.
 """
 

@@ -302,3 +302,26 @@ def test_two_fingers_zoom_and_pan_without_drawing(page, sign_in, url, shot, md, 
         },
     )
     assert mask_on(page) > 0
+
+
+def test_a_redraw_started_from_a_candidate_is_saved_as_based_on_it(
+    page, sign_in, url, shot, md, reviewing_round
+):
+    from annotation import services
+    from annotation.models import ReviewItem
+
+    item = reviewing_round(images=2).items.first()
+    services.decision_create(item=item, reviewer=md, choice="none", seconds=2)
+    start = item.candidates.get(label="B").mask
+    sign_in(page, md)
+    page.goto(url(f"/draw/{item.image_id}/"))
+    draw_ready(page)
+    page.select_option("#start-mask", label="Candidate B")
+    page.wait_for_function(f"window.maskloopDraw.maskStats().on === {start.area}")
+    assert start.area > 0
+    shot(page, "started-from-b")
+    save_and_leave(page, shot, "after-save")
+    mask = newest_mask(item.image)
+    assert mask.author == md and mask.based_on == start
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.REDRAWN

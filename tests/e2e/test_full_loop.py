@@ -108,7 +108,9 @@ def test_two_stage_loop_to_export(worker, api, tmp_path):
     cases = demo_dataset_write(tmp_path / "cxr", n_covid=24, n_control=6, size=64)
     report = ingest_folder(tmp_path / "cxr", source="phantoms")
     assert len(report.imported) == 30 and not report.rejected
-    assert demo_md_masks(cases=cases, author=md, count=8, size=64) == 8
+    # Another MD draws the first masks: nobody reviews an item holding a mask they drew.
+    drawer = make_user("md0", "md")
+    assert demo_md_masks(cases=cases, author=drawer, count=8, size=64) == 8
 
     md_client, admin_client = api(md), api(admin)
     started = time.monotonic()
