@@ -154,7 +154,7 @@ def _curve(precision, recall) -> dict[str, list[float]]:
 def _level(conf, curve, auc: float) -> dict:
     from training.nets.metrics import scores
 
-    out = {k: (None if np.isnan(v) else float(v)) for k, v in scores(conf).items()}
+    out: dict[str, Any] = {k: (None if np.isnan(v) else float(v)) for k, v in scores(conf).items()}
     out["auc"] = None if np.isnan(auc) else float(auc)
     out["confusion"] = {"tp": conf.tp, "fp": conf.fp, "tn": conf.tn, "fn": conf.fn}
     out["pr_curve"] = curve
@@ -236,16 +236,22 @@ def final_round_id() -> int | None:
 def final_model_versions() -> list[ModelVersion]:
     """The segmentation networks of the newest finished final round (their ensemble makes the
     infection maps); empty before any final round has finished."""
+    round_id = final_round_id()
+    if round_id is None:
+        return []
     return list(
         ModelVersion.objects.filter(
-            run__round_id=final_round_id(), run__kind=TrainingRun.Kind.SEGMENTATION
+            run__round_id=round_id, run__kind=TrainingRun.Kind.SEGMENTATION
         ).order_by("id")
     )
 
 
 def final_classifiers() -> dict[str, ModelVersion]:
     """The Grad-CAM classifiers of the newest finished final round, by encoder."""
+    round_id = final_round_id()
+    if round_id is None:
+        return {}
     versions = ModelVersion.objects.filter(
-        run__round_id=final_round_id(), run__kind=TrainingRun.Kind.CLASSIFIER
+        run__round_id=round_id, run__kind=TrainingRun.Kind.CLASSIFIER
     )
     return {mv.encoder: mv for mv in versions}

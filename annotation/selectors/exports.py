@@ -1,0 +1,156 @@
+"""What an export holds: current ground truth and the streamed rows with their folds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.db import connection
+from django.db.models import (
+    OuterRef,
+    QuerySet,
+    Subquery,
+)
+
+from annotation.exporting import ExportRow
+from annotation.models import (
+    GroundTruth,
+    Image,
+)
+
+
+def current_ground_truths() -> QuerySet[GroundTruth]:
+    """The current (newest) ground truth of every image that has one, as one query: filter it
+    further, or iterate it, rather than loading it whole."""
+    newest = GroundTruth.objects.filter(image=OuterRef("image")).order_by("-id").values("id")[:1]
+    return GroundTruth.objects.filter(pk=Subquery(newest))
+
+
+EXPORT_CHUNK = 2000
+
+
+def export_images(filters: dict[str, Any]) -> QuerySet[Image]:
+    """The images an export with these (clean) filters holds, in id order, each annotated
+    with `gt_id`: its current ground truth (the newest), found by SQL, or None."""
+    newest = GroundTruth.objects.filter(image=OuterRef("pk")).order_by("-id")
+    images = Image.objects.annotate(gt_id=Subquery(newest.values("id")[:1])).order_by("id")
+    if filters.get("classes"):
+        images = images.filter(image_class__in=filters["classes"])
+    if filters.get("round") is not None:
+        images = images.annotate(
+            gt_round=Subquery(newest.values("item__round__number")[:1])
+        ).filter(gt_round=filters["round"])
+    if filters.get("accepted_only", True):
+        images = images.filter(gt_id__isnull=False)
+    return images
+
+
+def export_count(filters: dict[str, Any]) -> int:
+    return export_images(filters).count()
+
+
+def export_rows(filters: dict[str, Any], *, chunk_size: int = EXPORT_CHUNK) -> Iterator[ExportRow]:
+    """One row per exported image with the provenance of its accepted mask, in image id order.
+
+    A stream: images come from a server-side cursor `chunk_size` at a time, each chunk's
+    ground truths in one more query, so memory stays flat however many images there are.
+    Folds are grouped by patient and stratified by class (see `_export_folds`).
+    """
+    images = export_images(filters)
+    folds = _export_folds(images)
+    fold: tuple[int, int] | None = next(folds, None)
+    fields = (
+        *("id", "name", "original", "image_class", "patient_id", "source", "width"),
+        *("height", "sha256", "gt_id"),
+    )
+    for batch in _chunks(images.values(*fields).iterator(chunk_size=chunk_size), chunk_size):
+        gts = GroundTruth.objects.select_related(
+            "mask__model_version",
+            "mask__author",
+            "item__round",
+            "decision__reviewer",
+            "accepted_by",
+        ).in_bulk([img["gt_id"] for img in batch if img["gt_id"] is not None])
+        for img in batch:
+            # Both streams run in image id order; an image added between their two queries
+            # has no fold of its own and goes to fold 0.
+            while fold is not None and fold[0] < img["id"]:
+                fold = next(folds, None)
+            yield _export_row(
+                img, gts.get(img["gt_id"]), fold[1] if fold and fold[0] == img["id"] else 0
+            )
+
+
+def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _export_row(img: dict[str, Any], gt: GroundTruth | None, fold: int) -> ExportRow:
+    mask = gt.mask if gt else None
+    mv = mask.model_version if mask else None
+    reviewer = ""
+    if gt is not None:
+        who = gt.decision.reviewer if gt.decision else (gt.accepted_by or (mask and mask.author))
+        reviewer = who.get_username() if who else ""
+    stem = img["name"].rsplit(".", 1)[0].replace("/", "_")
+    item = gt.item if gt else None
+    return ExportRow(
+        image_id=img["id"],
+        image_name=f"{img['id']:06d}_{stem}",
+        image_path=img["original"],
+        image_ext=img["original"].rsplit(".", 1)[-1],
+        mask_path=mask.file.name if mask else None,
+        image_class=img["image_class"],
+        patient_id=img["patient_id"],
+        source=img["source"],
+        width=img["width"],
+        height=img["height"],
+        sha256=img["sha256"],
+        mask_source=mask.source if mask else "",
+        round=item.round.number if item else None,
+        stage=item.round.stage if item else "",
+        decision_id=gt.decision_id if gt else None,
+        reviewer=reviewer,
+        model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
+        agreement=item.agreement if item else None,
+        fold=fold,
+    )
+
+
+def _export_folds(images: QuerySet[Image]) -> Iterator[tuple[int, int]]:
+    """(image id, fold) for the images, in id order, computed by the database.
+
+    Patients (an image without a patient id is a patient of its own) are dealt round-robin
+    into min(5, images) folds within their class, in an order fixed by a hash of the patient
+    id: every image of a patient shares a fold, and each class is spread evenly.
+    """
+    n = images.count()
+    k = max(1, min(5, n))
+    ids_sql, params = images.order_by().values("id").query.sql_with_params()
+    image = connection.ops.quote_name(Image._meta.db_table)
+    order = "md5(pkey)" if connection.vendor == "postgresql" else "pkey"
+    sql = f"""
+        WITH sel AS (
+            SELECT id, image_class,
+                   COALESCE(NULLIF(patient_id, ''), 'image-' || CAST(id AS TEXT)) AS pkey
+            FROM {image} WHERE id IN ({ids_sql})
+        ),
+        patients AS (SELECT pkey, MIN(image_class) AS cls FROM sel GROUP BY pkey),
+        dealt AS (
+            SELECT pkey, ROW_NUMBER() OVER (PARTITION BY cls ORDER BY {order}, pkey) - 1 AS r
+            FROM patients
+        )
+        SELECT sel.id, dealt.r %% %s FROM sel JOIN dealt ON dealt.pkey = sel.pkey ORDER BY sel.id
+    """
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, [*params, k])
+        while rows := cursor.fetchmany(EXPORT_CHUNK):
+            for image_id, fold in rows:
+                yield image_id, int(fold)
