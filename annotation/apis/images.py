@@ -142,9 +142,9 @@ class ImageDisplayApi(APIView):
 
 
 class MaskOutput(serializers.ModelSerializer):
-    author = serializers.CharField(source="author.username", default=None)
+    author = serializers.CharField(source="author.username", default=None, allow_null=True)
     model_version = serializers.SerializerMethodField()
-    round = serializers.IntegerField(source="round.number", default=None)
+    round = serializers.IntegerField(source="round.number", default=None, allow_null=True)
     file_url = serializers.SerializerMethodField()
 
     class Meta:
