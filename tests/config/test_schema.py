@@ -88,3 +88,27 @@ def test_round_start_takes_json_only(schema, api, admin_user):
     assert list(content) == ["application/json"]
     response = api(admin_user).post("/api/rounds/", {"stage": "stage1"}, format="multipart")
     assert response.status_code == 415
+
+
+def test_uploads_are_multipart_only(schema, api, md, make_image):
+    """A file cannot travel url-encoded: only multipart is advertised, and a form is refused."""
+    for path in ["/api/images/upload/", "/api/images/{image_id}/masks/", "/api/infer/"]:
+        content = schema["paths"][path]["post"]["requestBody"]["content"]
+        assert list(content) == ["multipart/form-data"], path
+    image = make_image()
+    response = api(md).post(
+        f"/api/images/{image.pk}/masks/", "mask=x", content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 415
+
+
+def test_an_api_path_that_matches_no_route_answers_json(api, md):
+    """An id not even of the path's type never reaches a view; it still gets the documented
+    JSON error, not Django's HTML page."""
+    response = api(md).get("/api/review-items/not-a-uuid/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}
+    page = api(md).get("/no-such-page/")
+    assert page.status_code == 404
+    assert page["Content-Type"].startswith("text/html")
