@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 ERROR_SCHEMA = {
     "type": "object",
     "description": "An error. `detail` says why; a rejected body instead maps each field "
@@ -17,6 +19,7 @@ _REASONS = {
     "409": "The workflow is not in a state that allows this (e.g. a round is running).",
     "413": "The upload is larger than the limit.",
 }
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _METHODS = ("get", "post", "put", "patch", "delete")
 # Reads that depend on the workflow: the next item to review, a map without a final ensemble.
 _GETS_WITH_CONFLICT = ("/review-items/next/", "/infection-map/")
@@ -42,13 +45,9 @@ def error_responses(result, generator, request, public):
                 codes.append("413")
             responses = operation.setdefault("responses", {})
             for code in codes:
-                responses.setdefault(
-                    code,
-                    {
-                        "description": _REASONS[code],
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-                        },
-                    },
-                )
+                # An operation may already name the code (`409: None`): it gets the body too.
+                response = responses.setdefault(code, {"description": _REASONS[code]})
+                if not response.get("description"):
+                    response["description"] = _REASONS[code]
+                response.setdefault("content", copy.deepcopy(_ERROR_CONTENT))
     return result
