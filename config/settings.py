@@ -217,6 +217,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Collaborative ground-truth masks for COVID-19 infection on chest X-rays.",
     "VERSION": "0.1.0",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Separate request and response components, so file fields are uploads (format: binary)
+    # and read-only fields stay out of request bodies: what a generated client needs.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "annotation.apis.schema.error_responses",
+    ],
 }
 
 # Celery. The embedded default is kombu's filesystem transport: a real broker shared by the web

@@ -21,3 +21,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("django-admin/", admin.site.urls),
 ]
+
+# An API path that matches no route answers JSON, as documented (annotation/apis/schema.py).
+handler404 = "annotation.apis.common.not_found"

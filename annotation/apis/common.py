@@ -12,7 +12,8 @@ from django.core.exceptions import (
     TooManyFilesSent,
 )
 from django.db import DataError
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
+from django.views import defaults
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
@@ -54,6 +55,14 @@ def exception_handler(exc, context):
     if response is not None:
         response.data = _printable(response.data)
     return response
+
+
+def not_found(request, exception=None):
+    """The site's 404 handler: under /api/ (an id that is not even of the path's type, so no
+    view ran) the JSON error the schema documents; elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+    return defaults.page_not_found(request, exception)
 
 
 def _raised_by_a_parser(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -81,7 +81,7 @@ class ImageListApi(APIView):
 
 class ImageUploadApi(APIView):
     permission_classes = [IsAdmin]
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # a file cannot travel url-encoded
 
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField(max_length=Image._meta.get_field("name").max_length)
@@ -142,9 +142,9 @@ class ImageDisplayApi(APIView):
 
 
 class MaskOutput(serializers.ModelSerializer):
-    author = serializers.CharField(source="author.username", default=None)
+    author = serializers.CharField(source="author.username", default=None, allow_null=True)
     model_version = serializers.SerializerMethodField()
-    round = serializers.IntegerField(source="round.number", default=None)
+    round = serializers.IntegerField(source="round.number", default=None, allow_null=True)
     file_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -175,7 +175,7 @@ class MaskOutput(serializers.ModelSerializer):
 class ImageMasksApi(APIView):
     """Mask versions with their provenance: never for MDs, whose reviews must stay blind."""
 
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # a file cannot travel url-encoded
 
     def get_permissions(self):
         return [IsMD()] if self.request.method == "POST" else [IsAdminOrData()]

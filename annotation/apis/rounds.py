@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -68,6 +69,7 @@ class RoundOutput(serializers.ModelSerializer):
 
 class RoundListApi(APIView):
     permission_classes = [IsAdmin]
+    parser_classes = [JSONParser]  # `networks` is a list of lists: no form can carry it
 
     InputSerializer = RoundStartInput  # the Rounds page takes the same
 

@@ -206,9 +206,9 @@ ROUND_STARTS = {
     "reviewers-zero": Case(400, "greater than or equal to 1", body=body(reviewers_per_item=0)),
     "folds-zero": Case(400, "greater than or equal to 2", body=body(folds=0)),
     "epochs-a-billion": Case(400, "less than or equal to 500", body=body(epochs=10**9)),
-    "test-fraction-nan-in-a-form": Case(
-        400,
-        "a valid number is required",
+    "test-fraction-nan-in-a-form": Case(  # rounds take JSON only: a form is refused whole
+        415,
+        "Unsupported media type",
         body="stage=I&test_fraction=nan",
         content_type="application/x-www-form-urlencoded",
     ),
