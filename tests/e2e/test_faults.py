@@ -4,7 +4,6 @@ killed mid-training, Redis stopped while a round starts. `celery beat` runs the 
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import socket
@@ -188,12 +187,34 @@ def answers(url: str) -> bool:
         return False
 
 
+CSRF_TOKEN = "faultsfaultsfaultsfaultsfaults12"  # 32 characters, as Django's masked form
+
+
+def session_cookie(username: str) -> str:
+    """A signed-in session for `username` in the shared database (the API takes sessions
+    only), as the web process will read it."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user = User.objects.get(username=username)
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return f"sessionid={session.session_key}; csrftoken={CSRF_TOKEN}"
+
+
 def http(url: str, user: str, body: dict | None = None) -> tuple[int, dict]:
-    token = base64.b64encode(f"{user}:{user}-pass".encode()).decode()
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+        headers={
+            "Cookie": session_cookie(user),
+            "X-CSRFToken": CSRF_TOKEN,
+            "Content-Type": "application/json",
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
