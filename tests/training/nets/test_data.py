@@ -47,6 +47,16 @@ def test_preprocess_keeps_values_when_no_resize_needed():
     np.testing.assert_allclose(data.preprocess(np.full((50, 70), 255, np.uint8), SIZE), 1.0)
 
 
+def test_preprocess_of_an_8bit_cxr_is_the_float_resize_within_one_level():
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:700, 0:530]
+    smooth = ((np.sin(x / 40) + np.cos(y / 55)) * 60 + 128).astype(np.uint8)
+    for gray in (smooth, rng.integers(0, 256, (700, 530), dtype=np.uint8)):
+        fast = data.preprocess(gray, SIZE)
+        exact = data.preprocess(gray.astype(np.float32) / 255.0, SIZE)
+        assert np.abs(fast - exact).max() <= 1 / 255 + 1e-6
+
+
 def test_resize_probability_back_to_image_size():
     prob = np.random.default_rng(1).random((SIZE, SIZE, 1)).astype(np.float32)
     out = data.resize_probability(prob, 50, 70)
