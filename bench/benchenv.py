@@ -22,3 +22,11 @@ def django_env(**extra: str) -> dict[str, str]:
     for name, value in values.items():
         os.environ.setdefault(name, value)
     return {name: os.environ[name] for name in values}
+
+
+def setup_django(**extra: str) -> None:
+    """`django_env`, then `django.setup()`: for a benchmark that uses the ORM in-process."""
+    django_env(**extra)
+    import django
+
+    django.setup()

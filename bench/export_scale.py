@@ -185,7 +185,7 @@ def main() -> None:
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (it is erased first)")
     var = Path(os.environ.setdefault("MASKLOOP_VAR_DIR", tempfile.mkdtemp(prefix="maskloop-x-")))
-    from bench.seed_scale import setup_django
+    from bench.benchenv import setup_django
 
     setup_django()
     from django.conf import settings

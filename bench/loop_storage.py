@@ -48,6 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.benchenv import setup_django  # noqa: E402
+
 PHASES = ("import", "training", "prediction", "reports", "review", "export")
 # Tasks whose host would start without the files: their cache is emptied first (--warm-cache off).
 WORKER_TASKS = ("training.tasks.train", "inference.tasks.predict", "annotation.tasks.export_build")
@@ -87,10 +89,7 @@ class TaskClock:
 def child(variant: str, folder: Path, args: argparse.Namespace) -> None:
     """One variant of the run; prints one JSON line of figures."""
     load_before = loadavg()
-    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
-    import django
-
-    django.setup()
+    setup_django()
     from django.conf import settings
     from django.core.management import call_command
 

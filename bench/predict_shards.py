@@ -20,8 +20,10 @@ folder. Steps:
    then the clock starts, `predictions_send` sends the run's shards, and it stops when the
    run has succeeded (every shard predicted, stored and reported).
 
-Prints images/s for each, the speed-up (goal ≥ 1.8×) and the load average: on a 2-core
-machine shared with other work two workers compete for the same cores.
+Prints images/s for each, the speed-up (goal ≥ 1.8×) and the load average. Unpinned, one
+worker already fills both cores of a 2-core machine (TensorFlow's threads and the pipeline's
+pool), so a second one has little left to take; `--pin` gives inference worker i CPU i alone,
+as if each had a machine (or an accelerator) of its own, which is what the fan-out is for.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.benchenv import setup_django  # noqa: E402
 
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/maskloop_shard"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/4"
@@ -56,8 +60,12 @@ def ensure_database(url: str) -> None:
     conn.close()
 
 
-def start_worker(name: str, queues: str, env: dict[str, str], logs: Path) -> subprocess.Popen:
+def start_worker(
+    name: str, queues: str, env: dict[str, str], logs: Path, core: int | None = None
+) -> subprocess.Popen:
+    """A `celery worker` of concurrency 1 on `queues`; with `core`, pinned to that CPU."""
     log = (logs / f"{name}.log").open("a")
+    pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
     return subprocess.Popen(
         [
             *(sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues),
@@ -68,6 +76,7 @@ def start_worker(name: str, queues: str, env: dict[str, str], logs: Path) -> sub
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=pin,
     )
 
 
@@ -124,6 +133,11 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin inference worker i to CPU i, as if each had a machine of its own",
+    )
     parser.add_argument("--weights", type=Path, help="trained tiny U-Net weights (.weights.h5)")
     args = parser.parse_args()
 
@@ -131,15 +145,10 @@ def main() -> int:
     db = os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
     broker = os.environ.setdefault("CELERY_BROKER_URL", DEFAULT_BROKER)
     os.environ.update(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        MASKLOOP_VAR_DIR=str(tmp),
-        MASKLOOP_PREDICT_SHARD=str(args.shard),
-        PYTHONUNBUFFERED="1",
+        MASKLOOP_VAR_DIR=str(tmp), MASKLOOP_PREDICT_SHARD=str(args.shard), PYTHONUNBUFFERED="1"
     )
     ensure_database(db)
-    import django
-
-    django.setup()
+    setup_django()
     import redis
     from django.core.management import call_command
     from django.db import transaction
@@ -247,7 +256,10 @@ def main() -> int:
         results = []
         for count, target in zip(args.workers, [run, *copies], strict=True):
             names = [f"inference{i}" for i in range(count)]
-            procs = [start_worker(n, f"inference,warm-{n}", env, logs) for n in names]
+            procs = [
+                start_worker(n, f"inference,warm-{n}", env, logs, i if args.pin else None)
+                for i, n in enumerate(names)
+            ]
             try:
                 wait_ready(names)
                 for name in names:  # fresh images each time, or the shard would skip them

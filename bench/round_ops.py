@@ -182,7 +182,7 @@ def main() -> None:
     os.environ.setdefault("MASKLOOP_VAR_DIR", tempfile.mkdtemp(prefix="maskloop-roundops-"))
     if args.batch:
         os.environ["MASKLOOP_BULK_BATCH"] = str(args.batch)
-    from bench.seed_scale import setup_django
+    from bench.benchenv import setup_django
 
     setup_django()
     from django.core.management import call_command

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.benchenv import django_env  # noqa: E402
+from bench.benchenv import setup_django  # noqa: E402
 
 PASSWORD = "bench-pass-123"
 BATCH = 5000
@@ -55,13 +55,6 @@ NETWORKS = [
     ("unet", "inceptionv3"),
     ("unetpp", "inceptionv3"),
 ]
-
-
-def setup_django() -> None:
-    django_env()
-    import django
-
-    django.setup()
 
 
 def _erase() -> None:
