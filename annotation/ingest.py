@@ -20,7 +20,6 @@ same instance again is a duplicate, even re-encoded.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,18 +115,14 @@ def ingest_folder(
         listed.add(sample.image.resolve())
         _import(
             report,
+            inside,
             sample.key,
-            lambda sample=sample: services.image_create(
-                data=_read_inside(inside, sample.image, "the image"),
-                name=sample.image.name,
-                source=source,
-                image_class=IMAGE_CLASSES[sample.image_class],
-                patient_id=sample.patient or "",
-                mask_data=_read_inside(inside, sample.mask, "its mask") if sample.mask else None,
-                lung_mask_data=(
-                    _read_inside(inside, sample.lung, "its lung mask") if sample.lung else None
-                ),
-            ),
+            sample.image,
+            sample.mask,
+            sample.lung,
+            source=source,
+            image_class=IMAGE_CLASSES[sample.image_class],
+            patient_id=sample.patient or "",
         )
     for path in dicoms:
         if path.resolve() in listed:
@@ -138,22 +133,28 @@ def ingest_folder(
                 (key, "a DICOM file the layout does not list has no class (ingest --class)")
             )
             continue
-        _import(
-            report,
-            key,
-            lambda path=path: services.image_create(
-                data=_read_inside(inside, path, "the image"),
-                name=path.name,
-                source=source,
-                image_class=image_class,
-            ),
-        )
+        _import(report, inside, key, path, None, None, source=source, image_class=image_class)
     return report
 
 
-def _import(report: IngestReport, key: str, create: Callable[[], object]) -> None:
+def _import(
+    report: IngestReport,
+    inside: Path,
+    key: str,
+    image: Path,
+    mask: Path | None,
+    lung: Path | None,
+    **fields: str,
+) -> None:
+    """Imports one image (and its masks) of the folder and reports how it went."""
     try:
-        create()
+        services.image_create(
+            data=_read_inside(inside, image, "the image"),
+            name=image.name,
+            mask_data=_read_inside(inside, mask, "its mask") if mask else None,
+            lung_mask_data=_read_inside(inside, lung, "its lung mask") if lung else None,
+            **fields,
+        )
         report.imported.append(key)
     except services.DuplicateImage:
         report.duplicates.append(key)

@@ -51,7 +51,7 @@ def dicom_file(
     pixels = ramp(bits) if pixels is None else pixels
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX
-    meta.MediaStorageSOPInstanceUID = sop or generate_uid()
+    meta.MediaStorageSOPInstanceUID = UID(sop) if sop else generate_uid()
     meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
