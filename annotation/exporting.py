@@ -3,6 +3,12 @@
 Re-running an export on the same data gives the same bytes: entries are written in a fixed
 order with fixed timestamps and permissions, and PNGs are stored as they are. The zip is written
 front to back, never seeking, so `out` may be a non-seekable stream such as an upload.
+
+Formats: "png" (images/, masks/ as 0/255 PNGs, metadata.csv, folds.csv, manifest.json) and
+"coco", the same plus annotations/instances.json: COCO instance segmentation (CVAT, Label
+Studio, detectron-style trainers) with one category, one RLE-encoded instance (pycocotools) per
+image whose mask is not empty, and the patient, class and mask provenance as extra keys of each
+image entry. Its keys are sorted and it holds no dates, so it is byte-reproducible too.
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
+
+FORMATS = ("png", "coco")
+COCO_NAME = "annotations/instances.json"
+COCO_CATEGORY = {"id": 1, "name": "COVID-19 infection", "supercategory": "lung"}
 
 EPOCH = (1980, 1, 1, 0, 0, 0)
 CHUNK = 1 << 20
@@ -240,8 +250,10 @@ def write_zip(
     opener: Opener = _local_file,
     on_progress: Callable[[int, int], None] | None = None,
     total: int | None = None,
+    format: str = "png",
 ) -> int:
-    """Writes images/, masks/, metadata.csv, folds.csv and manifest.json to `out`.
+    """Writes images/, masks/, metadata.csv, folds.csv and manifest.json to `out` (and, in the
+    "coco" format, annotations/instances.json).
 
     Memory stays flat however many rows there are: rows may be a stream, files are copied a
     chunk at a time, and the CSVs and the manifest's lines are spooled to scratch files.
@@ -253,10 +265,14 @@ def write_zip(
         opener: opens a row's image_path / mask_path for reading (default: local files).
         on_progress: called with (done, total) every 25 images.
         total: how many rows to expect, for on_progress (a list's length by default).
+        format: one of FORMATS.
 
     Returns:
         How many images it holds. manifest.json names every other file with its sha256.
     """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; formats are {', '.join(FORMATS)}")
+    coco = format == "coco"
     if isinstance(rows, list):
         rows, total = sorted(rows, key=lambda r: r.image_id), len(rows)
     total = total or 0
@@ -266,6 +282,8 @@ def write_zip(
         _spool() as folds,
         _spool() as image_lines,
         _spool() as mask_lines,
+        _spool() as coco_images,
+        _spool() as coco_annotations,
         _FlatZip(out, "w", allowZip64=True) as zf,
     ):
         meta.write(_csv_line(line, METADATA_COLUMNS))
@@ -277,9 +295,20 @@ def write_zip(
             mask_name = f"masks/{stem}.png" if row.mask_path else ""
             digest = _write_file(zf, image_name, opener(row.image_path))
             image_lines.write(_manifest_line(image_name, digest))
-            if row.mask_path:
+            if row.mask_path and coco:
+                # Read whole (a mask PNG is small): stored as it is, and decoded for its RLE.
+                with opener(row.mask_path) as src:
+                    mask_png = src.read()
+                digest = _write_bytes(zf, mask_name, mask_png)
+                mask_lines.write(_manifest_line(mask_name, digest))
+                annotation = coco_annotation(row, mask_png)
+                if annotation is not None:
+                    _coco_entry(coco_annotations, annotation)
+            elif row.mask_path:
                 digest = _write_file(zf, mask_name, opener(row.mask_path))
                 mask_lines.write(_manifest_line(mask_name, digest))
+            if coco:
+                _coco_entry(coco_images, coco_image(row, image_name))
             meta.write(
                 _csv_line(
                     line,
@@ -310,18 +339,104 @@ def write_zip(
                 on_progress(count, max(total, count))
         if on_progress and count != total:
             on_progress(count, count)
+        coco_digest = _write_coco(zf, coco_images, coco_annotations) if coco else None
         folds_digest = _write_spool(zf, "folds.csv", folds)
         meta_digest = _write_spool(zf, "metadata.csv", meta)
         # manifest.json as json.dumps(body, indent=2, sort_keys=True) writes it, a line at a
         # time: its "files" are sorted by name, which rows in image id order already are.
         with zf.open(_info("manifest.json", zipfile.ZIP_DEFLATED), "w") as dst:
             dst.write(b'{\n  "files": {\n')
+            if coco_digest is not None:  # "annotations/…" sorts before "folds.csv"
+                dst.write(_manifest_line(COCO_NAME, coco_digest))
             dst.write(_manifest_line("folds.csv", folds_digest))
             _copy(image_lines, dst)
             _copy(mask_lines, dst)
             dst.write(_manifest_line("metadata.csv", meta_digest, last=True))
             dst.write(f'  }},\n  "format": "maskloop-export/1",\n  "images": {count}\n}}'.encode())
     return count
+
+
+def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> str:
+    with zf.open(_info(name, zipfile.ZIP_STORED), "w", force_zip64=True) as dst:
+        dst.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def coco_image(row: ExportRow, file_name: str) -> dict[str, Any]:
+    """A COCO image entry: the standard keys, then the patient, class and mask provenance."""
+    return {
+        "id": row.image_id,
+        "file_name": file_name,
+        "width": row.width,
+        "height": row.height,
+        "patient_id": row.patient_id,
+        "image_class": row.image_class,
+        "source_dataset": row.source,
+        "image_sha256": row.sha256,
+        "mask_source": row.mask_source,
+        "round": row.round,
+        "stage": row.stage,
+        "decision": row.decision_id,
+        "reviewer": row.reviewer,
+        "model": row.model,
+        "agreement": None if row.agreement is None else round(row.agreement, 3),
+    }
+
+
+def coco_annotation(row: ExportRow, mask_png: bytes) -> dict[str, Any] | None:
+    """The image's mask as one COCO instance, RLE-encoded by pycocotools (None if empty).
+
+    Its id is the image's: one instance per image, so ids are unique and stable across builds.
+    """
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    from annotation.imaging import read_mask_png
+
+    pixels = read_mask_png(mask_png)
+    if not pixels.any():
+        return None
+    rle = coco_mask.encode(np.asfortranarray(pixels.astype(np.uint8)))
+    x, y, w, h = (float(v) for v in coco_mask.toBbox(rle))
+    return {
+        "id": row.image_id,
+        "image_id": row.image_id,
+        "category_id": COCO_CATEGORY["id"],
+        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()},
+        "area": int(coco_mask.area(rle)),
+        "bbox": [x, y, w, h],
+        "iscrowd": 0,
+    }
+
+
+def _coco_entry(spool: IO[bytes], entry: dict[str, Any]) -> None:
+    """One entry of a COCO list, a line each; every line but the first starts with a comma."""
+    prefix = b",\n" if spool.tell() else b""
+    spool.write(prefix + json.dumps(entry, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _write_coco(zf: zipfile.ZipFile, images: IO[bytes], annotations: IO[bytes]) -> str:
+    """Writes annotations/instances.json from the spooled entries, its keys in sorted order."""
+    digest = hashlib.sha256()
+    with zf.open(_info(COCO_NAME, zipfile.ZIP_DEFLATED), "w", force_zip64=True) as raw:
+
+        def put(data: bytes) -> None:
+            digest.update(data)
+            raw.write(data)
+
+        def put_spool(spool: IO[bytes]) -> None:
+            spool.seek(0)
+            while chunk := spool.read(CHUNK):
+                put(chunk)
+
+        dumps = json.dumps
+        put(b'{"annotations":[\n')
+        put_spool(annotations)
+        put(f'\n],"categories":[{dumps(COCO_CATEGORY, sort_keys=True)}],"images":[\n'.encode())
+        put_spool(images)
+        info = {"description": "maskloop export", "version": "maskloop-export/1"}
+        put(f'\n],"info":{dumps(info, sort_keys=True)},"licenses":[]}}\n'.encode())
+    return digest.hexdigest()
 
 
 def _copy(spool: IO[bytes], dst: IO[bytes]) -> None:

@@ -179,3 +179,8 @@ class ExportForm(forms.Form):
     accepted_only = forms.BooleanField(
         required=False, initial=True, label="Only images with an accepted mask"
     )
+    format = forms.ChoiceField(
+        choices=[("png", "PNG masks"), ("coco", "COCO instance segmentation (RLE)")],
+        initial="png",
+        required=False,
+    )

@@ -1,4 +1,4 @@
-"""Importing folders of CXRs: QaTa-COV19, COVID-QU-Ex, or plain images with a CSV.
+"""Importing folders of CXRs: QaTa-COV19, COVID-QU-Ex, plain images with a CSV, or DICOM.
 
 The folder is read by the ML core's reader (`training.nets.layouts.read_dataset`, reached
 through `training.services`), so the platform and the command line read a folder by the same
@@ -9,14 +9,21 @@ Every file is imported whole or not at all; exact duplicates are skipped; every 
 listed with its reason; running the same import again changes nothing. Only files inside the
 folder are read: a CSV path that is absolute or climbs out with "..", or a symbolic link that
 points outside, is rejected; so is a file larger than the upload limit, before it is read.
+
+DICOM files (.dcm, .dicom, .dic, or no ending and "DICM" after the preamble) anywhere in the
+folder are imported too: listed in the CSV, they take its class and patient; otherwise they
+take the class given (`ingest --class`). A DICOM header carries no COVID-19 class, so a folder
+of DICOM files alone needs one. The SOP Instance UID identifies a DICOM image: importing the
+same instance again is a duplicate, even re-encoded.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from annotation import services
+from annotation import dicom, services
 from annotation.errors import DomainError
 from annotation.imaging import InvalidImageError
 from annotation.models import ImageClass
@@ -58,12 +65,17 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def ingest_folder(root: str | Path, *, source: str | None = None) -> IngestReport:
+def ingest_folder(
+    root: str | Path, *, source: str | None = None, image_class: str | None = None
+) -> IngestReport:
     """Imports every image of a folder and reports what happened to each.
 
     Args:
         root: the data set folder.
         source: the data set name to record (default: the folder's name).
+        image_class: the class of DICOM files the layout does not list (a platform class,
+            ImageClass); without it they are rejected, and a folder of DICOM files alone is
+            refused.
 
     Returns:
         What was imported, skipped as a duplicate, or rejected (with the reason), by file path
@@ -75,34 +87,101 @@ def ingest_folder(root: str | Path, *, source: str | None = None) -> IngestRepor
     root = Path(root)
     if not root.is_dir():
         raise DomainError(f"{root} is not a folder")
+    if image_class is not None and image_class not in ImageClass.values:
+        raise DomainError(
+            f"unknown class {image_class!r}; classes are {', '.join(ImageClass.values)}"
+        )
+    inside = root.resolve()
+    dicoms = _dicom_files(root)
     try:
         data = read_dataset(root)
     except ValueError as exc:
-        raise DomainError(f"{root}: {exc}") from None
-    if data.layout not in IMPORTABLE_LAYOUTS:
-        raise DomainError(f"{root} is not a known layout ({data.layout}): {_LAYOUT_HELP}")
-    report = IngestReport(layout=data.layout)
+        if not dicoms:
+            raise DomainError(f"{root}: {exc}") from None
+        data = None
+    if data is not None and data.layout not in IMPORTABLE_LAYOUTS:
+        if not dicoms:
+            raise DomainError(f"{root} is not a known layout ({data.layout}): {_LAYOUT_HELP}")
+        data = None
+    if data is None and image_class is None:
+        raise DomainError(
+            f"{root} holds DICOM files but no layout that names their class: give the class "
+            "(ingest --class), or list them in a CSV of file,class,patient"
+        )
+    report = IngestReport(layout=data.layout if data is not None else "dicom")
     source = source or root.name
-    inside = root.resolve()
-    for sample in data.samples:
-        try:
-            services.image_create(
-                data=_read_inside(inside, sample.image, "the image"),
-                name=sample.image.name,
-                source=source,
-                image_class=IMAGE_CLASSES[sample.image_class],
-                patient_id=sample.patient or "",
-                mask_data=_read_inside(inside, sample.mask, "its mask") if sample.mask else None,
-                lung_mask_data=(
-                    _read_inside(inside, sample.lung, "its lung mask") if sample.lung else None
-                ),
+    listed: set[Path] = set()
+    for sample in data.samples if data is not None else ():
+        listed.add(sample.image.resolve())
+        _import(
+            report,
+            inside,
+            sample.key,
+            sample.image,
+            sample.mask,
+            sample.lung,
+            source=source,
+            image_class=IMAGE_CLASSES[sample.image_class],
+            patient_id=sample.patient or "",
+        )
+    for path in dicoms:
+        if path.resolve() in listed:
+            continue
+        key = path.relative_to(root).as_posix()
+        if image_class is None:
+            report.rejected.append(
+                (key, "a DICOM file the layout does not list has no class (ingest --class)")
             )
-            report.imported.append(sample.key)
-        except services.DuplicateImage:
-            report.duplicates.append(sample.key)
-        except (InvalidImageError, DomainError, OSError) as exc:
-            report.rejected.append((sample.key, str(exc)))
+            continue
+        _import(report, inside, key, path, None, None, source=source, image_class=image_class)
     return report
+
+
+def _import(
+    report: IngestReport,
+    inside: Path,
+    key: str,
+    image: Path,
+    mask: Path | None,
+    lung: Path | None,
+    **fields: str,
+) -> None:
+    """Imports one image (and its masks) of the folder and reports how it went."""
+    try:
+        services.image_create(
+            data=_read_inside(inside, image, "the image"),
+            name=image.name,
+            mask_data=_read_inside(inside, mask, "its mask") if mask else None,
+            lung_mask_data=_read_inside(inside, lung, "its lung mask") if lung else None,
+            **fields,
+        )
+        report.imported.append(key)
+    except services.DuplicateImage:
+        report.duplicates.append(key)
+    except (InvalidImageError, DomainError, OSError) as exc:
+        report.rejected.append((key, str(exc)))
+
+
+def _dicom_files(root: Path) -> list[Path]:
+    """DICOM files below `root`, sorted: by their ending, or without one by the "DICM" marker
+    after the 128-byte preamble. Hidden files and folders are skipped."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for file in sorted(files):
+            path = Path(folder) / file
+            if file.startswith(".") or not path.is_file():
+                continue
+            if file.lower().endswith(dicom.DICOM_SUFFIXES):
+                found.append(path)
+            elif "." not in file:
+                try:
+                    with path.open("rb") as fh:
+                        if dicom.looks_like_dicom(fh.read(132)):
+                            found.append(path)
+                except OSError:
+                    continue
+    return found
 
 
 def _read_inside(root: Path, path: Path, what: str) -> bytes:

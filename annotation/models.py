@@ -50,6 +50,16 @@ class Image(models.Model):
     patient_id = models.CharField(max_length=100, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.UNANNOTATED)
     created_at = models.DateTimeField(auto_now_add=True)
+    # From the DICOM header of an image imported from DICOM (null otherwise). The SOP Instance
+    # UID identifies the image: importing it again is a duplicate whatever its bytes.
+    study_uid = models.CharField(max_length=64, null=True, blank=True)
+    series_uid = models.CharField(max_length=64, null=True, blank=True)
+    sop_instance_uid = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    modality = models.CharField(max_length=16, null=True, blank=True)
+    view_position = models.CharField(max_length=16, null=True, blank=True)
+    pixel_spacing = models.JSONField(
+        null=True, blank=True, help_text="[row, column] spacing in mm, from the DICOM header."
+    )
 
     class Meta:
         ordering = ["id"]

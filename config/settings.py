@@ -151,6 +151,8 @@ MASKLOOP_CACHE_DIR = Path(env.str("MASKLOOP_CACHE_DIR", default=str(VAR_DIR / "c
 MASKLOOP_MAX_IMAGE_SIDE = env.int("MASKLOOP_MAX_IMAGE_SIDE", default=8192)
 MASKLOOP_MAX_IMAGE_PIXELS = env.int("MASKLOOP_MAX_IMAGE_PIXELS", default=40_000_000)
 MASKLOOP_MAX_UPLOAD_BYTES = env.int("MASKLOOP_MAX_UPLOAD_BYTES", default=64 * 1024 * 1024)
+# When set, a DICOM PatientID is stored as sha256(salt + id)[:16], never as it is.
+MASKLOOP_PATIENT_ID_SALT = env.str("MASKLOOP_PATIENT_ID_SALT", default="")
 # Stage II prediction is split into shards of this many images, one inference task each.
 MASKLOOP_PREDICT_SHARD = env.int("MASKLOOP_PREDICT_SHARD", default=256)
 

@@ -50,6 +50,12 @@ class ExportListApi(APIView):
         round = serializers.IntegerField(required=False, allow_null=True)
         classes = serializers.ListField(child=serializers.CharField(), required=False)
         accepted_only = serializers.BooleanField(default=True)
+        format = serializers.ChoiceField(
+            choices=[("png", "PNG masks"), ("coco", "COCO instance segmentation (RLE)")],
+            default="png",
+            help_text="png: images, PNG masks and CSVs; coco: the same plus "
+            "annotations/instances.json.",
+        )
 
         class Meta:
             ref_name = "ExportRequestInput"

@@ -32,7 +32,15 @@ def export_request(*, requested_by: Any, filters: dict[str, Any]) -> Export:
 
 
 def export_filters_clean(filters: dict[str, Any]) -> dict[str, Any]:
+    """The export's filters and format, checked ("format" is kept only when not "png")."""
+    from annotation.exporting import FORMATS
+
     clean: dict[str, Any] = {"accepted_only": bool(filters.get("accepted_only", True))}
+    export_format = filters.get("format") or "png"
+    if export_format not in FORMATS:
+        raise DomainError(f"unknown format {export_format!r}; formats are {', '.join(FORMATS)}")
+    if export_format != "png":
+        clean["format"] = export_format
     if filters.get("round") not in (None, ""):
         try:
             clean["round"] = int(filters["round"])
@@ -93,6 +101,7 @@ def export_build(*, export: Export) -> Export:
             opener=_open_source,
             on_progress=progress,
             total=total,
+            format=export.filters.get("format", "png"),
         )
     export.file.name = name
     export.sha256 = out.sha256.hexdigest()

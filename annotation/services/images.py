@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +12,7 @@ from django.db import transaction
 from django.db.models import Case, Exists, Max, OuterRef, Value, When
 from django.utils import timezone
 
-from annotation import imaging, storage
+from annotation import dicom, imaging, storage
 from annotation.errors import Conflict, DomainError
 from annotation.models import (
     GroundTruth,
@@ -46,6 +47,34 @@ def upload_check_size(*, size: int, what: str) -> None:
         )
 
 
+def patient_id_from_dicom(value: str) -> str:
+    """A DICOM PatientID as stored: sha256(salt + id)[:16] when MASKLOOP_PATIENT_ID_SALT is set
+    (the same patient gets the same id, so folds still keep a patient's images together)."""
+    salt = settings.MASKLOOP_PATIENT_ID_SALT
+    if not value or not salt:
+        return value
+    return hashlib.sha256((salt + value).encode()).hexdigest()[:16]
+
+
+def _decode(data: bytes, name: str) -> tuple[imaging.DecodedImage | dicom.DicomImage, str]:
+    """The CXR's 8-bit copy and the original's file ending: PNG / JPEG by content, DICOM by its
+    preamble or its name. DICOM headers are checked before decoding: single-frame radiographs
+    (CR, DX) with pixel data within the size limits."""
+    if dicom.is_dicom(data, name) and not data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        decoded = dicom.decode_dicom(
+            data,
+            name,
+            upload_limits(),
+            modalities=dicom.RADIOGRAPH_MODALITIES,
+            single_frame=True,
+        )
+        return decoded, "dcm"
+    image = imaging.decode_image(data, what=name, limits=upload_limits())
+    # The stored name takes its ending from the name only when it is a plain image ending.
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return image, ext if ext in ("png", "jpg", "jpeg") else image.format.lower()
+
+
 def _check_text(value: str, *, field: str, what: str) -> None:
     """A text that fits its column and holds no NUL or other control character."""
     limit = Image._meta.get_field(field).max_length  # type: ignore[union-attr]
@@ -69,15 +98,18 @@ def image_create(
 ) -> Image:
     """Imports one CXR (and its mask, if any) whole, or nothing.
 
-    The original bytes are kept unchanged; an 8-bit grayscale PNG is stored for display and
-    training. Control-class images get an empty mask as their ground truth: by definition they
+    PNG, JPEG or DICOM (annotation.dicom). The original bytes are kept unchanged (a DICOM file
+    with its 16-bit pixels and its header); an 8-bit grayscale PNG is stored for display and
+    training. A DICOM image's UIDs, modality, view position and pixel spacing are recorded, and
+    its PatientID (salted and hashed with MASKLOOP_PATIENT_ID_SALT) unless `patient_id` is
+    given. Control-class images get an empty mask as their ground truth: by definition they
     show no COVID-19 infection.
 
     Raises:
         InvalidImageError: the image or its mask cannot be used (the message says why).
         DomainError: a name, source or patient id too long or with a control character, a
             file over the size limit, or an unknown class.
-        DuplicateImage: the same bytes were imported before.
+        DuplicateImage: the same bytes, or the same DICOM SOP instance, were imported before.
     """
     if image_class not in ImageClass.values:
         raise DomainError(
@@ -97,8 +129,26 @@ def image_create(
     existing = Image.objects.filter(sha256=digest).first()
     if existing:
         raise DuplicateImage(existing)
-    decoded = imaging.decode_image(data, what=name, limits=upload_limits())
+    decoded, ext = _decode(data, name)
     w, h = decoded.width, decoded.height
+    fields: dict[str, Any] = {}
+    if isinstance(decoded, dicom.DicomImage):
+        info = decoded.info
+        if info.sop_uid:
+            existing = Image.objects.filter(sop_instance_uid=info.sop_uid).first()
+            if existing:
+                raise DuplicateImage(existing)
+        if not patient_id:
+            patient_id = patient_id_from_dicom(info.patient_id)
+            _check_text(patient_id, field="patient_id", what=f"the PatientID of {name}")
+        fields = {
+            "study_uid": info.study_uid[:64] or None,
+            "series_uid": info.series_uid[:64] or None,
+            "sop_instance_uid": info.sop_uid[:64] or None,
+            "modality": info.modality[:16] or None,
+            "view_position": info.view_position[:16] or None,
+            "pixel_spacing": list(info.pixel_spacing) if info.pixel_spacing else None,
+        }
     mask = (
         imaging.decode_mask(mask_data, width=w, height=h, what=f"the mask of {name}")
         if (mask_data is not None)
@@ -110,10 +160,6 @@ def image_create(
         else None
     )
 
-    # The stored name takes its ending from the name only when it is a plain image ending.
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if ext not in ("png", "jpg", "jpeg"):
-        ext = decoded.format.lower()
     written: list[str] = []
     try:
         written.append(storage.store(f"originals/{digest[:2]}/{digest}.{ext}", data))
@@ -135,6 +181,7 @@ def image_create(
             source=source,
             image_class=image_class,
             patient_id=patient_id,
+            **fields,
         )
         if image.is_control:
             control = mask_create(

@@ -103,6 +103,11 @@ IMAGE_UPLOADS = {
     "zero-bytes": Case(400, "empty", {"file": b""}),
     "text-named-png": Case(400, "not a PNG or JPEG", {"file": b"patient notes, not an image"}),
     "gif": Case(400, "only PNG and JPEG", {"file": bad.gif_image()}),
+    "dicom-ct": Case(400, "modality CT, not a radiograph", {"file": bad.dicom(Modality="CT")}),
+    "dicom-claims-60000x60000": Case(
+        400, "limit of 8192", {"file": bad.dicom(60000, 60000, pixel_bytes=64)}
+    ),
+    "dicom-3-frames": Case(400, "only single-frame", {"file": bad.dicom(NumberOfFrames=3)}),
     "png-8x8": Case(400, "at least 16", {"file": bad.png_of_zeros(8, 8)}),
     "file-field-is-text": Case(400, "not a file", {"file": "just text"}),
     "no-file": Case(400, "no file was submitted", {"file": None}),
