@@ -3,6 +3,7 @@ and logs the traceback; the API keeps Django's own handling."""
 
 import logging
 
+from django.http import HttpResponse
 from django.test import RequestFactory
 
 from config.error_pages import FriendlyErrorPagesMiddleware
@@ -10,7 +11,7 @@ from config.error_pages import FriendlyErrorPagesMiddleware
 
 def test_a_crash_with_debug_on_answers_the_friendly_page_and_logs_it(settings, caplog):
     settings.DEBUG = True
-    middleware = FriendlyErrorPagesMiddleware(lambda request: None)  # type: ignore[arg-type,return-value]
+    middleware = FriendlyErrorPagesMiddleware(HttpResponse)
     page = RequestFactory().get("/rounds/")
     with caplog.at_level(logging.ERROR, logger="django.request"):
         response = middleware.process_exception(page, RuntimeError("boom"))
