@@ -50,7 +50,9 @@ function runRow(run, color) {
   }
   tr.append(name);
   tr.append(text("td", run.fold === null ? "all" : String(run.fold + 1)));
-  tr.append(text("td", run.status_display, `status-pill status-${run.status}`));
+  const status = document.createElement("td");
+  status.append(text("span", run.status_display, `status-pill status-${run.status}`));
+  tr.append(status);
   const cell = document.createElement("td");
   const bar = document.createElement("div");
   bar.className = "progress";

@@ -92,6 +92,7 @@ def test_the_rounds_form_says_what_can_start_and_reports_start_and_cancel(
     page.wait_for_function("document.getElementById('round-status').textContent === 'Queued'")
     assert "status-queued" in page.get_attribute("#round-status", "class")
     assert "waiting for a training worker" in page.inner_text("#runs tbody tr:first-child")
+    shot(page, "round-queued")
 
     page.goto(url("/rounds/"))
     assert "Round 1 (Stage I) is still training" in page.inner_text("#stage-blocked")
