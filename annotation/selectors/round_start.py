@@ -57,8 +57,8 @@ def round_start_options() -> list[StartOption]:
         if manual >= 2
         else (
             False,
-            f"Stage I needs at least 2 COVID-19 images with an MD-drawn mask; there are {manual}. "
-            "MDs draw them from My queue.",
+            f"Stage I needs at least 2 COVID-19 images with an MD-drawn mask that are in no "
+            f"round; there are {manual}. MDs draw them from My queue.",
         )
     )
     if acc < 2:
@@ -76,7 +76,7 @@ def round_start_options() -> list[StartOption]:
             False,
             "The final networks need accepted masks of at least 4 images, COVID-19 and controls "
             f"both; there are {accepted_all - accepted_controls} COVID-19 and "
-            f"{accepted_controls} controls.",
+            f"{accepted_controls} control{'' if accepted_controls == 1 else 's'}.",
         )
     else:
         final = (
