@@ -16,7 +16,14 @@ from rest_framework import serializers
 from rest_framework.fields import empty
 
 from annotation.models import ImageClass, Role, Round
-from training.services import ARCHITECTURES, ENCODERS, PRESETS
+from annotation.services.rounds import DEFAULT_STAGE_I, DEFAULT_STAGE_II
+from training.services import (
+    ARCHITECTURE_LABELS,
+    ARCHITECTURES,
+    ENCODER_LABELS,
+    ENCODERS,
+    PRESETS,
+)
 
 # How the Rounds page describes each stage.
 STAGE_CHOICES = [
@@ -24,7 +31,33 @@ STAGE_CHOICES = [
     (Round.Stage.STAGE_II, "Stage II — predict the images without a mask"),
     (Round.Stage.FINAL, "Final — infection-map networks on the accepted masks"),
 ]
-NETWORK_CHOICES = [(f"{a}/{e}", f"{a} · {e}") for a in ARCHITECTURES for e in ENCODERS]
+NETWORK_CHOICES = [
+    (f"{a}/{e}", f"{ARCHITECTURE_LABELS[a]} · {ENCODER_LABELS[e]}")
+    for a in ARCHITECTURES
+    for e in ENCODERS
+]
+# The networks of a round, as the study chose them (paper, sections II-C and III); "custom"
+# takes the raw list of the Rounds page's "advanced" fold-out.
+ALL_NETWORKS = [(a, e) for a in ARCHITECTURES for e in ENCODERS]
+NETWORK_SETS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "stage_i": ("The study's Stage I trio: U-Net, UNet++ and DLA on DenseNet-121", DEFAULT_STAGE_I),
+    "stage_ii": (
+        "The study's Stage II five: the trio, and U-Net and UNet++ on ResNet-50",
+        DEFAULT_STAGE_II,
+    ),
+    "final_24": (
+        "The study's 24 final configurations: all 12 networks (3 models × 4 encoders); "
+        "start the round once more with the encoders frozen for the other 12",
+        ALL_NETWORKS,
+    ),
+}
+CUSTOM_NETWORKS = "custom"
+# The set each stage starts with on the page (the stage's defaults in `round_start`).
+STAGE_NETWORK_SET = {
+    Round.Stage.STAGE_I: "stage_i",
+    Round.Stage.STAGE_II: "stage_ii",
+    Round.Stage.FINAL: "stage_i",
+}
 # Networks downscale by 32 (five poolings): any other input size fails in every worker.
 INPUT_SIZE_STEP = 32
 SEED_MAX = 2**31 - 1  # NumPy and TensorFlow both take it
@@ -120,6 +153,7 @@ class RoundStartForm(forms.Form):
 
     SHOWN = (
         "stage",
+        "network_set",
         "networks",
         "folds",
         "preset",
@@ -131,13 +165,29 @@ class RoundStartForm(forms.Form):
     def __init__(self, data=None):
         super().__init__(data)
         declared = RoundStartInput().fields
-        self.fields.update({name: _form_field(declared[name]) for name in self.SHOWN})
+        self.fields.update(
+            {
+                name: _form_field(declared[name]) if name in declared else _network_set_field()
+                for name in self.SHOWN
+            }
+        )
         cast(forms.ChoiceField, self.fields["stage"]).choices = STAGE_CHOICES
+        self.fields["networks"].label = "Networks"
+        self.fields["networks"].help_text = "Used when “Choose networks” is picked above."
+        self.fields["folds"].help_text = "Stage I only: its cross-validation folds, by patient."
 
     def clean(self) -> dict[str, Any]:
         if self.errors:  # e.g. a number that is not one: RoundStartInput would only repeat it
             return self.cleaned_data
         posted = {k: v for k, v in self.cleaned_data.items() if v not in (None, "", [])}
+        network_set = posted.pop("network_set", None)
+        if network_set in NETWORK_SETS:  # a named set wins over the raw list behind it
+            posted["networks"] = [f"{a}/{e}" for a, e in NETWORK_SETS[network_set][1]]
+        elif network_set == CUSTOM_NETWORKS and "networks" not in posted:
+            self.add_error("networks", "Tick at least one network, or pick one of the sets.")
+            return self.cleaned_data
+        if posted.get("stage") != Round.Stage.STAGE_I:
+            posted.pop("folds", None)  # only Stage I has folds; the page hides the field
         if "networks" in posted:
             posted["networks"] = [n.split("/", 1) for n in posted["networks"]]
         checked = RoundStartInput(data=posted)
@@ -146,6 +196,18 @@ class RoundStartForm(forms.Form):
                 self.add_error(name if name in self.fields else None, errors)
             return self.cleaned_data
         return checked.validated_data
+
+
+def _network_set_field() -> forms.ChoiceField:
+    return forms.ChoiceField(
+        choices=[(k, label) for k, (label, _) in NETWORK_SETS.items()]
+        + [(CUSTOM_NETWORKS, "Choose networks (advanced)")],
+        required=False,
+        label="Networks to train",
+        widget=forms.RadioSelect,
+        help_text="Left unpicked: the stage's own set (Stage I and final: the trio; "
+        "Stage II: the five).",
+    )
 
 
 def _form_field(field: serializers.Field) -> forms.Field:

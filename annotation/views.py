@@ -9,7 +9,12 @@ from django.urls import reverse
 
 from annotation import selectors, services
 from annotation.errors import DomainError
-from annotation.forms import ExportForm, RoundStartForm, round_start_arguments
+from annotation.forms import (
+    STAGE_NETWORK_SET,
+    ExportForm,
+    RoundStartForm,
+    round_start_arguments,
+)
 from annotation.models import Export, Image, ReviewItem, Role, Round
 from annotation.permissions import role_required
 
@@ -35,10 +40,17 @@ def queue(request):
 def draw(request, image_id: int):
     image = get_object_or_404(Image, pk=image_id)
     if image.status not in services.DRAWABLE:
-        messages.error(
-            request, f"{image.name} cannot be drawn now: {image.get_status_display().lower()}."
+        # A finished redraw, or an image drawn or taken into a round since the link was made:
+        # a page that says what happened and where to go, not a silent redirect.
+        return render(
+            request,
+            "annotation/draw_closed.html",
+            {
+                "image": image,
+                "reason": selectors.draw_closed_reason(image, user=request.user),
+                "next_url": _next_draw_url(exclude=image.pk),
+            },
         )
-        return redirect("queue")
     start_masks = []
     item = image.review_items.filter(status=ReviewItem.Status.REDRAW).order_by("-id").first()
     if item is not None:
@@ -50,6 +62,7 @@ def draw(request, image_id: int):
             }
             for c in selectors.item_candidates(item)
         ]
+    saved_url = reverse("draw-saved", args=[image.pk])
     return render(
         request,
         "annotation/draw.html",
@@ -59,9 +72,39 @@ def draw(request, image_id: int):
             "save_url": reverse("api:image-masks", args=[image.pk]),
             "start_masks": start_masks,
             "purpose": "redraw" if item is not None else "draw",
-            "next_url": reverse("queue"),
+            # After a save the page opens one of these; each says "Saved" and moves on.
+            "next_url": saved_url,
+            "save_next_url": f"{saved_url}?next=1",
+            "has_next": _next_draw_url(exclude=image.pk) is not None,
         },
     )
+
+
+@role_required(Role.MD)
+def draw_saved(request, image_id: int):
+    """Where the draw page goes after a save: a message saying what was saved, then the MD's
+    queue, or with ?next=1 the next image waiting for a redraw or a first mask."""
+    image = get_object_or_404(Image, pk=image_id)
+    mask = selectors.latest_drawing_by(image, user=request.user)
+    if mask is None:
+        messages.error(request, f"Nothing of yours is saved on {image.name} yet.")
+        if image.status in services.DRAWABLE:
+            return redirect("draw", image_id=image.pk)
+        return redirect("queue")
+    accepted = image.ground_truths.filter(mask=mask).exists()
+    what = "your redraw is its ground truth now" if accepted else "ready for the next Stage I round"
+    messages.success(request, f"Saved {image.name} (mask version {mask.version}): {what}.")
+    if request.GET.get("next"):
+        next_url = _next_draw_url(exclude=image.pk)
+        if next_url is not None:
+            return redirect(next_url)
+        messages.info(request, "No other image is waiting for a drawing or a redraw.")
+    return redirect("queue")
+
+
+def _next_draw_url(*, exclude: int) -> str | None:
+    image_id = selectors.next_image_to_draw(exclude=exclude)
+    return None if image_id is None else reverse("draw", args=[image_id])
 
 
 @role_required(Role.MD)
@@ -117,6 +160,7 @@ def review(request, item_uuid):
 
 @role_required(Role.ADMIN)
 def rounds(request):
+    options = selectors.round_start_options()
     form = RoundStartForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -124,20 +168,44 @@ def rounds(request):
                 started_by=request.user, **round_start_arguments(form.cleaned_data)
             )
         except DomainError as exc:
-            messages.error(request, str(exc))
+            messages.error(request, f"The round did not start. {_sentence(str(exc))}")
         else:
-            messages.success(request, f"Round {rnd.number} started.")
+            messages.success(
+                request,
+                f"Round {rnd.number} ({rnd.get_stage_display()}) started: "
+                f"{rnd.training_runs.count()} trainings queued.",
+            )
             return redirect("round-detail", number=rnd.number)
-    counts = {s.label: Image.objects.filter(status=s.value).count() for s in Image.Status}
+    if not form.is_bound:  # the first stage that can start now, else Stage I
+        stage = next((o.stage for o in options if o.possible), Round.Stage.STAGE_I)
+        form.initial = {"stage": stage, "network_set": STAGE_NETWORK_SET[Round.Stage(stage)]}
+    counts = {
+        s.label: Image.objects.filter(status=s.value).count()
+        for s in Image.Status
+        if s != Image.Status.ACCEPTED
+    }
     return render(
         request,
         "annotation/rounds.html",
         {
             "form": form,
-            "rounds": Round.objects.select_related("started_by"),
+            "rounds": selectors.rounds_with_shown_status(),
             "image_counts": counts,
+            "ground_truth": selectors.ground_truth_counts(),
+            "start_options": options,
+            "can_start": any(o.possible for o in options),
+            "stage_network_sets": {str(k): v for k, v in STAGE_NETWORK_SET.items()},
         },
     )
+
+
+def _sentence(text: str) -> str:
+    """A service's reason as a sentence: capitalised, with a full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else f"{text}."
 
 
 @role_required(Role.ADMIN)
@@ -150,7 +218,7 @@ def round_detail(request, number: int):
             more = f" {left} unreviewed items are being withdrawn." if left else ""
             messages.success(request, f"Round {rnd.number} cancelled.{more}")
         except DomainError as exc:
-            messages.error(request, str(exc))
+            messages.error(request, f"Round {number} was not cancelled. {_sentence(str(exc))}")
         return redirect("round-detail", number=number)
     return render(
         request,

@@ -76,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into its 429 page
+    "config.error_pages.FriendlyErrorPagesMiddleware",  # the 404 / 500 pages with DEBUG on too
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -11,6 +11,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("queue/", views.queue, name="queue"),
     path("draw/<int:image_id>/", views.draw, name="draw"),
+    path("draw/<int:image_id>/saved/", views.draw_saved, name="draw-saved"),
     path("review/next/", views.review_next, name="review-next"),
     path("review/<uuid:item_uuid>/", views.review, name="review"),
     path("rounds/", views.rounds, name="rounds"),

@@ -28,7 +28,9 @@ from config import storage
 from config.celery import send
 from training.models import ModelVersion, TrainingRun
 from training.nets import config as nets_config
+from training.nets.config import ARCHITECTURE_LABELS as ARCHITECTURE_LABELS  # how pages name them
 from training.nets.config import ARCHITECTURES as ARCHITECTURES  # the choices the apps offer
+from training.nets.config import ENCODER_LABELS as ENCODER_LABELS
 from training.nets.config import ENCODERS as ENCODERS
 from training.nets.config import PRESETS as PRESETS
 from training.nets.config import TrainConfig, preset

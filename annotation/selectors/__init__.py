@@ -11,6 +11,11 @@ from annotation.selectors.accounts import (
     user_has_role,
     user_roles,
 )
+from annotation.selectors.drawing import (
+    draw_closed_reason,
+    latest_drawing_by,
+    next_image_to_draw,
+)
 from annotation.selectors.exports import (
     EXPORT_CHUNK,
     current_ground_truths,
@@ -40,6 +45,12 @@ from annotation.selectors.review import (
     reviewing_rounds,
     under_review,
 )
+from annotation.selectors.round_start import (
+    StartOption,
+    ground_truth_counts,
+    round_start_options,
+    rounds_with_shown_status,
+)
 from annotation.selectors.rounds import (
     BULK_TASKS,
     final_round,
@@ -52,24 +63,29 @@ __all__ = [
     "BULK_TASKS",
     "EXPORT_CHUNK",
     "MdQueue",
+    "StartOption",
     "UNDER_REVIEW",
     "UNDER_REVIEW_REASON",
     "authored_by",
     "blind_item_payload",
     "claimable_items",
     "current_ground_truths",
+    "draw_closed_reason",
     "export_count",
     "export_images",
     "export_rows",
     "final_round",
+    "ground_truth_counts",
     "first_display_images",
     "held_leases_for",
     "image_under_review",
     "images_to_draw",
     "item_candidates",
     "item_slots",
+    "latest_drawing_by",
     "maps_hidden_from",
     "md_queue",
+    "next_image_to_draw",
     "open_items_for",
     "predicted_image_ids",
     "redraw_items",
@@ -77,6 +93,8 @@ __all__ = [
     "review_count_for",
     "reviewing_rounds",
     "round_bulk_steps",
+    "round_start_options",
+    "rounds_with_shown_status",
     "round_statistics",
     "under_review",
     "user_has_role",

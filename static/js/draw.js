@@ -24,6 +24,7 @@ const config = {
   displayUrl: root.dataset.displayUrl,
   saveUrl: root.dataset.saveUrl,
   nextUrl: root.dataset.nextUrl || "",
+  saveNextUrl: root.dataset.saveNextUrl || "",
   purpose: root.dataset.purpose || "draw",
 };
 const startMasks = readJsonScript("start-masks", []);
@@ -1069,8 +1070,11 @@ async function loadStartMask(index) {
 let saving = false;
 let emptyConfirmUntil = 0;
 
-async function save() {
+// Saves the mask; then opens the page that says "Saved" and goes on to the queue, or with
+// `andNext` to the next image waiting for a drawing.
+async function save(andNext = false) {
   if (saving || drag) return;
+  if (andNext && controls.saveNext.disabled) return;
   if (polygon) closePolygon();
   if (maskOn === 0 && performance.now() > emptyConfirmUntil) {
     emptyConfirmUntil = performance.now() + 6000;
@@ -1079,6 +1083,8 @@ async function save() {
   }
   saving = true;
   controls.save.disabled = true;
+  const nextWasDisabled = controls.saveNext.disabled;
+  controls.saveNext.disabled = true;
   setStatus("Saving…");
   const savingId = topId();
   try {
@@ -1096,9 +1102,10 @@ async function save() {
     history.savedId = savingId;
     const version = body.version !== undefined ? ` as version ${body.version}` : "";
     updateDirty();
-    if (config.nextUrl && !isDirty()) {
-      setStatus(`Saved${version}. Opening the next image…`, "notice");
-      window.location.assign(config.nextUrl);
+    const after = andNext ? config.saveNextUrl : config.nextUrl;
+    if (after && !isDirty()) {
+      setStatus(`Saved${version}. ${andNext ? "Opening the next image…" : "Back to your queue…"}`, "notice");
+      window.location.assign(after);
     } else {
       setStatus(`Saved${version}.`, "notice");
     }
@@ -1108,6 +1115,7 @@ async function save() {
   } finally {
     saving = false;
     controls.save.disabled = false;
+    controls.saveNext.disabled = nextWasDisabled;
   }
 }
 
@@ -1126,6 +1134,7 @@ const controls = {
   wlReset: $("#wl-reset"),
   start: $("#start-mask"),
   save: $("#save"),
+  saveNext: $("#save-next"),
   undo: $("#undo"),
   redo: $("#redo"),
   fit: $("#zoom-fit"),
@@ -1199,7 +1208,8 @@ function bindControls() {
   controls.wlReset.addEventListener("click", () => setWindowLevel(0, 0));
   controls.undo.addEventListener("click", undo);
   controls.redo.addEventListener("click", redo);
-  controls.save.addEventListener("click", save);
+  controls.save.addEventListener("click", () => save());
+  controls.saveNext.addEventListener("click", () => save(true));
   controls.fit.addEventListener("click", fitView);
   for (const [k, entry] of startMasks.entries()) {
     const option = document.createElement("option");
@@ -1328,7 +1338,7 @@ function onKeyDown(e) {
       setMaskVisible(!maskVisible);
       break;
     case "s":
-      save();
+      save(e.shiftKey);
       break;
     case "r":
       setWindowLevel(0, 0);

@@ -50,7 +50,9 @@ function runRow(run, color) {
   }
   tr.append(name);
   tr.append(text("td", run.fold === null ? "all" : String(run.fold + 1)));
-  tr.append(text("td", run.status_display, `status-${run.status}`));
+  const status = document.createElement("td");
+  status.append(text("span", run.status_display, `status-pill status-${run.status}`));
+  tr.append(status);
   const cell = document.createElement("td");
   const bar = document.createElement("div");
   bar.className = "progress";
@@ -61,13 +63,23 @@ function runRow(run, color) {
   fill.style.width = pct(run.progress);
   bar.append(fill);
   cell.append(bar);
-  const detail = run.status === "training" ? `epoch ${run.epoch}/${run.epochs}, step ${run.step}/${run.steps}` : pct(run.progress);
-  cell.append(text("small", detail, "muted"));
+  cell.append(text("small", runDetail(run), "muted"));
   tr.append(cell);
   tr.append(text("td", fmt(run.loss)));
   tr.append(text("td", `${run.predicted}/${run.targets}`));
   tr.append(text("td", runNotes(run), run.failure_reason ? "error" : "muted"));
   return tr;
+}
+
+// What a run's progress says: nothing of epochs or steps before its first step has run.
+function runDetail(run) {
+  if (run.status === "queued") return "waiting for a training worker";
+  if (run.status === "training") {
+    if (!run.steps) return "starting…";
+    return `epoch ${Math.max(run.epoch, 1)}/${run.epochs}, step ${run.step}/${run.steps}`;
+  }
+  if (run.status === "predicting") return `predicting · ${pct(run.progress)}`;
+  return pct(run.progress);
 }
 
 function renderStats(s) {
@@ -186,6 +198,18 @@ function renderProgress(progress) {
   document.getElementById("round-progress-bar").style.width = `${Math.round(share * 100)}%`;
 }
 
+// A training round says whether its runs are still queued, training or only predicting now
+// (the rounds list says the same, server-side).
+function shownStatus(body) {
+  const runs = body.runs || [];
+  if (body.status === "training" && runs.length) {
+    if (runs.every((r) => r.status === "queued")) return { status: "queued", display: "Queued" };
+    const open = runs.filter((r) => !["succeeded", "failed", "cancelled"].includes(r.status));
+    if (open.length && open.every((r) => r.status === "predicting")) return { status: "predicting", display: "Predicting" };
+  }
+  return { status: body.status, display: body.status_display };
+}
+
 async function refresh() {
   let body;
   try {
@@ -197,8 +221,9 @@ async function refresh() {
     failureEl.textContent = `Could not refresh the round: ${err.message}`;
     return setTimeout(refresh, 5000);
   }
-  statusEl.textContent = body.status_display;
-  statusEl.className = `status-${body.status}`;
+  const shown = shownStatus(body);
+  statusEl.textContent = shown.display;
+  statusEl.className = `status-pill status-${shown.status}`;
   failureEl.hidden = !body.failure_reason;
   failureEl.textContent = body.failure_reason;
   const colors = new Map(body.runs.map((run, i) => [run.id, colorFor(i)]));

@@ -325,3 +325,13 @@ def test_a_redraw_started_from_a_candidate_is_saved_as_based_on_it(
     assert mask.author == md and mask.based_on == start
     item.refresh_from_db()
     assert item.status == ReviewItem.Status.REDRAWN
+    said = page.inner_text("[data-testid=messages]")
+    assert f"Saved {item.image.name} (mask version {mask.version})" in said
+    assert "your redraw is its ground truth now" in said
+
+    # The finished redraw's link: a page that says what happened, not a silent redirect.
+    page.goto(url(f"/draw/{item.image_id}/"))
+    closed = page.inner_text("[data-testid=draw-closed]")
+    assert "Your drawing of" in closed and "is its ground truth now" in closed
+    assert page.locator("a:has-text('Back to my queue')").is_visible()
+    shot(page, "finished-redraw")
