@@ -27,7 +27,7 @@ def _metric_cell(card: dict, level: str, name: str) -> dict[str, str]:
     if not m or m["value"] is None:
         return {"text": "—", "title": "not measured"}
     return {
-        "text": f"{_pct(m['value'])} % ({_pct(m['low'])}–{_pct(m['high'])})",
+        "text": f"{_pct(m['value'])} ({_pct(m['low'])}–{_pct(m['high'])})",
         "title": f"Wilson 95 % interval {_pct(m['low'])}–{_pct(m['high'])} %; the paper's eq. 13 "
         f"interval (normal approximation, clipped to 0–100 %): "
         f"{_pct(m['paper_low'])}–{_pct(m['paper_high'])} %",

@@ -55,10 +55,11 @@ document.addEventListener("keydown", (event) => {
 
 // ---------------------------------------------------------------- results
 
-function severityRows(s) {
+function severityRows(s, validated) {
   const rows = [["Infected area", `${pct(s.infected_fraction)} of the image`]];
   if (s.lung_fraction !== null) {
-    rows.push(["Infected lung area", `${pct(s.lung_fraction)} — grade ${s.grade} (${s.label})`]);
+    // A severity grade reads as a finding: only a validated network's output gets one.
+    rows.push(["Infected lung area", validated ? `${pct(s.lung_fraction)} — grade ${s.grade} (${s.label})` : pct(s.lung_fraction)]);
     rows.push(["Patient's right lung", pct(s.right_lung_fraction)]);
     rows.push(["Patient's left lung", pct(s.left_lung_fraction)]);
     if (s.lung_split === "midline") rows.push(["Note", "the lungs touch in the lung mask; they were split at the image's middle"]);
@@ -112,7 +113,7 @@ lungsOnly.addEventListener("change", () => {
 
 function show(r) {
   showDetection(r);
-  const rows = [["Maximum probability", prob3(r.max_probability)], ...severityRows(r.severity), ["Image", `${r.width}×${r.height} px`]];
+  const rows = [["Maximum probability", prob3(r.max_probability)], ...severityRows(r.severity, !r.validation || r.validation.validated), ["Image", `${r.width}×${r.height} px`]];
   $("findings").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
   $("models-title").textContent = r.models.length === 1 ? "Network" : `Ensemble of ${r.models.length} networks (mean probability)`;
   $("model-list").replaceChildren(...r.models.map((m) => el("li", modelName(m))));
