@@ -178,7 +178,7 @@ function networksTable(runs, colors) {
     tr.append(text("td", c.preset || "—"), text("td", c.input_size ? `${c.input_size} px` : "—"));
     tr.append(text("td", String(c.train_masks ?? "—"), "num"));
     const n = c.held_out_images;
-    tr.append(text("td", n == null ? "—" : `${n}${c.held_out_covid == null ? "" : ` (${c.held_out_covid} COVID-19, ${c.held_out_controls} controls)`}`, "num"));
+    tr.append(text("td", n == null ? "—" : `${n}${c.held_out_covid == null ? "" : ` (${c.held_out_covid} COVID-19, ${c.held_out_controls} control${c.held_out_controls === 1 ? "" : "s"})`}`, "num"));
     const cell = document.createElement("td");
     const badge = text("span", c.validated ? "yes" : "no", `badge ${c.validated ? "ok" : "warn"}`);
     if (!c.validated && c.reasons) badge.title = c.reasons.join("; ");
@@ -264,12 +264,11 @@ if (intervalSelect) {
 
 let drawn = "";
 
-function renderPlots(runs, progress) {
+function renderPlots(runs) {
   // Only what the plots show: redraw when an epoch ends or a run's metrics arrive.
   const signature = JSON.stringify(runs.map((r) => [r.id, r.status, lossesOf(r).length, r.epochs, Object.keys(r.metrics || {}).sort()]));
   if (signature === drawn) return;
   drawn = signature;
-  renderProgress(progress || {});
   const colors = new Map(runs.map((run, i) => [run.id, colorFor(i)]));
   renderLosses(runs, colors);
   if (evaluation) renderEvaluation(runs, colors);
@@ -307,6 +306,7 @@ async function refresh() {
   const colors = new Map(body.runs.map((run, i) => [run.id, colorFor(i)]));
   runsBody.replaceChildren(...body.runs.map((run) => runRow(run, colors.get(run.id))));
   renderStats(body.statistics);
+  renderProgress(body.progress || {});
   if (adjudication) {
     adjudication.replaceChildren(...body.adjudication.map((item, i) => {
       const a = text("a", `Break tie ${i + 1}`, "button");
@@ -315,7 +315,7 @@ async function refresh() {
     }));
   }
   try {
-    renderPlots(body.runs, body.progress);
+    renderPlots(body.runs);
   } catch (err) {
     // A plot must never stop the live table from updating.
     console.error("round plots:", err);
