@@ -29,6 +29,7 @@ from annotation.models import Image
 from inference import maps
 from inference.uploads import decode_upload, upload_limits
 from training.models import ModelVersion
+from training.validation import ensemble_verdict, run_card
 
 __all__ = [
     "Analysis",
@@ -152,6 +153,8 @@ class Analysis:
         gradcam_map: uint8 (H, W, 3) Grad-CAM drawn like the infection map, or None.
         models: the segmentation model versions of the ensemble.
         classifier: the classifier behind `gradcam`, or None.
+        lung_mask: the binary (H, W) lung mask used for severity (and the lung-only map), or
+            None.
     """
 
     gray: np.ndarray
@@ -164,6 +167,7 @@ class Analysis:
     gradcam_map: np.ndarray | None
     models: tuple[ModelVersion, ...]
     classifier: ModelVersion | None = None
+    lung_mask: np.ndarray | None = None
 
 
 def analyse(
@@ -225,6 +229,7 @@ def analyse(
         gradcam_map=cam_map,
         models=tuple(models),
         classifier=classifier,
+        lung_mask=None if lungs is None else np.asarray(lungs) > 0,
     )
 
 
@@ -301,13 +306,14 @@ def severity_dict(sev: maps.Severity) -> dict[str, Any]:
 
 
 def model_dict(mv: ModelVersion) -> dict[str, Any]:
-    """A model version as the viewer describes it."""
+    """A model version as the viewer describes it, with its card (training.validation)."""
     return {
         "id": mv.pk,
         "arch": mv.arch,
         "encoder": mv.encoder,
         "input_size": (mv.config or {}).get("input_size"),
         "round": mv.run.round.number,
+        "card": run_card(mv.run, mv),
     }
 
 
@@ -330,16 +336,23 @@ def analysis_payload(result: Analysis, *, max_side: int | None = None) -> dict[s
     """
     h, w = result.gray.shape
     cam = result.gradcam_map
+    models = [model_dict(mv) for mv in result.models]
+    lungs_only = None
+    if result.lung_mask is not None:
+        lungs_only = maps.infection_map(result.gray, np.where(result.lung_mask, result.prob, 0.0))
     return {
         "width": int(w),
         "height": int(h),
         "detected": result.detected,
-        "threshold": 0.5,
+        "validation": ensemble_verdict([m["card"] for m in models]),
+        "threshold": maps.THRESHOLD,
+        "epsilon": maps.EPSILON,
         "max_probability": result.max_probability,
         "severity": severity_dict(result.severity),
         "cxr": png_data_url(_fit(result.gray, max_side)),
         "map": png_data_url(_fit(result.map, max_side)),
+        "map_lungs": png_data_url(_fit(lungs_only, max_side)) if lungs_only is not None else None,
         "gradcam": png_data_url(_fit(cam, max_side)) if cam is not None else None,
-        "models": [model_dict(mv) for mv in result.models],
+        "models": models,
         "classifier": model_dict(result.classifier) if result.classifier is not None else None,
     }

@@ -39,17 +39,38 @@ class ModelOutput(serializers.Serializer):
     encoder = serializers.CharField()
     input_size = serializers.IntegerField(allow_null=True)
     round = serializers.IntegerField()
+    card = serializers.DictField(
+        help_text="Preset, input size, training masks, held-out metrics (Wilson and eq. 13 "
+        "intervals) and whether the network is validated (training.validation)."
+    )
+
+
+class ValidationOutput(serializers.Serializer):
+    validated = serializers.BooleanField(
+        help_text="False: the output is for testing only; no detection is to be reported."
+    )
+    reasons = serializers.ListField(child=serializers.CharField())
+    threshold = serializers.CharField(help_text="The rule, in words.")
+    min_held_out_images = serializers.IntegerField()
+    min_input_size = serializers.IntegerField()
 
 
 class AnalysisOutput(serializers.Serializer):
     width = serializers.IntegerField()
     height = serializers.IntegerField()
     detected = serializers.BooleanField(help_text="COVID-19: some pixel of the map >= 0.5.")
+    validation = ValidationOutput()
     threshold = serializers.FloatField()
+    epsilon = serializers.FloatField(help_text="Probabilities below it are not drawn.")
     max_probability = serializers.FloatField()
     severity = SeverityOutput()
     cxr = serializers.CharField(help_text="The CXR as a PNG data URL.")
     map = serializers.CharField(help_text="The infection map as a PNG data URL.")
+    map_lungs = serializers.CharField(
+        allow_null=True,
+        help_text="The infection map inside the lung mask only (PNG data URL), or null without "
+        "a lung mask.",
+    )
     gradcam = serializers.CharField(
         allow_null=True, help_text="Grad-CAM of the classifier as a PNG data URL, or null."
     )

@@ -14,6 +14,7 @@ from annotation import selectors, services
 from annotation.forms import RoundStartInput, round_start_arguments
 from annotation.models import ReviewItem, Round
 from annotation.permissions import IsAdmin
+from training.validation import run_card
 
 
 class RunOutput(serializers.Serializer):
@@ -35,6 +36,10 @@ class RunOutput(serializers.Serializer):
     progress = serializers.FloatField()
     failure_reason = serializers.CharField()
     metrics = serializers.SerializerMethodField()
+    card = serializers.SerializerMethodField(
+        help_text="The network as the pages describe it: preset, input size, training masks, "
+        "held-out metrics with Wilson and eq. 13 intervals, and whether it is validated."
+    )
 
     def get_targets(self, obj) -> int:
         return len(obj.target_image_ids)
@@ -42,6 +47,9 @@ class RunOutput(serializers.Serializer):
     def get_metrics(self, obj) -> dict:
         mv = getattr(obj, "model_version", None)
         return mv.metrics if mv else {}
+
+    def get_card(self, obj) -> dict:
+        return run_card(obj)
 
 
 class RoundOutput(serializers.ModelSerializer):

@@ -13,11 +13,12 @@ detection rule and ensembling live in `training.nets.detection`, since evaluatio
 applies the same rule; they are re-exported here.
 """
 
-from inference.maps.colour import infection_map, jet
+from inference.maps.colour import EPSILON, infection_map, jet
 from inference.maps.extent import GRADE_LABELS, Severity, grade_for, severity
 from training.nets.detection import THRESHOLD, detect, ensemble
 
 __all__ = [
+    "EPSILON",
     "GRADE_LABELS",
     "THRESHOLD",
     "Severity",

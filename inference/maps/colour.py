@@ -12,7 +12,9 @@ import numpy as np
 
 from inference.maps.probability import resize_prob
 
-__all__ = ["infection_map", "jet"]
+__all__ = ["EPSILON", "infection_map", "jet"]
+
+EPSILON = 0.02  # probabilities below it are not drawn: the CXR shows unchanged
 
 # matplotlib's "jet" segment data (matplotlib/_cm.py): (x, value) nodes of each channel.
 _JET_NODES = {
@@ -103,7 +105,7 @@ def _as_rgb(cxr: np.ndarray) -> np.ndarray:
     raise ValueError(f"cxr must be (H, W) or (H, W, 3), got shape {a.shape}")
 
 
-def infection_map(cxr: np.ndarray, prob: np.ndarray, *, epsilon: float = 0.02) -> np.ndarray:
+def infection_map(cxr: np.ndarray, prob: np.ndarray, *, epsilon: float = EPSILON) -> np.ndarray:
     """Overlays the prediction on the CXR as in the paper's Fig. 5.
 
     Hue and saturation come from jet(Ŷ), value from the CXR, and the result is converted back

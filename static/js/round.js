@@ -1,7 +1,7 @@
 // Live round dashboard: polls the round's API and redraws the run table and statistics, the
 // loss curves of every run, and for a final round the held-out metrics, confusion matrices and
 // precision–recall curves. Plots are redrawn only when a run's history or metrics change.
-import { colorFor, confusionMatrix, lineChart, metricsTable } from "./plots.js";
+import { METRICS, colorFor, confusionMatrix, lineChart } from "./plots.js";
 
 const script = document.currentScript || document.querySelector("script[data-api]");
 const api = script.dataset.api;
@@ -127,21 +127,116 @@ function renderLosses(runs, colors) {
   }));
 }
 
+// ---------------------------------------------------------------- held-out metrics
+
+// Which interval the tables show: Wilson's (small-sample safe) or the paper's eq. 13.
+let intervalKind = "wilson";
+let lastEvaluation = null;
+
+const pct1 = (x) => (x === null || x === undefined ? "—" : (x * 100).toFixed(1));
+
+function metricCell(m) {
+  const td = text("td", "—", "num");
+  if (!m || m.value === null) return td;
+  const [lo, hi] = intervalKind === "paper" ? [m.paper_low, m.paper_high] : [m.low, m.high];
+  td.textContent = `${pct1(m.value)} (${pct1(lo)}–${pct1(hi)})`;
+  td.title = `Wilson 95 %: ${pct1(m.low)}–${pct1(m.high)} %; the paper's eq. 13 (normal approximation, clipped to 0–100 %): ${pct1(m.paper_low)}–${pct1(m.paper_high)} %`;
+  return td;
+}
+
+function heldOutTable(rows) {
+  const wrap = text("div", undefined, "table-wrap");
+  const table = text("table", undefined, "compact");
+  const head = document.createElement("tr");
+  head.append(text("th", "Network"));
+  for (const [, label] of METRICS) head.append(text("th", `${label} %`, "num"));
+  head.append(text("th", "AUC", "num"), text("th", "Test images", "num"));
+  const thead = document.createElement("thead");
+  thead.append(head);
+  const tbody = document.createElement("tbody");
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    const name = text("td", row.label);
+    const swatch = document.createElement("span");
+    swatch.setAttribute("aria-hidden", "true");
+    swatch.style.cssText = `display: inline-block; width: 10px; height: 10px; margin-right: 8px; border-radius: 2px; background: ${row.color}`;
+    name.prepend(swatch);
+    tr.append(name);
+    for (const [key] of METRICS) tr.append(metricCell(row.intervals[key]));
+    tr.append(text("td", row.auc === null || row.auc === undefined ? "—" : Number(row.auc).toFixed(4), "num"));
+    tr.append(text("td", row.n == null ? "—" : String(row.n), "num"));
+    tbody.append(tr);
+  }
+  table.append(thead, tbody);
+  wrap.append(table);
+  return wrap;
+}
+
+// What each final network is: preset, input size, encoder frozen or not, training masks,
+// held-out images, and whether it is validated (training/validation.py holds the rule).
+function networksTable(runs, colors) {
+  const wrap = text("div", undefined, "table-wrap");
+  const table = text("table", undefined, "compact");
+  const head = document.createElement("tr");
+  for (const h of ["Network", "Encoder", "Preset", "Input", "Training masks", "Held-out images", "Validated"]) head.append(text("th", h));
+  const thead = document.createElement("thead");
+  thead.append(head);
+  const tbody = document.createElement("tbody");
+  for (const run of runs) {
+    const c = run.card || {};
+    const tr = document.createElement("tr");
+    tr.append(text("td", runName(run)));
+    tr.append(text("td", `${run.encoder}${c.encoder_frozen === true ? " (frozen)" : c.encoder_frozen === false ? " (fine-tuned)" : ""}`));
+    tr.append(text("td", c.preset || "—"), text("td", c.input_size ? `${c.input_size} px` : "—"));
+    tr.append(text("td", String(c.train_masks ?? "—"), "num"));
+    const n = c.held_out_images;
+    tr.append(text("td", n == null ? "—" : `${n}${c.held_out_covid == null ? "" : ` (${c.held_out_covid} COVID-19, ${c.held_out_controls} control${c.held_out_controls === 1 ? "" : "s"})`}`, "num"));
+    const cell = document.createElement("td");
+    const badge = text("span", c.validated ? "yes" : "no", `badge ${c.validated ? "ok" : "warn"}`);
+    if (!c.validated && c.reasons) badge.title = c.reasons.join("; ");
+    cell.append(badge);
+    tr.append(cell);
+    tbody.append(tr);
+  }
+  table.append(thead, tbody);
+  wrap.append(table);
+  return wrap;
+}
+
+function renderValidation(runs) {
+  const box = document.getElementById("evaluation-validation");
+  const reasons = [...new Set(runs.flatMap((run) => (run.card && run.card.reasons) || []))];
+  const validated = runs.length && runs.every((run) => run.card && run.card.validated);
+  box.className = validated ? "notice" : "warning";
+  box.dataset.validated = validated ? "1" : "0";
+  const title = text("strong", validated
+    ? "Validated: these figures may be reported, with their intervals."
+    : "Not validated: these networks' output is for testing the platform, not a diagnosis.");
+  const threshold = runs.find((run) => run.card && run.card.threshold);
+  box.replaceChildren(title,
+    ...(reasons.length ? [document.createElement("br"), document.createTextNode(`Why: ${reasons.join("; ")}.`)] : []),
+    ...(threshold ? [document.createElement("br"), text("small", threshold.card.threshold)] : []));
+}
+
 function renderEvaluation(runs, colors) {
   const evaluated = runs.filter((run) => run.metrics && (run.metrics.pixel || run.metrics.image));
   evaluation.hidden = !evaluated.length;
   if (!evaluated.length) return;
+  lastEvaluation = [runs, colors];
   const images = [...new Set(evaluated.map((run) => run.metrics.test_images).filter((n) => n != null))];
   document.getElementById("evaluation-note").textContent =
     `${images.length ? `${images.join(" / ")} held-out images, never trained on (no patient has images on both sides). ` : ""}` +
-    "Percentages with their 95 % confidence interval; AUC is the area under the ROC curve.";
+    "Percentages with their 95 % interval in brackets (choose Wilson's or the paper's eq. 13 above the tables; hover a figure for both); AUC is the area under the ROC curve.";
+  renderValidation(runs.filter((run) => run.kind !== "classifier"));
+  document.getElementById("evaluation-networks").replaceChildren(networksTable(runs, colors));
 
   for (const level of ["pixel", "image"]) {
     const rows = evaluated.filter((run) => run.metrics[level]).map((run) => ({
-      label: runName(run), color: colors.get(run.id), level: run.metrics[level], n: run.metrics.test_images,
+      label: runName(run), color: colors.get(run.id), intervals: (run.card && run.card.levels && run.card.levels[level]) || {},
+      auc: run.metrics[level].auc, n: run.metrics.test_images,
     }));
     const target = document.getElementById(`metrics-${level}`);
-    target.replaceChildren(rows.length ? metricsTable(rows) : text("p", "No network measured at this level yet.", "muted"));
+    target.replaceChildren(rows.length ? heldOutTable(rows) : text("p", "No network measured at this level yet.", "muted"));
 
     const curves = evaluated
       .filter((run) => run.metrics[level] && run.metrics[level].pr_curve && run.metrics[level].pr_curve.recall.length)
@@ -171,6 +266,14 @@ function renderEvaluation(runs, colors) {
   document.getElementById("confusions").replaceChildren(...cells);
 }
 
+const intervalSelect = document.getElementById("interval-kind");
+if (intervalSelect) {
+  intervalSelect.addEventListener("change", () => {
+    intervalKind = intervalSelect.value;
+    if (lastEvaluation) renderEvaluation(...lastEvaluation);
+  });
+}
+
 let drawn = "";
 
 function renderPlots(runs) {
@@ -178,7 +281,6 @@ function renderPlots(runs) {
   const signature = JSON.stringify(runs.map((r) => [r.id, r.status, lossesOf(r).length, r.epochs, Object.keys(r.metrics || {}).sort()]));
   if (signature === drawn) return;
   drawn = signature;
-  renderProgress(body.progress || {});
   const colors = new Map(runs.map((run, i) => [run.id, colorFor(i)]));
   renderLosses(runs, colors);
   if (evaluation) renderEvaluation(runs, colors);
@@ -229,6 +331,7 @@ async function refresh() {
   const colors = new Map(body.runs.map((run, i) => [run.id, colorFor(i)]));
   runsBody.replaceChildren(...body.runs.map((run) => runRow(run, colors.get(run.id))));
   renderStats(body.statistics);
+  renderProgress(body.progress || {});
   if (adjudication) {
     adjudication.replaceChildren(...body.adjudication.map((item, i) => {
       const a = text("a", `Break tie ${i + 1}`, "button");

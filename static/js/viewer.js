@@ -55,10 +55,11 @@ document.addEventListener("keydown", (event) => {
 
 // ---------------------------------------------------------------- results
 
-function severityRows(s) {
+function severityRows(s, validated) {
   const rows = [["Infected area", `${pct(s.infected_fraction)} of the image`]];
   if (s.lung_fraction !== null) {
-    rows.push(["Infected lung area", `${pct(s.lung_fraction)} — grade ${s.grade} (${s.label})`]);
+    // A severity grade reads as a finding: only a validated network's output gets one.
+    rows.push(["Infected lung area", validated ? `${pct(s.lung_fraction)} — grade ${s.grade} (${s.label})` : pct(s.lung_fraction)]);
     rows.push(["Patient's right lung", pct(s.right_lung_fraction)]);
     rows.push(["Patient's left lung", pct(s.left_lung_fraction)]);
     if (s.lung_split === "midline") rows.push(["Note", "the lungs touch in the lung mask; they were split at the image's middle"]);
@@ -70,25 +71,59 @@ function severityRows(s) {
 }
 
 function modelName(m) {
-  return `${m.arch} · ${m.encoder} (model v${m.id}, round ${m.round}${m.input_size ? `, ${m.input_size} px` : ""})`;
+  const c = m.card || {};
+  const parts = [`model v${m.id}`, `round ${m.round}`];
+  if (c.preset) parts.push(`${c.preset} preset`);
+  if (m.input_size) parts.push(`${m.input_size} px`);
+  if (c.encoder_frozen !== undefined && c.encoder_frozen !== null) parts.push(c.encoder_frozen ? "frozen encoder" : "fine-tuned encoder");
+  if (c.train_masks !== undefined) parts.push(`${c.train_masks} training masks`);
+  parts.push(c.held_out_images ? `${c.held_out_images} held-out images` : "not measured on held-out images");
+  return `${m.arch} · ${m.encoder} (${parts.join(", ")})`;
 }
 
-function show(r) {
+// A validated ensemble reports the study's detection; an unvalidated one only its output, in
+// neutral words: a red "detected" from a toy network would be read as a finding.
+function showDetection(r) {
   const detection = $("detection");
+  const validated = r.validation ? r.validation.validated : true;
+  detection.dataset.validated = validated ? "1" : "0";
+  if (!validated) {
+    detection.replaceChildren(
+      el("span", "Not validated", "badge warn"),
+      el("span", `The model's output is shown for testing; it is not a diagnosis and reports no finding. Highest pixel probability ${prob3(r.max_probability)}.`),
+    );
+    $("findings-title").textContent = "Network output (not a finding)";
+    return;
+  }
   detection.replaceChildren(
     el("span", r.detected ? "COVID-19 detected" : "No COVID-19 detected", `badge ${r.detected ? "danger" : "ok"}`),
     el("span", r.detected
       ? `some pixel ≥ ${r.threshold} (max ${prob3(r.max_probability)})`
       : `no pixel reaches ${r.threshold} (max ${prob3(r.max_probability)})`, "muted"),
   );
-  const rows = [["Maximum probability", prob3(r.max_probability)], ...severityRows(r.severity), ["Image", `${r.width}×${r.height} px`]];
+  $("findings-title").textContent = "Findings";
+}
+
+let fullMap = "";
+let lungMap = null;
+const lungsOnly = $("lungs-only");
+lungsOnly.addEventListener("change", () => {
+  mapImage.src = lungsOnly.checked && lungMap ? lungMap : fullMap;
+});
+
+function show(r) {
+  showDetection(r);
+  const rows = [["Maximum probability", prob3(r.max_probability)], ...severityRows(r.severity, !r.validation || r.validation.validated), ["Image", `${r.width}×${r.height} px`]];
   $("findings").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
   $("models-title").textContent = r.models.length === 1 ? "Network" : `Ensemble of ${r.models.length} networks (mean probability)`;
   $("model-list").replaceChildren(...r.models.map((m) => el("li", modelName(m))));
 
   for (const frame of document.querySelectorAll(".mapview-frame")) frame.style.setProperty("--aspect", `${r.width} / ${r.height}`);
   $("cxr-image").src = r.cxr;
-  mapImage.src = r.map;
+  fullMap = r.map;
+  lungMap = r.map_lungs || null;
+  $("lungs-only-label").hidden = !lungMap;
+  mapImage.src = lungsOnly.checked && lungMap ? lungMap : fullMap;
   const cam = r.gradcam !== null;
   $("gradcam-frame").hidden = !cam;
   $("gradcam-scale").hidden = !cam;

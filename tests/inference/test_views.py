@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.conf import settings
 from PIL import Image as PILImage
@@ -109,6 +110,10 @@ def test_pages_render_for_every_role(request, client, make_image, final_models, 
         response = client.get(url)
         assert response.status_code == 200, url
         assert b'id="viewer"' in response.content or url == "/maps/"
+        body = response.content.decode()
+        # Every page that shows the model's output names it and says it is not validated.
+        assert 'data-validated="0"' in body and "Not validated" in body
+        assert "unet" in body and "32 px" in body and "fine-tuned" in body
 
 
 def test_pages_send_anonymous_users_to_sign_in(client, make_image):
@@ -143,9 +148,31 @@ def test_without_final_networks_the_pages_say_so(client, make_image, admin_user,
         assert 'href="/rounds/"' in body  # admins are sent to start a final round
         assert 'id="viewer"' not in body
 
+        assert "No final model yet" in body and "0 of 1 images have one" in body
+
     client.force_login(md)
     body = client.get(f"/images/{image.pk}/map/").content.decode()
     assert "Ask an admin" in body and 'href="/rounds/"' not in body
+
+
+def test_without_final_networks_the_pages_name_the_round_to_wait_for(
+    client, make_image, admin_user
+):
+    make_image()
+    client.force_login(admin_user)
+    stage_one = Round.objects.create(number=3, stage=Round.Stage.STAGE_I, started_by=admin_user)
+    stage_one.status = Round.Status.REVIEWING
+    stage_one.save()
+    body = client.get("/demo/").content.decode()
+    assert "Round 3 (Stage I) is in review" in body and 'href="/rounds/3/"' in body
+    assert 'id="demo-form"' not in body
+
+    stage_one.status = Round.Status.DONE
+    stage_one.save()
+    Round.objects.create(number=4, stage=Round.Stage.FINAL, started_by=admin_user)
+    body = client.get("/maps/").content.decode()
+    assert "Final round 4 is training" in body and 'href="/rounds/4/"' in body
+    assert "No map yet" in body
 
 
 def test_map_list_filters_by_class_and_paginates(client, make_image, md, monkeypatch):
@@ -192,6 +219,11 @@ def test_infer_returns_the_analysis_of_an_uploaded_png(request, api, final_model
     assert body["gradcam"] is None  # no classifier in this final round
     assert [m["id"] for m in body["models"]] == [mv.pk for mv in final_models]
     assert body["models"][0]["round"] == 77
+    # A 32-px network never measured on held-out images: its output is not a finding.
+    assert body["validation"]["validated"] is False
+    reasons = " ".join(body["validation"]["reasons"])
+    assert "not been measured on held-out images" in reasons and "32 px" in reasons
+    assert body["models"][0]["card"]["input_size"] == 32
 
 
 def test_infer_stores_nothing(api, md, final_models):
@@ -237,6 +269,37 @@ def test_image_map_api_uses_the_stored_image(api, data_user, make_image, final_m
     assert (body["width"], body["height"]) == (image.width, image.height)
     assert decode_data_url(body["map"]).size == (image.width, image.height)
     assert body["detected"] == (body["max_probability"] >= 0.5)
+
+
+def test_image_map_api_offers_a_lung_only_map_with_a_lung_mask(
+    api, client, data_user, final_models
+):
+    from annotation import imaging, services
+    from annotation.models import ImageClass
+    from annotation.phantoms import make_phantom
+
+    phantom = make_phantom(5, size=48)
+    image = services.image_create(
+        data=imaging.encode_png(phantom.image),
+        name="with-lungs.png",
+        source="tests",
+        image_class=ImageClass.COVID,
+        patient_id="L1",
+        lung_mask_data=imaging.encode_mask(phantom.lungs),
+    )
+
+    body = api(data_user).get(f"/api/images/{image.pk}/infection-map/").json()
+
+    lungs_only = np.asarray(decode_data_url(body["map_lungs"]).convert("RGB")).astype(int)
+    cxr = np.asarray(decode_data_url(body["cxr"]).convert("L")).astype(int)
+    outside = ~phantom.lungs
+    # Outside the lungs the X-ray shows unchanged (gray); inside, the map may colour it.
+    for channel in range(3):
+        assert np.array_equal(lungs_only[..., channel][outside], cxr[outside])
+    assert body["epsilon"] == 0.02 and body["threshold"] == 0.5
+    client.force_login(data_user)
+    page = client.get(f"/images/{image.pk}/map/").content.decode()
+    assert "Lungs only" in page and "Pixels below 0.02 are left uncoloured" in page
 
 
 def test_image_map_api_without_final_networks(api, md, make_image):

@@ -23,6 +23,13 @@ enter the F-scores, so they use TP + FP + FN). ``"paper"`` reproduces the paper'
 Table III intervals (e.g. U-Net DenseNet-121, sensitivity 98.37 +- 0.0046, precision
 92.25 +- 0.0042) back out to N = 2951 COVID-19 images for sensitivity, 12544 controls for
 specificity and all 15495 images for precision, F-scores and accuracy.
+
+Eq. 13 is a normal approximation: on a few held-out images it gives intervals past 0 or 100 %
+and a zero-width interval at 0 or 100 % (3 of 3 reads "100 +- 0"). `scores` therefore also
+gives the Wilson score interval (`wilson_interval`), which stays inside [0, 1] and is honest on
+small samples; the pages show Wilson and label eq. 13 as the paper's. Wilson uses the
+"denominator" N of the table above; for the F-scores, which are not plain proportions, it is
+applied to the score as if it were one over TP + FP + FN samples.
 """
 
 from __future__ import annotations
@@ -102,6 +109,33 @@ def _ci(metric: float, n: int, z: float) -> float:
     return z * math.sqrt(metric * (1.0 - metric) / n)
 
 
+def wilson_interval(successes: float, n: float, *, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (Wilson 1927), safe on small samples.
+
+    center = (p + z^2 / 2n) / (1 + z^2 / n),
+    half = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2), with p = successes / n.
+
+    Unlike eq. 13 it never leaves [0, 1] and does not collapse to zero width at 0 or n
+    successes: 0 of 10 gives [0, 0.2775], 3 of 3 gives [0.4385, 1] at 95 %.
+
+    Args:
+        successes: how many of the `n` samples count (may be fractional, e.g. F1 * n).
+        n: the number of samples.
+        z: normal quantile; 1.96 for 95 %.
+
+    Returns:
+        (low, high) in [0, 1]; (NaN, NaN) when n is 0.
+    """
+    if n <= 0 or math.isnan(successes):
+        return math.nan, math.nan
+    p = min(max(successes / n, 0.0), 1.0)
+    z2 = z * z
+    denominator = 1.0 + z2 / n
+    center = (p + z2 / (2.0 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 def scores(conf: Confusion, *, z: float = Z_95, ci_n: CiMode = "denominator") -> dict[str, float]:
     """Sensitivity, specificity, precision, F1, F2 and accuracy with eq. 13 intervals.
 
@@ -111,9 +145,10 @@ def scores(conf: Confusion, *, z: float = Z_95, ci_n: CiMode = "denominator") ->
         ci_n: which N enters eq. 13, see the module docstring.
 
     Returns:
-        ``{metric: value, metric + "_ci": r}`` for every name in `METRICS`; values are fractions
-        in [0, 1], the interval is value +- r. A metric whose denominator is 0 (e.g. sensitivity
-        with no positives) is NaN, and so is its interval.
+        ``{metric: value, metric + "_ci": r, metric + "_low": lo, metric + "_high": hi}`` for
+        every name in `METRICS`; values are fractions in [0, 1], the paper's eq. 13 interval is
+        value +- r (unclipped, as published), the Wilson interval is [lo, hi]. A metric whose
+        denominator is 0 (e.g. sensitivity with no positives) is NaN, and so are its intervals.
     """
     tp, fp, tn, fn = conf.tp, conf.fp, conf.tn, conf.fn
     total = conf.total
@@ -137,10 +172,15 @@ def scores(conf: Confusion, *, z: float = Z_95, ci_n: CiMode = "denominator") ->
     else:
         raise ValueError(f"ci_n must be 'denominator' or 'paper', got {ci_n!r}")
     ns |= {"sensitivity": tp + fn, "specificity": tn + fp, "accuracy": total}
+    wilson_ns = {"precision": tp + fp, "f1": tp + fp + fn, "f2": tp + fp + fn}
+    wilson_ns |= {"sensitivity": tp + fn, "specificity": tn + fp, "accuracy": total}
     out: dict[str, float] = {}
     for name in METRICS:
-        out[name] = values[name]
-        out[name + "_ci"] = _ci(values[name], ns[name], z)
+        value = values[name]
+        out[name] = value
+        out[name + "_ci"] = _ci(value, ns[name], z)
+        n = wilson_ns[name]
+        out[name + "_low"], out[name + "_high"] = wilson_interval(value * n, n, z=z)
     return out
 
 

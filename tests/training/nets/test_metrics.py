@@ -1,4 +1,5 @@
-"""Metrics against scikit-learn, eq. 13 intervals against hand-computed and published values."""
+"""Metrics against scikit-learn; eq. 13 and Wilson intervals against hand-computed and published
+values."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from training.nets.metrics import (
     confusion,
     precision_recall_curve,
     scores,
+    wilson_interval,
 )
 
 
@@ -128,3 +130,46 @@ def test_curve_accumulator_exact_on_grid_scores():
     assert acc.auc() == pytest.approx(skm.roc_auc_score(y, s))
     for a, b in zip(acc.precision_recall_curve(), skm.precision_recall_curve(y, s), strict=True):
         np.testing.assert_allclose(a, b)
+
+
+def _wilson_by_formula(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    # Wilson (1927), written out independently of the module's arrangement of it.
+    p = k / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+
+
+@pytest.mark.parametrize(("k", "n"), [(3, 3), (0, 10), (50, 100), (1, 3), (81, 263)])
+def test_wilson_interval_follows_the_formula(k: int, n: int):
+    low, high = wilson_interval(k, n)
+    ref_low, ref_high = _wilson_by_formula(k, n)
+    assert low == pytest.approx(max(ref_low, 0.0), abs=1e-12)
+    assert high == pytest.approx(min(ref_high, 1.0), abs=1e-12)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+def test_wilson_interval_matches_published_values():
+    # Newcombe (1998), Stat Med 17:857, Table I, method 3 (Wilson, no continuity correction).
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=5e-5)
+    assert wilson_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=5e-5)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=5e-5)
+    assert wilson_interval(1, 29) == pytest.approx((0.0061, 0.1718), abs=5e-5)
+    # The small-sample cases of the issue: 0 of 10 and 3 of 3, and the middle of the range.
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=5e-5)
+    assert wilson_interval(3, 3) == pytest.approx((0.4385, 1.0), abs=5e-5)
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=5e-5)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_scores_give_wilson_beside_eq_13_and_stay_within_0_and_1():
+    # The issue's final round: 3 held-out images, 2 COVID-19 found, 1 control called COVID-19.
+    s = scores(Confusion(tp=2, fp=1, tn=0, fn=0))
+    assert s["precision"] == pytest.approx(2 / 3)
+    assert s["precision"] + s["precision_ci"] > 1.0  # eq. 13 overshoots: 66.67 +- 53.34
+    assert (s["precision_low"], s["precision_high"]) == pytest.approx(wilson_interval(2, 3))
+    assert s["sensitivity_ci"] == 0.0  # eq. 13: "100 +- 0" on 2 images
+    assert s["sensitivity_low"] == pytest.approx(0.3424, abs=5e-5) and s["sensitivity_high"] == 1
+    for name in ("sensitivity", "specificity", "precision", "f1", "f2", "accuracy"):
+        assert 0.0 <= s[name + "_low"] <= s[name] <= s[name + "_high"] <= 1.0, name
+    assert math.isnan(scores(Confusion(tn=4))["sensitivity_low"])  # no positives: no interval
