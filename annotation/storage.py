@@ -4,7 +4,10 @@ re-exported here) and the cached display copies of CXRs, masks and overlays."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
@@ -41,6 +44,8 @@ __all__ = [
     "upload_dir",
     "work_dir",
     "DISPLAY_SIZES",
+    "candidate_display_copy",
+    "candidate_display_sizes",
     "display_copy",
 ]
 
@@ -75,6 +80,50 @@ def display_copy(name: str | None, max_side: int | None, *, form: str = "image")
     else:
         assert max_side  # a full-size image or mask is the stored file, returned above
         data = downscaled_png(read(name), max_side, binary=form == "mask")
+    with contextlib.suppress(OSError):  # a copy that cannot be cached is still served
+        _save_exactly(cached, data)
+    return data
+
+
+def candidate_display_sizes(width: int, height: int) -> list[int | None]:
+    """Every size the review page may fetch of an item of this size: each display size below
+    its long side, then the full size (None)."""
+    side = max(width, height)
+    return [s for s in DISPLAY_SIZES if s < side] + [None]
+
+
+def candidate_display_copy(
+    name: str | None, max_side: int | None, *, form: str, item_key: str, label: str
+) -> bytes:
+    """A blind-review candidate's mask or overlay, made for one item and label only.
+
+    Each copy is cached under the item and the label (display-cache/items/<item>/<label>/…),
+    never under the mask file it was made from, and made from the stored mask itself, never
+    from another item's copy: a mask offered again in a later round (the MD's own, after a
+    re-run) is made as late, and costs as much, as every other candidate of its item. Its bytes
+    are deflated with a nonce of the item, label, form and size (imaging.varied_png):
+    the same pixels as before, but bytes that match nothing served for another item.
+    """
+    from annotation.imaging import downscaled_png, encode_png, overlay_png, read_mask_png
+
+    name = stored_name(name)
+    if form not in ("mask", "overlay"):
+        raise ValueError(f"unknown candidate form {form!r}")
+    if max_side and max_side not in DISPLAY_SIZES:
+        raise ValueError(f"max must be one of {', '.join(map(str, DISPLAY_SIZES))}")
+    size = max_side or "full"
+    cached = f"display-cache/items/{item_key}/{label}/{form}-{size}.png"
+    if default_storage.exists(cached):
+        return read(cached)
+    nonce = hmac.new(
+        settings.SECRET_KEY.encode(), f"{item_key}/{label}/{form}/{size}".encode(), hashlib.sha256
+    ).digest()
+    if form == "overlay":
+        data = overlay_png(read(name), max_side, nonce=nonce)
+    elif max_side:
+        data = downscaled_png(read(name), max_side, binary=True, nonce=nonce)
+    else:
+        data = encode_png((read_mask_png(read(name)) * 255).astype("uint8"), nonce=nonce)
     with contextlib.suppress(OSError):  # a copy that cannot be cached is still served
         _save_exactly(cached, data)
     return data

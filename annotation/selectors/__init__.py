@@ -19,6 +19,7 @@ from annotation.selectors.exports import (
     export_rows,
 )
 from annotation.selectors.review import (
+    PROVENANCE_SEALED_REASON,
     UNDER_REVIEW,
     UNDER_REVIEW_REASON,
     MdQueue,
@@ -28,6 +29,7 @@ from annotation.selectors.review import (
     first_display_images,
     held_leases_for,
     image_under_review,
+    image_under_review_by_content,
     images_to_draw,
     item_candidates,
     item_slots,
@@ -52,6 +54,7 @@ __all__ = [
     "BULK_TASKS",
     "EXPORT_CHUNK",
     "MdQueue",
+    "PROVENANCE_SEALED_REASON",
     "UNDER_REVIEW",
     "UNDER_REVIEW_REASON",
     "authored_by",
@@ -65,6 +68,7 @@ __all__ = [
     "first_display_images",
     "held_leases_for",
     "image_under_review",
+    "image_under_review_by_content",
     "images_to_draw",
     "item_candidates",
     "item_slots",
