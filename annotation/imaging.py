@@ -214,18 +214,31 @@ def read_mask_png(data: bytes) -> np.ndarray:
 
 
 def downscaled_png(
-    data: bytes, max_side: int, *, binary: bool = False, nonce: bytes | None = None
+    data: bytes | PILImage.Image,
+    max_side: int,
+    *,
+    binary: bool = False,
+    nonce: bytes | None = None,
 ) -> bytes:
     """A copy no larger than `max_side` on its long side, for fast display.
 
-    Masks are resampled with nearest neighbour so they stay strictly 0/255. `nonce`: see
+    Masks are resampled with nearest neighbour so they stay strictly 0/255. `data` is PNG
+    bytes, or an image already decoded (`gray_image`; left as it is). `nonce`: see
     `varied_png`.
     """
-    img = PILImage.open(io.BytesIO(data)).convert("L")
+    img = gray_image(data)
     if max(img.size) > max_side:
         resample = PILImage.Resampling.NEAREST if binary else PILImage.Resampling.LANCZOS
         img.thumbnail((max_side, max_side), resample)
     return encode_png(np.asarray(img), nonce=nonce)
+
+
+def gray_image(data: bytes | PILImage.Image) -> PILImage.Image:
+    """PNG bytes decoded to an 8-bit grayscale image, or a copy of an image already decoded
+    (the callers shrink it in place), so that many copies of one file decode it once."""
+    if isinstance(data, PILImage.Image):
+        return data.copy() if data.mode == "L" else data.convert("L")
+    return PILImage.open(io.BytesIO(data)).convert("L")
 
 
 # The colour of a mask drawn over a CXR; the browser's own (--mask-color in static/css/app.css)
@@ -234,15 +247,17 @@ OVERLAY_RGB = (255, 92, 56)
 OVERLAY_FILL_ALPHA = 150
 
 
-def overlay_png(data: bytes, max_side: int | None = None, *, nonce: bytes | None = None) -> bytes:
+def overlay_png(
+    data: bytes | PILImage.Image, max_side: int | None = None, *, nonce: bytes | None = None
+) -> bytes:
     """A mask as an overlay ready to draw on its CXR: a translucent fill with an opaque outline
     one pixel wide, halfway to white so edges read on bone, transparent elsewhere.
 
     `max_side` downscales first (nearest neighbour), so the outline is one pixel of the copy.
     The review page draws these as they come: the browser decodes them off its main thread.
-    `nonce`: see `varied_png`.
+    `data` as for `downscaled_png`; `nonce`: see `varied_png`.
     """
-    img = PILImage.open(io.BytesIO(data)).convert("L")
+    img = gray_image(data)
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), PILImage.Resampling.NEAREST)
     inside = np.asarray(img) > 127

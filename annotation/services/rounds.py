@@ -340,15 +340,13 @@ def _warm_display_copies(item: ReviewItem, candidates: Sequence[Candidate]) -> N
     for side in sizes:
         if side:
             storage.display_copy(image.display.name, side)
-        for form in ("overlay", "mask"):
-            for candidate in candidates:
-                storage.candidate_display_copy(
-                    candidate.mask.file.name,
-                    side,
-                    form=form,
-                    item_key=str(item.uuid),
-                    label=candidate.label,
-                )
+    for candidate in candidates:
+        storage.candidate_display_copies(
+            candidate.mask.file.name,
+            [(side, form) for side in sizes for form in ("overlay", "mask")],
+            item_key=str(item.uuid),
+            label=candidate.label,
+        )
 
 
 def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:
