@@ -2,8 +2,15 @@
 rounds, review items and candidates change only through the services' state machine: the
 admin shows them and never writes them."""
 
+from django import forms
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import UserChangeForm
+from django.db.models import Exists, OuterRef
 
+from annotation import selectors
+from annotation.errors import DomainError
 from annotation.models import (
     Candidate,
     Decision,
@@ -14,6 +21,7 @@ from annotation.models import (
     ReviewItem,
     Round,
 )
+from annotation.services.accounts import roles_check
 from config.readonly_admin import ReadOnlyAdmin
 
 
@@ -26,9 +34,15 @@ class ImageAdmin(admin.ModelAdmin):
 
 @admin.register(Mask)
 class MaskAdmin(ReadOnlyAdmin):
+    """Masks of images under blind review are left out until the review is settled: an admin
+    breaking a tie sees the candidates by label only (selectors.PROVENANCE_SEALED_REASON)."""
+
     list_display = ["id", "image", "version", "source", "author", "model_version", "round", "area"]
     list_filter = ["source"]
     list_select_related = ["image", "author", "model_version", "round"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).exclude(_image_under_review("image"))
 
 
 @admin.register(Round)
@@ -45,8 +59,17 @@ class ReviewItemAdmin(ReadOnlyAdmin):
 
 @admin.register(Candidate)
 class CandidateAdmin(ReadOnlyAdmin):
-    list_display = ["id", "item", "mask"]
-    list_select_related = ["item__round", "item__image", "mask__image"]
+    list_display = ["id", "item", "label", "mask", "merged_into"]
+    list_select_related = ["item__round", "item__image", "mask__image", "merged_into__item"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).exclude(_image_under_review("item__image"))
+
+
+def _image_under_review(path: str) -> Exists:
+    return Exists(
+        ReviewItem.objects.filter(image=OuterRef(path), status__in=selectors.UNDER_REVIEW)
+    )
 
 
 @admin.register(Decision)
@@ -62,3 +85,26 @@ class GroundTruthAdmin(ReadOnlyAdmin):
 
 
 admin.site.register(Export)
+
+
+class BlindRolesUserChangeForm(UserChangeForm):
+    """The user editor refuses md together with admin or data, as `user_set_roles` does."""
+
+    def clean(self):
+        cleaned = super().clean()
+        groups = self.cleaned_data.get("groups")
+        if groups is not None:
+            try:
+                roles_check(g.name for g in groups)
+            except DomainError as exc:
+                raise forms.ValidationError({"groups": str(exc)}) from None
+        return cleaned
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class BlindRolesUserAdmin(UserAdmin):
+    form = BlindRolesUserChangeForm

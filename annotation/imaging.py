@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,8 +191,11 @@ def decode_mask(data: bytes, *, width: int, height: int, what: str = "the mask")
     return gray > 127
 
 
-def encode_png(gray: np.ndarray) -> bytes:
-    """Encodes an 8-bit grayscale array as a PNG with no metadata (the same bytes every time)."""
+def encode_png(gray: np.ndarray, *, nonce: bytes | None = None) -> bytes:
+    """Encodes an 8-bit grayscale array as a PNG with no metadata (the same bytes every time,
+    or, with `nonce`, bytes of that nonce: see `varied_png`)."""
+    if nonce is not None:
+        return varied_png(gray, nonce)
     buf = io.BytesIO()
     PILImage.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").save(
         buf, format="PNG", compress_level=6
@@ -209,16 +213,32 @@ def read_mask_png(data: bytes) -> np.ndarray:
     return np.asarray(PILImage.open(io.BytesIO(data)).convert("L")) > 127
 
 
-def downscaled_png(data: bytes, max_side: int, *, binary: bool = False) -> bytes:
+def downscaled_png(
+    data: bytes | PILImage.Image,
+    max_side: int,
+    *,
+    binary: bool = False,
+    nonce: bytes | None = None,
+) -> bytes:
     """A copy no larger than `max_side` on its long side, for fast display.
 
-    Masks are resampled with nearest neighbour so they stay strictly 0/255.
+    Masks are resampled with nearest neighbour so they stay strictly 0/255. `data` is PNG
+    bytes, or an image already decoded (`gray_image`; left as it is). `nonce`: see
+    `varied_png`.
     """
-    img = PILImage.open(io.BytesIO(data)).convert("L")
+    img = gray_image(data)
     if max(img.size) > max_side:
         resample = PILImage.Resampling.NEAREST if binary else PILImage.Resampling.LANCZOS
         img.thumbnail((max_side, max_side), resample)
-    return encode_png(np.asarray(img))
+    return encode_png(np.asarray(img), nonce=nonce)
+
+
+def gray_image(data: bytes | PILImage.Image) -> PILImage.Image:
+    """PNG bytes decoded to an 8-bit grayscale image, or a copy of an image already decoded
+    (the callers shrink it in place), so that many copies of one file decode it once."""
+    if isinstance(data, PILImage.Image):
+        return data.copy() if data.mode == "L" else data.convert("L")
+    return PILImage.open(io.BytesIO(data)).convert("L")
 
 
 # The colour of a mask drawn over a CXR; the browser's own (--mask-color in static/css/app.css)
@@ -227,14 +247,17 @@ OVERLAY_RGB = (255, 92, 56)
 OVERLAY_FILL_ALPHA = 150
 
 
-def overlay_png(data: bytes, max_side: int | None = None) -> bytes:
+def overlay_png(
+    data: bytes | PILImage.Image, max_side: int | None = None, *, nonce: bytes | None = None
+) -> bytes:
     """A mask as an overlay ready to draw on its CXR: a translucent fill with an opaque outline
     one pixel wide, halfway to white so edges read on bone, transparent elsewhere.
 
     `max_side` downscales first (nearest neighbour), so the outline is one pixel of the copy.
     The review page draws these as they come: the browser decodes them off its main thread.
+    `data` as for `downscaled_png`; `nonce`: see `varied_png`.
     """
-    img = PILImage.open(io.BytesIO(data)).convert("L")
+    img = gray_image(data)
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), PILImage.Resampling.NEAREST)
     inside = np.asarray(img) > 127
@@ -243,6 +266,46 @@ def overlay_png(data: bytes, max_side: int | None = None) -> bytes:
     rgba = np.zeros((*inside.shape, 4), dtype=np.uint8)
     rgba[inside] = (*OVERLAY_RGB, OVERLAY_FILL_ALPHA)
     rgba[inside & ~interior] = (*(round(c + (255 - c) / 2) for c in OVERLAY_RGB), 255)
+    if nonce is not None:
+        return varied_png(rgba, nonce)
     buf = io.BytesIO()
     PILImage.fromarray(rgba, mode="RGBA").save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def varied_png(pixels: np.ndarray, nonce: bytes) -> bytes:
+    """An 8-bit grayscale (H, W) or RGBA (H, W, 4) array as a PNG (IHDR, IDAT, IEND only) whose
+    bytes depend on `nonce`, not only on the pixels.
+
+    The deflate stream is flushed (an empty stored block) at a few offsets drawn from the
+    nonce: two copies of one mask made with different nonces decode to the same pixels but
+    share no digest. The blind review serves each item's candidates so (see
+    storage.candidate_display_copy): nothing an MD is shown matches, byte for byte, what they
+    were shown in another item. Masks use zlib's RLE strategy (long runs of 0 or 255, as the
+    predicted masks do); overlays the default one.
+    """
+    height, width = pixels.shape[:2]
+    rgba = pixels.ndim == 3
+    rows = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, -1)
+    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1).tobytes()
+    seed = int.from_bytes(hashlib.sha256(nonce).digest(), "big")
+    cuts = sorted({(seed >> (32 * k)) % (len(raw) + 1) for k in range(4)})
+    strategy = zlib.Z_DEFAULT_STRATEGY if rgba else zlib.Z_RLE
+    packer = zlib.compressobj(6, zlib.DEFLATED, 15, 8, strategy)
+    parts, start = [], 0
+    for cut in cuts:
+        parts += [packer.compress(raw[start:cut]), packer.flush(zlib.Z_SYNC_FLUSH)]
+        start = cut
+    parts += [packer.compress(raw[start:]), packer.flush()]
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    header += bytes([8, 6 if rgba else 0, 0, 0, 0])  # 8 bits, RGBA or gray, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")

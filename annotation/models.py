@@ -248,6 +248,15 @@ class Candidate(models.Model):
     item = models.ForeignKey(ReviewItem, on_delete=models.PROTECT, related_name="candidates")
     mask = models.ForeignKey(Mask, on_delete=models.PROTECT, related_name="candidacies")
     label = models.CharField(max_length=2, blank=True, help_text="Shuffled when the item opens.")
+    merged_into = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="merged",
+        help_text="A mask identical, pixel for pixel, to another candidate's of the item: shown "
+        "and picked as that candidate's label (this one keeps no label of its own).",
+    )
 
     class Meta:
         ordering = ["item_id", "label"]

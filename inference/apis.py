@@ -16,7 +16,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import selectors
+from annotation import imaging, selectors
 from annotation.errors import DomainError
 from annotation.models import Image
 from annotation.permissions import IsAnyRole
@@ -110,7 +110,9 @@ class InferApi(APIView):
             ref_name = "InferInput"
 
     @extend_schema(
-        request=InputSerializer, parameters=[MAX_PARAMETER], responses={200: AnalysisOutput}
+        request=InputSerializer,
+        parameters=[MAX_PARAMETER],
+        responses={200: AnalysisOutput, 403: None},
     )
     def post(self, request):
         # Everything that needs no upload comes first: the body is parsed (and a large file
@@ -126,7 +128,14 @@ class InferApi(APIView):
                 f"{upload.name} is {upload.size / 2**20:.1f} MiB; files are limited to "
                 f"{limit / 2**20:.1f} MiB"
             )
-        gray = analysis.decode_upload(upload.read(), upload.name or "the file")
+        data = upload.read()
+        # An MD uploading the original of an image under blind review would get the machine
+        # map that ImageMapApi refuses them.
+        if selectors.maps_hidden_from(request.user) and selectors.image_under_review_by_content(
+            imaging.sha256_bytes(data)
+        ):
+            raise PermissionDenied(selectors.UNDER_REVIEW_REASON)
+        gray = analysis.decode_upload(data, upload.name or "the file")
         result = analysis.analyse(gray, models, classifier=classifier)
         return Response(analysis.analysis_payload(result, max_side=max_side))
 

@@ -113,16 +113,25 @@ def png_response(name: str | None, request=None, *, form: str = "image") -> Http
     `?max=1024` (512, 1024, 1536 or 2048) serves a cached downscaled copy for fast display;
     `form` says how to make it (see storage.display_copy).
     """
-    max_side = None
-    if request is not None and request.query_params.get("max"):
-        try:
-            max_side = int(request.query_params["max"])
-        except ValueError:
-            raise DomainError(f"max must be one of {_display_sizes()}") from None
     try:
-        data = storage.display_copy(name, max_side, form=form)
+        data = storage.display_copy(name, display_max(request), form=form)
     except ValueError as exc:
         raise DomainError(str(exc)) from None
+    return png_bytes_response(data)
+
+
+def display_max(request) -> int | None:
+    """The `?max=` of a display request (checked against the sizes by storage), or None."""
+    if request is None or not request.query_params.get("max"):
+        return None
+    try:
+        return int(request.query_params["max"])
+    except ValueError:
+        raise DomainError(f"max must be one of {_display_sizes()}") from None
+
+
+def png_bytes_response(data: bytes) -> HttpResponse:
+    """PNG bytes as a response, with no file name attached."""
     response = HttpResponse(data, content_type="image/png")
     response["Cache-Control"] = "private, max-age=3600"
     return response

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.apis.common import DISPLAY_MAX, PNG, png_response
-from annotation.errors import DomainError
+from annotation.errors import DomainError, PermissionDenied
 from annotation.models import Image, ImageClass, Mask
 from annotation.permissions import IsAdmin, IsAdminOrData, IsAnyRole, IsMD
 
@@ -207,9 +207,10 @@ class ImageMasksApi(APIView):
         version = serializers.IntegerField()
         image_status = serializers.CharField()
 
-    @extend_schema(responses=MaskOutput(many=True))
+    @extend_schema(responses={200: MaskOutput(many=True), 403: None})
     def get(self, request, image_id: int):
         image = get_object_or_404(Image, pk=image_id)
+        _provenance_sealed(image.pk)
         masks = image.masks.select_related("author", "model_version", "round")
         return Response(MaskOutput(masks, many=True).data)
 
@@ -258,6 +259,16 @@ def _start_mask(image: Image, *, mask_id: int | None, label: str | None) -> Mask
 class MaskFileApi(APIView):
     permission_classes = [IsAdminOrData]
 
-    @extend_schema(parameters=[DISPLAY_MAX], responses=PNG)
+    @extend_schema(parameters=[DISPLAY_MAX], responses={**PNG, 403: None})
     def get(self, request, mask_id: int):
-        return png_response(get_object_or_404(Mask, pk=mask_id).file.name, request, form="mask")
+        mask = get_object_or_404(Mask, pk=mask_id)
+        _provenance_sealed(mask.image_id)
+        return png_response(mask.file.name, request, form="mask")
+
+
+def _provenance_sealed(image_id: int) -> None:
+    """Masks with their sources, or a mask by its id, are refused for an image under blind
+    review, to every role: laid next to what a reviewer is shown (by pixels, or by a
+    colleague), they would name the source of each candidate."""
+    if selectors.image_under_review(image_id):
+        raise PermissionDenied(selectors.PROVENANCE_SEALED_REASON)

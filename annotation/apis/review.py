@@ -13,8 +13,15 @@ from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import selectors, services
-from annotation.apis.common import DISPLAY_MAX, OVERLAY, PNG, png_response
+from annotation import selectors, services, storage
+from annotation.apis.common import (
+    DISPLAY_MAX,
+    OVERLAY,
+    PNG,
+    display_max,
+    png_bytes_response,
+    png_response,
+)
 from annotation.errors import DomainError
 from annotation.models import ReviewItem
 from annotation.permissions import IsAdmin, IsMD, IsReviewer
@@ -135,9 +142,17 @@ class ReviewCandidateApi(APIView):
         overlay = request.query_params.get("overlay")
         if overlay not in (None, "1"):
             raise DomainError("overlay must be 1 (the mask coloured for drawing) or left out")
-        return png_response(
-            candidate.mask.file.name, request, form="overlay" if overlay else "mask"
-        )
+        try:
+            data = storage.candidate_display_copy(
+                candidate.mask.file.name,
+                display_max(request),
+                form="overlay" if overlay else "mask",
+                item_key=str(item.uuid),
+                label=candidate.label,
+            )
+        except ValueError as exc:
+            raise DomainError(str(exc)) from None
+        return png_bytes_response(data)
 
 
 class DecisionInput(serializers.Serializer):

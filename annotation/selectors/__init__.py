@@ -24,6 +24,7 @@ from annotation.selectors.exports import (
     export_rows,
 )
 from annotation.selectors.review import (
+    PROVENANCE_SEALED_REASON,
     UNDER_REVIEW,
     UNDER_REVIEW_REASON,
     MdQueue,
@@ -33,6 +34,7 @@ from annotation.selectors.review import (
     first_display_images,
     held_leases_for,
     image_under_review,
+    image_under_review_by_content,
     images_to_draw,
     item_candidates,
     item_slots,
@@ -63,6 +65,7 @@ __all__ = [
     "BULK_TASKS",
     "EXPORT_CHUNK",
     "MdQueue",
+    "PROVENANCE_SEALED_REASON",
     "StartOption",
     "UNDER_REVIEW",
     "UNDER_REVIEW_REASON",
@@ -79,6 +82,7 @@ __all__ = [
     "first_display_images",
     "held_leases_for",
     "image_under_review",
+    "image_under_review_by_content",
     "images_to_draw",
     "item_candidates",
     "item_slots",

@@ -145,6 +145,17 @@ UNDER_REVIEW_REASON = (
 )
 
 
+PROVENANCE_SEALED_REASON = (
+    "this image is under blind review; where its masks came from stays hidden until the review "
+    "is settled"
+)
+
+
+def image_under_review_by_content(sha256: str) -> bool:
+    """Whether an upload with this digest is the original of an image under blind review."""
+    return Image.objects.filter(sha256=sha256).filter(under_review()).exists()
+
+
 def image_under_review(image_id: int) -> bool:
     """Whether the image has an item still pending, open, tied or waiting for a redraw."""
     return ReviewItem.objects.filter(image_id=image_id, status__in=UNDER_REVIEW).exists()
@@ -245,13 +256,24 @@ def first_display_images(item: ReviewItem, payload: dict[str, Any]) -> dict[str,
     first frame needs no image request; sharper copies are fetched when the view needs them."""
     smallest = storage.DISPLAY_SIZES[0]
     max_side = smallest if max(payload["width"], payload["height"]) > smallest else None
-    files = [(payload["image_url"], item.image.display.name, "image")]
     masks = {c.label: c.mask.file.name for c in item.candidates.select_related("mask")}
-    files += [(c["overlay_url"], masks[c["label"]], "overlay") for c in payload["candidates"]]
+    files = [(payload["image_url"], storage.display_copy(item.image.display.name, max_side))]
+    files += [
+        (
+            c["overlay_url"],
+            storage.candidate_display_copy(
+                masks[c["label"]],
+                max_side,
+                form="overlay",
+                item_key=str(item.uuid),
+                label=c["label"],
+            ),
+        )
+        for c in payload["candidates"]
+    ]
     images = {}
-    for url, name, form in files:
+    for url, data in files:
         if max_side:
             url += f"{'&' if '?' in url else '?'}max={max_side}"
-        data = storage.display_copy(name, max_side, form=form)
         images[url] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return images

@@ -57,12 +57,18 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
     manual = Candidate.objects.filter(
         item=OuterRef("item"), mask__source__in=[Mask.Source.DRAWN, Mask.Source.IMPORTED]
     )
+    # A pick of a label that merged the MD's mask with an identical prediction prefers
+    # neither: it is counted apart, not as a manual win.
+    identical = Candidate.objects.filter(
+        merged_into=OuterRef("decision__candidate"), mask__source=Mask.Source.PREDICTED
+    )
     with_manual = (
         GroundTruth.objects.filter(item__round=rnd, decision__isnull=False)
         .filter(Exists(manual))
         .aggregate(
-            compared=Count("id"),
+            compared=Count("id", filter=~Exists(identical)),
             machine=Count("id", filter=Q(mask__source=Mask.Source.PREDICTED)),
+            identical=Count("id", filter=Exists(identical)),
         )
     )
     resolved = items["accepted"] + items["redraw"] + items["redrawn"]
@@ -73,6 +79,7 @@ def round_statistics(rnd: Round) -> dict[str, Any]:
         "decisions_per_md": {name: n for name, n, _, _ in sorted(per_md)},
         "machine_preferred": machine_preferred,
         "manual_compared": compared,
+        "manual_identical_picked": with_manual["identical"],
         "machine_preferred_rate": machine_preferred / compared if compared else None,
         "redraw_rate": (items["redraw"] + items["redrawn"]) / resolved if resolved else None,
         "median_seconds": _median(decisions.filter(timed), "seconds", n_timed),

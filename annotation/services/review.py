@@ -163,7 +163,9 @@ def _candidate_for_choice(item: ReviewItem, choice: str) -> Candidate | None:
     choice = (choice or "").strip()
     if choice.lower() == NONE:
         return None
-    candidates = {c.label: c for c in Candidate.objects.filter(item=item)}
+    # Only labelled candidates: one merged into another (identical masks) is picked by that
+    # one's label, and the pick records that one.
+    candidates = {c.label: c for c in Candidate.objects.filter(item=item).exclude(label="")}
     try:
         return candidates[choice.upper()]
     except KeyError:

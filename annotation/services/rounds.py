@@ -7,16 +7,18 @@ import random
 import secrets
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from annotation import storage
+from annotation import imaging, storage
 from annotation.errors import Conflict, DomainError
-from annotation.models import Candidate, Image, Mask, ReviewItem, Round
+from annotation.models import Candidate, Mask, ReviewItem, Round
 from annotation.services import states
 from annotation.services.images import image_refresh_status, images_refresh_status
 from annotation.services.planning import check_networks, plan_round, work_inputs
@@ -209,16 +211,17 @@ def _open_batch(rnd: Round) -> int:
         .values_list("pk", flat=True)[: _batch_size()]
     )
     shuffler = random.Random(secrets.randbits(64))
-    by_item: dict[int, list[int]] = {}
-    for pk, item_id in (
+    by_item: dict[int, list[_Offered]] = {}
+    for row in (
         Candidate.objects.filter(item_id__in=ids)
         .order_by("item_id", "id")
-        .values_list("pk", "item_id")
+        .values_list("pk", "item_id", "mask__sha256", "mask__area", "mask__source", "mask__file")
     ):
-        by_item.setdefault(item_id, []).append(pk)
+        by_item.setdefault(row[1], []).append(_Offered(*row))
     # One UPDATE per label (a handful), not one per candidate nor a CASE over all of them.
     by_label: dict[str, list[int]] = {}
-    for candidates in by_item.values():
+    for offered in by_item.values():
+        candidates = _merge_identical(offered)
         shuffler.shuffle(candidates)
         for label, pk in zip(LABELS, candidates, strict=False):
             by_label.setdefault(label, []).append(pk)
@@ -239,6 +242,63 @@ def _open_batch(rnd: Round) -> int:
     return left
 
 
+@dataclass(frozen=True)
+class _Offered:
+    pk: int
+    item_id: int
+    sha256: str
+    area: int
+    source: str
+    file: str
+
+
+def _merge_identical(offered: Sequence[_Offered]) -> list[int]:
+    """Merges an item's candidates whose masks are identical pixel for pixel (two empty
+    predictions, a prediction equal to the MD's mask): shown twice, they would be told apart
+    from the rest, and a pick between them means nothing. Each group keeps one candidate, the
+    one a pick of its label records and the ground truth then points to: the manual mask if
+    the group holds one (it stays the MD's drawing, which the networks matched), else the
+    oldest. The others point to it (`merged_into`) and get no label, so admins and exports can
+    still count every source a pick stood for.
+
+    Returns:
+        The candidates to label, in id order.
+    """
+    groups: list[list[_Offered]] = []
+    pixels: dict[str, Any] = {}
+    for candidate in offered:
+        for group in groups:
+            if _identical(group[0], candidate, pixels):
+                group.append(candidate)
+                break
+        else:
+            groups.append([candidate])
+    kept = []
+    for group in groups:
+        manual = [c for c in group if c.source in (Mask.Source.DRAWN, Mask.Source.IMPORTED)]
+        keep = (manual or group)[0]
+        kept.append(keep.pk)
+        merged = [c.pk for c in group if c is not keep]
+        if merged:
+            Candidate.objects.filter(pk__in=merged).update(merged_into_id=keep.pk, label="")
+    return kept
+
+
+def _identical(a: _Offered, b: _Offered, pixels: dict[str, Any]) -> bool:
+    """Same pixels: the same bytes, or both empty, or (rarely: masks of one size and area
+    encoded differently) the same when decoded."""
+    if a.sha256 == b.sha256:
+        return True
+    if a.area != b.area:
+        return False
+    if a.area == 0:
+        return True
+    for name in (a.file, b.file):
+        if name not in pixels:
+            pixels[name] = imaging.read_mask_png(storage.read(name))
+    return bool(np.array_equal(pixels[a.file], pixels[b.file]))
+
+
 def _step(step: str, done: int, total: int) -> dict[str, Any]:
     """A round's progress: its bulk step, how far it is, and when a batch last ended (the
     reconciler re-sends a chain of batches that fell silent)."""
@@ -256,21 +316,37 @@ def _progress(rnd: Round, step: str, done: int, left: int) -> None:
 
 
 def round_warm_display_copies(*, item_ids: Sequence[int]) -> None:
-    """Makes the review page's small copies of these items' CXRs and overlays now, so an MD's
-    first view of them opens at once. Outside any transaction: it only writes files."""
+    """Makes every display copy the review page may fetch of these items now: the CXR's, and
+    each candidate's mask and overlay at every size, keyed by item and label
+    (storage.candidate_display_copy). An MD's first view then opens at once, and no candidate
+    is ready (so faster) before the others. Outside any transaction: it only writes files."""
+    items = ReviewItem.objects.filter(pk__in=item_ids).select_related("image").order_by("id")
     candidates: dict[int, list[Candidate]] = {}
-    for c in Candidate.objects.filter(item_id__in=item_ids).select_related("mask", "item__image"):
+    # Label order, never id order: the MD's own mask is the oldest candidate of its item.
+    for c in (
+        Candidate.objects.filter(item_id__in=item_ids)
+        .exclude(label="")
+        .select_related("mask")
+        .order_by("item_id", "label")
+    ):
         candidates.setdefault(c.item_id, []).append(c)
-    for group in candidates.values():
-        _warm_display_copies(group[0].item.image, group)
+    for item in items:
+        _warm_display_copies(item, candidates.get(item.pk, []))
 
 
-def _warm_display_copies(image: Image, candidates: Sequence[Candidate]) -> None:
-    """Makes the review page's small copies now, so an MD's first item opens at once."""
-    for side in (512, 1024):
-        storage.display_copy(image.display.name, side)
-        for candidate in candidates:
-            storage.display_copy(candidate.mask.file.name, side, form="overlay")
+def _warm_display_copies(item: ReviewItem, candidates: Sequence[Candidate]) -> None:
+    image = item.image
+    sizes = storage.candidate_display_sizes(image.width, image.height)
+    for side in sizes:
+        if side:
+            storage.display_copy(image.display.name, side)
+    for candidate in candidates:
+        storage.candidate_display_copies(
+            candidate.mask.file.name,
+            [(side, form) for side in sizes for form in ("overlay", "mask")],
+            item_key=str(item.uuid),
+            label=candidate.label,
+        )
 
 
 def _round_close(rnd: Round, status: str, *, reason: str = "") -> Round:

@@ -203,3 +203,20 @@ def test_media_orphans_works_on_the_object_store(s3_storage, make_image, md):
     assert all(storage.exists(name) for name in kept)
     assert storage.exists(f"display-cache/512/{image.display.name}")
     assert listed(run_command("--min-age-hours", "0")) == set()
+
+
+def test_an_open_item_s_candidate_copies_are_kept_and_a_closed_one_s_are_orphans(
+    reviewing_round, admin_user
+):
+    from annotation import selectors
+    from annotation.services.rounds import round_warm_display_copies
+
+    rnd = reviewing_round(images=2)
+    item = rnd.items.order_by("id").first()
+    round_warm_display_copies(item_ids=[item.pk])
+    copies = stored_under(f"display-cache/items/{item.uuid}")
+    assert len(copies) == 2 * len(selectors.item_candidates(item))  # overlay and mask, full
+    assert not set(copies) & listed(run_command("--min-age-hours", "0"))
+    services.round_cancel(round=rnd, by=admin_user)
+    services.round_withdraw_batch(round_id=rnd.pk)
+    assert set(copies) <= listed(run_command("--min-age-hours", "0"))

@@ -8,6 +8,8 @@ and the names every row holds, and lists what is in maskloop's folders and held 
 - a file of a FileField (originals/, display/, lungs/, masks/, exports/, models/) is kept while
   a row names it, or a training run's work order (`TrainingRun.inputs`) does;
 - a display copy (display-cache/<form and size>/<stored name>) while its stored file is kept;
+- a blind-review candidate's copy (display-cache/items/<item uuid>/...) while its item can
+  still be shown (open, tied or waiting for a redraw);
 - a training checkpoint (checkpoints/run-<id>/...) while its run is not finished.
 
 Files younger than --min-age-hours are never listed: their row may not be committed yet.
@@ -32,6 +34,7 @@ from training.models import TrainingRun
 
 DISPLAY_CACHE = "display-cache"
 CHECKPOINTS = "checkpoints"
+CANDIDATE_COPIES = "items"
 _CHECKPOINT_RUN = re.compile(r"run-(\d+)$")
 
 
@@ -117,8 +120,19 @@ def _live_runs() -> set[int]:
     )
 
 
-def _is_orphan(name: str, referenced: set[str], live_runs: set[int]) -> bool:
+def _shown_items() -> set[str]:
+    from annotation.models import ReviewItem
+
+    shown = (ReviewItem.Status.OPEN, ReviewItem.Status.ADJUDICATION, ReviewItem.Status.REDRAW)
+    uuids = ReviewItem.objects.filter(status__in=shown).values_list("uuid", flat=True)
+    return {str(u) for u in uuids}
+
+
+def _is_orphan(name: str, referenced: set[str], live_runs: set[int], shown_items: set[str]) -> bool:
     parts = name.split("/")
+    if parts[0] == DISPLAY_CACHE and len(parts) > 2 and parts[1] == CANDIDATE_COPIES:
+        # display-cache/items/<item uuid>/<label>/<form and size>.png
+        return parts[2] not in shown_items
     if parts[0] == DISPLAY_CACHE:
         # display-cache/<form and size>/<the stored name it was made from>
         return len(parts) < 3 or "/".join(parts[2:]) not in referenced
@@ -136,12 +150,13 @@ def media_orphans(*, min_age: timedelta) -> list[StoredFile]:
     """
     referenced = referenced_names()
     live_runs = _live_runs()
+    shown_items = _shown_items()
     cutoff = datetime.now(tz=UTC) - min_age
     return [
         stored
         for folder in _folders()
         for stored in _stored_files(folder)
-        if stored.modified <= cutoff and _is_orphan(stored.name, referenced, live_runs)
+        if stored.modified <= cutoff and _is_orphan(stored.name, referenced, live_runs, shown_items)
     ]
 
 
