@@ -366,8 +366,10 @@ def write_zip(
     return count
 
 
-def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> str:
-    with zf.open(_info(name, zipfile.ZIP_STORED), "w", force_zip64=True) as dst:
+def _write_bytes(
+    zf: zipfile.ZipFile, name: str, data: bytes, compress: int = zipfile.ZIP_STORED
+) -> str:
+    with zf.open(_info(name, compress), "w", force_zip64=True) as dst:
         dst.write(data)
     return hashlib.sha256(data).hexdigest()
 
@@ -376,11 +378,13 @@ def _write_seg(
     zf: zipfile.ZipFile, lines: IO[bytes], row: ExportRow, stem: str, mask: bytes, opener: Opener
 ) -> None:
     """The "dicom-seg" format's files of one image (annotation.dicom_seg), in the zip and in the
-    manifest's lines."""
+    manifest's lines. Deflated: a SEG holds its mask uncompressed, a bit a pixel (512 KB for
+    2048×2048), which deflates to a few KB."""
     from annotation.dicom_seg import export_files
 
     for name, data in export_files(row, stem, mask, opener):
-        lines.write(_manifest_line(name, _write_bytes(zf, name, data)))
+        digest = _write_bytes(zf, name, data, zipfile.ZIP_DEFLATED)
+        lines.write(_manifest_line(name, digest))
 
 
 def coco_image(row: ExportRow, file_name: str) -> dict[str, Any]:
