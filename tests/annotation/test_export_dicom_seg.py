@@ -183,3 +183,32 @@ def test_dciodvfy_reports_no_error(
         report = run.stdout + run.stderr
         assert report.strip(), name
         assert not [line for line in report.splitlines() if line.startswith("Error")], report
+
+
+@pytest.mark.parametrize(
+    ("source", "reviewed", "kind", "says"),
+    [
+        ("predicted", False, "AUTOMATIC", "predicted by unet/densenet121 v3, round 2"),
+        ("imported", True, "MANUAL", "imported, round 2"),
+    ],
+)
+def test_segment_provenance_of_the_builder(source, reviewed, kind, says):
+    """The Django-free builder: a network's mask nobody reviewed is AUTOMATIC, an imported one
+    MANUAL; a mask that does not fit its image is refused."""
+    from annotation import dicom_seg
+
+    gray = np.zeros((32, 40), dtype=np.uint8)
+    sc = dicom_seg.secondary_capture(gray, image_sha256="a" * 64, patient_id="P1", created=None)
+    prov = dicom_seg.SegProvenance(source, "unet/densenet121 v3", 2, reviewed)
+    mask = np.zeros((32, 40), dtype=bool)
+    mask[4:9, 5:20] = True
+    seg = dicom_seg.segmentation(
+        mask, source=sc, image_sha256="a" * 64, mask_sha256="b" * 64, prov=prov
+    )
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == kind and says in segment.SegmentDescription
+    assert str(seg.ContentDate) == str(seg.SeriesDate) == "19800101"  # no mask time: 1980
+    with pytest.raises(ValueError, match="the mask is 39×32, the image 40×32"):
+        dicom_seg.segmentation(
+            mask[:, :39], source=sc, image_sha256="a" * 64, mask_sha256="b" * 64, prov=prov
+        )
