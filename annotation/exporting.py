@@ -9,6 +9,9 @@ Formats: "png" (images/, masks/ as 0/255 PNGs, metadata.csv, folds.csv, manifest
 Studio, detectron-style trainers) with one category, one RLE-encoded instance (pycocotools) per
 image whose mask is not empty, and the patient, class and mask provenance as extra keys of each
 image entry. Its keys are sorted and it holds no dates, so it is byte-reproducible too.
+"dicom-seg" adds dicom-seg/<stem>.seg.dcm per image with an accepted mask (annotation.dicom_seg:
+a BINARY DICOM-SEG referencing the source DICOM instance, or dicom-seg/<stem>.sc.dcm, a derived
+Secondary Capture written beside it), with UIDs and dates from the data, never the clock.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import IO, Any, cast
 
 Opener = Callable[[str], AbstractContextManager[IO[bytes]]]
 
-FORMATS = ("png", "coco")
+FORMATS = ("png", "coco", "dicom-seg")
 COCO_NAME = "annotations/instances.json"
 COCO_CATEGORY = {"id": 1, "name": "COVID-19 infection", "supercategory": "lung"}
 
@@ -64,6 +68,7 @@ class ExportRow:
     model: str
     agreement: float | None
     fold: int
+    mask_created: datetime | None = None  # dates the DICOM-SEG
 
 
 METADATA_COLUMNS = [
@@ -273,6 +278,7 @@ def write_zip(
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; formats are {', '.join(FORMATS)}")
     coco = format == "coco"
+    seg = format == "dicom-seg"
     if isinstance(rows, list):
         rows, total = sorted(rows, key=lambda r: r.image_id), len(rows)
     total = total or 0
@@ -284,6 +290,7 @@ def write_zip(
         _spool() as mask_lines,
         _spool() as coco_images,
         _spool() as coco_annotations,
+        _spool() as seg_lines,
         _FlatZip(out, "w", allowZip64=True) as zf,
     ):
         meta.write(_csv_line(line, METADATA_COLUMNS))
@@ -295,15 +302,17 @@ def write_zip(
             mask_name = f"masks/{stem}.png" if row.mask_path else ""
             digest = _write_file(zf, image_name, opener(row.image_path))
             image_lines.write(_manifest_line(image_name, digest))
-            if row.mask_path and coco:
+            if row.mask_path and (coco or seg):
                 # Read whole (a mask PNG is small): stored as it is, and decoded for its RLE.
                 with opener(row.mask_path) as src:
                     mask_png = src.read()
                 digest = _write_bytes(zf, mask_name, mask_png)
                 mask_lines.write(_manifest_line(mask_name, digest))
-                annotation = coco_annotation(row, mask_png)
+                annotation = coco_annotation(row, mask_png) if coco else None
                 if annotation is not None:
                     _coco_entry(coco_annotations, annotation)
+                if seg:
+                    _write_seg(zf, seg_lines, row, stem, mask_png, opener)
             elif row.mask_path:
                 digest = _write_file(zf, mask_name, opener(row.mask_path))
                 mask_lines.write(_manifest_line(mask_name, digest))
@@ -348,6 +357,7 @@ def write_zip(
             dst.write(b'{\n  "files": {\n')
             if coco_digest is not None:  # "annotations/…" sorts before "folds.csv"
                 dst.write(_manifest_line(COCO_NAME, coco_digest))
+            _copy(seg_lines, dst)  # "dicom-seg/…" sorts before "folds.csv" too
             dst.write(_manifest_line("folds.csv", folds_digest))
             _copy(image_lines, dst)
             _copy(mask_lines, dst)
@@ -356,10 +366,25 @@ def write_zip(
     return count
 
 
-def _write_bytes(zf: zipfile.ZipFile, name: str, data: bytes) -> str:
-    with zf.open(_info(name, zipfile.ZIP_STORED), "w", force_zip64=True) as dst:
+def _write_bytes(
+    zf: zipfile.ZipFile, name: str, data: bytes, compress: int = zipfile.ZIP_STORED
+) -> str:
+    with zf.open(_info(name, compress), "w", force_zip64=True) as dst:
         dst.write(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _write_seg(
+    zf: zipfile.ZipFile, lines: IO[bytes], row: ExportRow, stem: str, mask: bytes, opener: Opener
+) -> None:
+    """The "dicom-seg" format's files of one image (annotation.dicom_seg), in the zip and in the
+    manifest's lines. Deflated: a SEG holds its mask uncompressed, a bit a pixel (512 KB for
+    2048×2048), which deflates to a few KB."""
+    from annotation.dicom_seg import export_files
+
+    for name, data in export_files(row, stem, mask, opener):
+        digest = _write_bytes(zf, name, data, zipfile.ZIP_DEFLATED)
+        lines.write(_manifest_line(name, digest))
 
 
 def coco_image(row: ExportRow, file_name: str) -> dict[str, Any]:

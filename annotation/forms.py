@@ -242,7 +242,11 @@ class ExportForm(forms.Form):
         required=False, initial=True, label="Only images with an accepted mask"
     )
     format = forms.ChoiceField(
-        choices=[("png", "PNG masks"), ("coco", "COCO instance segmentation (RLE)")],
+        choices=[
+            ("png", "PNG masks"),
+            ("coco", "COCO instance segmentation (RLE)"),
+            ("dicom-seg", "DICOM-SEG per image"),
+        ],
         initial="png",
         required=False,
     )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL, Redis and Chromium are available for the test suite: starts what is
-# installed, installs what is missing with apt-get where it can, otherwise says what to do.
+# Makes sure PostgreSQL, Redis, Chromium and dicom3tools are available for the test suite:
+# starts what is installed, installs what is missing with apt-get where it can, otherwise says
+# what to do.
 set -euo pipefail
 
 say() { printf 'ensure-services: %s\n' "$*"; }
@@ -40,4 +41,6 @@ if ! redis_up; then
 fi
 
 if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
-say "PostgreSQL, Redis and Chromium are ready"
+# dicom3tools' dciodvfy validates the DICOM-SEG export (tests/annotation/test_export_dicom_seg.py).
+command -v dciodvfy >/dev/null || apt_install dicom3tools
+say "PostgreSQL, Redis, Chromium and dciodvfy are ready"

@@ -51,10 +51,15 @@ class ExportListApi(APIView):
         classes = serializers.ListField(child=serializers.CharField(), required=False)
         accepted_only = serializers.BooleanField(default=True)
         format = serializers.ChoiceField(
-            choices=[("png", "PNG masks"), ("coco", "COCO instance segmentation (RLE)")],
+            choices=[
+                ("png", "PNG masks"),
+                ("coco", "COCO instance segmentation (RLE)"),
+                ("dicom-seg", "DICOM-SEG per image"),
+            ],
             default="png",
             help_text="png: images, PNG masks and CSVs; coco: the same plus "
-            "annotations/instances.json.",
+            "annotations/instances.json; dicom-seg: the same plus a DICOM-SEG per image "
+            "with an accepted mask in dicom-seg/.",
         )
 
         class Meta:

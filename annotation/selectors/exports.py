@@ -121,6 +121,7 @@ def _export_row(img: dict[str, Any], gt: GroundTruth | None, fold: int) -> Expor
         model=f"{mv.arch}/{mv.encoder} v{mv.pk}" if mv else "",
         agreement=item.agreement if item else None,
         fold=fold,
+        mask_created=mask.created_at if mask else None,
     )
 
 

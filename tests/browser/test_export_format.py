@@ -12,8 +12,10 @@ def test_the_export_page_queues_a_coco_export(page, sign_in, url, shot, data_use
     sign_in(page, data_user)
     page.goto(url("/exports/"))
     options = page.locator("select[name=format] option").all_inner_texts()
-    assert options == ["PNG masks", "COCO instance segmentation (RLE)"]
+    assert options == ["PNG masks", "COCO instance segmentation (RLE)", "DICOM-SEG per image"]
     assert page.input_value("select[name=format]") == "png"
+    page.select_option("select[name=format]", "dicom-seg")
+    shot(page, "dicom-seg-chosen")
     page.select_option("select[name=format]", "coco")
     shot(page, "coco-chosen")
     with page.expect_navigation(url="**/exports/"):
