@@ -3,6 +3,8 @@ rounds, review items and candidates change only through the services' state mach
 admin shows them and never writes them."""
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from annotation.models import (
     Candidate,
@@ -51,8 +53,11 @@ class CandidateAdmin(ReadOnlyAdmin):
 
 @admin.register(Decision)
 class DecisionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "item", "reviewer", "candidate"]
+    list_display = ["id", "item", "reviewer", "candidate", "revoked_at"]
     list_select_related = ["item__round", "item__image", "reviewer", "candidate"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Decision]:
+        return Decision.with_revoked.all()  # undone picks too: they are provenance
 
 
 @admin.register(GroundTruth)
