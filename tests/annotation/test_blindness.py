@@ -346,6 +346,8 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
         "next-api-url": "/api/review-items/next/",
         "queue-url": "/queue/",
         "lease-url": f"/api/review-items/{item.uuid}/lease/",
+        "skip-url": f"/api/review-items/{item.uuid}/skip/",
+        "item-api-url": f"/api/review-items/{item.uuid}/",
     }
 
 
