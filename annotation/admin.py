@@ -7,7 +7,8 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import UserChangeForm
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
+from django.http import HttpRequest
 
 from annotation import selectors
 from annotation.errors import DomainError
@@ -74,8 +75,11 @@ def _image_under_review(path: str) -> Exists:
 
 @admin.register(Decision)
 class DecisionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "item", "reviewer", "candidate"]
+    list_display = ["id", "item", "reviewer", "candidate", "revoked_at"]
     list_select_related = ["item__round", "item__image", "reviewer", "candidate"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Decision]:
+        return Decision.with_revoked.all()  # undone picks too: they are provenance
 
 
 @admin.register(GroundTruth)

@@ -230,6 +230,12 @@ class ReviewLease(models.Model):
     )
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
+    skipped_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The MD skipped the item (the lease is then expired): it comes back to them "
+        "only after the other items.",
+    )
 
     class Meta:
         constraints = [
@@ -271,8 +277,21 @@ class Candidate(models.Model):
         return f"{self.item} candidate {self.label or '?'}"
 
 
+class LiveDecisions(models.Manager["Decision"]):
+    """Decisions that stand: an undone pick keeps its row (revoked) but counts nowhere."""
+
+    def get_queryset(self) -> models.QuerySet[Decision]:
+        return super().get_queryset().filter(revoked_at__isnull=True)
+
+
 class Decision(models.Model):
-    """One reviewer's pick for one item: a candidate, or none (redraw)."""
+    """One reviewer's pick for one item: a candidate, or none (redraw).
+
+    A pick undone within the grace window (annotation/services/review.py `decision_undo`) is
+    never deleted: it is marked revoked. `objects` (and every related manager, such as
+    `item.decisions`) sees only standing decisions, so statistics, tallies, ground truth and
+    exports ignore revoked ones; `with_revoked` sees every row.
+    """
 
     item = models.ForeignKey(ReviewItem, on_delete=models.PROTECT, related_name="decisions")
     reviewer = models.ForeignKey(
@@ -284,12 +303,23 @@ class Decision(models.Model):
     seconds = models.FloatField()
     is_adjudication = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, help_text="When the pick was undone.")
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    with_revoked = models.Manager()
+    objects = LiveDecisions()
 
     class Meta:
         ordering = ["id"]
+        default_manager_name = "objects"
+        base_manager_name = "with_revoked"
         constraints = [
             models.UniqueConstraint(
-                fields=["item", "reviewer"], name="decision_one_per_reviewer_per_item"
+                fields=["item", "reviewer"],
+                condition=Q(revoked_at__isnull=True),
+                name="decision_one_per_reviewer_per_item",
             ),
             models.CheckConstraint(
                 condition=Q(seconds__gte=0), name="decision_seconds_not_negative"

@@ -38,6 +38,8 @@ urlpatterns = [
         review.ReviewLeaseApi.as_view(),
         name="item-lease",
     ),
+    path("review-items/<uuid:item_uuid>/skip/", review.ReviewSkipApi.as_view(), name="item-skip"),
+    path("review-items/<uuid:item_uuid>/undo/", review.ReviewUndoApi.as_view(), name="item-undo"),
     path(
         "review-items/<uuid:item_uuid>/adjudicate/",
         review.ReviewAdjudicateApi.as_view(),

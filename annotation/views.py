@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
@@ -139,11 +140,13 @@ def review(request, item_uuid):
     # The item's data and its first (smallest) images come with the page: no request stands
     # between the page's scripts and the item's first frame.
     payload = selectors.blind_item_payload(item)
+    context = selectors.review_context(item, request.user)
     return render(
         request,
         "annotation/review.html",
         {
-            "item": payload,
+            "item": {**payload, "context": context},
+            "context": context,
             "first_images": selectors.first_display_images(item, payload),
             "decision_url": reverse(
                 "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
@@ -152,6 +155,9 @@ def review(request, item_uuid):
             "next_api_url": "" if adjudicating else reverse("api:item-next"),
             # The page renews the MD's leases on its items (this one's URL, by item id).
             "lease_url": "" if adjudicating else reverse("api:item-lease", args=[item.uuid]),
+            "skip_url": "" if adjudicating else reverse("api:item-skip", args=[item.uuid]),
+            "undo_url": "" if adjudicating else reverse("api:item-undo", args=[item.uuid]),
+            "undo_seconds": settings.MASKLOOP_UNDO_SECONDS,
             "queue_url": reverse("rounds" if adjudicating else "queue"),
             "adjudicating": adjudicating,
         },

@@ -302,6 +302,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Training: which preset a round uses unless its form says otherwise.
 MASKLOOP_DEFAULT_PRESET = env.str("MASKLOOP_DEFAULT_PRESET", default="tiny")
 MASKLOOP_LEASE_SECONDS = env.int("MASKLOOP_LEASE_SECONDS", default=300)  # an MD's hold on an item
+MASKLOOP_UNDO_SECONDS = env.int("MASKLOOP_UNDO_SECONDS", default=120)  # an MD may undo a pick
 # Items opened or withdrawn per transaction when a round opens or ends (round_open_batch).
 MASKLOOP_BULK_BATCH = env.int("MASKLOOP_BULK_BATCH", default=200)
 

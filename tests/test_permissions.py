@@ -69,6 +69,8 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/api/review-items/{item}/decision/", only(MD)),
     ("POST", "/api/review-items/{item}/lease/", only(MD)),
     ("DELETE", "/api/review-items/{item}/lease/", only(MD)),
+    ("POST", "/api/review-items/{item}/skip/", only(MD)),
+    ("POST", "/api/review-items/{item}/undo/", only(MD)),
     ("POST", "/api/review-items/{item}/adjudicate/", only(ADMIN)),
     # ---------------------------------------------------------------- API: exports
     ("GET", "/api/exports/", only(DATA)),

@@ -26,12 +26,24 @@ from annotation.errors import DomainError
 from annotation.models import ReviewItem
 from annotation.permissions import IsAdmin, IsMD, IsReviewer
 from annotation.services.leases import lease_seconds
+from annotation.services.review import undo_seconds
 
 
 class BlindCandidateOutput(serializers.Serializer):
     label = serializers.CharField()  # type: ignore[assignment]  # a field, not Field.label
     mask_url = serializers.CharField(help_text="the mask, 0/255 grayscale")
     overlay_url = serializers.CharField(help_text="the mask coloured for drawing on the CXR")
+
+
+class ReviewContextOutput(serializers.Serializer):
+    image_name = serializers.CharField(help_text='the file name, or "withheld"')
+    image_class = serializers.CharField()
+    patient = serializers.CharField(help_text='empty when unknown, or "withheld"')
+    round = serializers.IntegerField()
+    position = serializers.IntegerField(help_text="this item is n of total in the round")
+    total = serializers.IntegerField()
+    decided_in_round = serializers.IntegerField()
+    decided_today = serializers.IntegerField()
 
 
 class BlindItemOutput(serializers.Serializer):
@@ -44,6 +56,12 @@ class BlindItemOutput(serializers.Serializer):
     candidates = BlindCandidateOutput(many=True)
     decision_url = serializers.CharField()
     page_url = serializers.CharField()
+    context = ReviewContextOutput()  # type: ignore[assignment]  # a field, not Field.context
+
+
+def item_payload(item: ReviewItem, user) -> dict:
+    """The blind item and its context for this user (selectors.review_context)."""
+    return {**selectors.blind_item_payload(item), "context": selectors.review_context(item, user)}
 
 
 class NextUrlOutput(serializers.Serializer):
@@ -74,7 +92,7 @@ class ReviewItemApi(APIView):
         item = _visible_item(request, item_uuid)
         if item.status == ReviewItem.Status.OPEN:
             services.lease_renew(item=item, reviewer=request.user)  # if they hold one
-        return Response(selectors.blind_item_payload(item))
+        return Response(item_payload(item, request.user))
 
 
 class ReviewNextApi(APIView):
@@ -95,7 +113,7 @@ class ReviewNextApi(APIView):
         item = services.item_claim(reviewer=request.user, after=current)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(selectors.blind_item_payload(item))
+        return Response(item_payload(item, request.user))
 
 
 class LeaseOutput(serializers.Serializer):
@@ -120,6 +138,36 @@ class ReviewLeaseApi(APIView):
         item = get_object_or_404(ReviewItem, uuid=item_uuid)
         services.lease_release(item=item, reviewer=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ReviewSkipApi(APIView):
+    """The MD passes on the item for now: it goes back to the pool and comes back to them only
+    after their other items."""
+
+    permission_classes = [IsMD]
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request, item_uuid):
+        item = get_object_or_404(ReviewItem, uuid=item_uuid)
+        services.item_skip(item=item, reviewer=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UndoOutput(serializers.Serializer):
+    page_url = serializers.CharField(help_text="the item's review page, to pick again")
+
+
+class ReviewUndoApi(APIView):
+    """Undoes the MD's pick on the item within the grace window (MASKLOOP_UNDO_SECONDS), while
+    no other MD has decided on it and it has not resolved; the item is theirs again."""
+
+    permission_classes = [IsMD]
+
+    @extend_schema(request=None, responses={200: UndoOutput, 409: None})
+    def post(self, request, item_uuid):
+        item = get_object_or_404(ReviewItem, uuid=item_uuid)
+        services.decision_undo(item=item, reviewer=request.user)
+        return Response({"page_url": reverse("review", args=[item.uuid])})
 
 
 class ReviewItemImageApi(APIView):
@@ -161,25 +209,42 @@ class DecisionInput(serializers.Serializer):
     round = serializers.IntegerField(required=False)
 
 
+class DecisionOutput(NextUrlOutput):
+    undo_url = serializers.CharField(
+        allow_null=True,
+        help_text="where to undo this pick, while it may be undone: null when the pick settled "
+        "the item (then it is final at once)",
+    )
+    undo_seconds = serializers.IntegerField(help_text="how long a pick may be undone")
+
+
 class ReviewDecisionApi(APIView):
     permission_classes = [IsMD]
     parser_classes = [JSONParser, FormParser]
 
-    @extend_schema(request=DecisionInput, responses={201: NextUrlOutput})
+    @extend_schema(request=DecisionInput, responses={201: DecisionOutput})
     def post(self, request, item_uuid):
         item = get_object_or_404(ReviewItem, uuid=item_uuid)
         data = DecisionInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        services.decision_create(
+        decision = services.decision_create(
             item=item,
             reviewer=request.user,
             choice=v["choice"],
             seconds=v["seconds"],
             round_number=v.get("round"),
         )
+        undoable = decision.item.status == ReviewItem.Status.OPEN
         # The page hands the MD their next item (leased) when it opens.
-        return Response({"next_url": reverse("review-next")}, status=status.HTTP_201_CREATED)
+        return Response(
+            {
+                "next_url": reverse("review-next"),
+                "undo_url": reverse("api:item-undo", args=[item.uuid]) if undoable else None,
+                "undo_seconds": undo_seconds(),
+            },
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class ReviewAdjudicateApi(APIView):

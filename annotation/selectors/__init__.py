@@ -43,6 +43,7 @@ from annotation.selectors.review import (
     open_items_for,
     redraw_items,
     redraw_start_candidates,
+    review_context,
     review_count_for,
     reviewing_rounds,
     under_review,
@@ -62,6 +63,7 @@ from annotation.selectors.rounds import (
 )
 
 __all__ = [
+    "review_context",
     "BULK_TASKS",
     "EXPORT_CHUNK",
     "MdQueue",

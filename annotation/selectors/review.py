@@ -4,6 +4,7 @@ hidden while an image is under review."""
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,12 +19,14 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.urls import reverse
+from django.utils import timezone
 
 from annotation import storage
 from annotation.models import (
     Candidate,
     Decision,
     Image,
+    ImageClass,
     ReviewItem,
     ReviewLease,
     Role,
@@ -46,7 +49,7 @@ def open_items_for(user: Any) -> QuerySet[ReviewItem]:
         ReviewItem.objects.filter(
             status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING
         )
-        .exclude(decisions__reviewer=user)
+        .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
         .exclude(authored_by(user))
         .order_by("round__number", "id")
     )
@@ -128,7 +131,11 @@ def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewI
         items = items.annotate(
             taken=_count(decided) + _count(_live_leases_of_others(user, now))
         ).filter(taken__lt=rnd.reviewers_per_item)
-    return items.order_by("id")
+    # Items this MD skipped come back to them only once the others run out.
+    skipped = ReviewLease.objects.filter(
+        item=OuterRef("pk"), reviewer=user, skipped_at__isnull=False
+    )
+    return items.annotate(skipped=Exists(skipped)).order_by("skipped", "id")
 
 
 # An image with an item in one of these is still being judged: machine maps of it would steer
@@ -277,3 +284,44 @@ def first_display_images(item: ReviewItem, payload: dict[str, Any]) -> dict[str,
             url += f"{'&' if '?' in url else '?'}max={max_side}"
         images[url] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return images
+
+
+# Words that would say where a mask came from. An image name or patient id that holds one is
+# withheld from the review page: the context must never hint at a candidate's source.
+_PROVENANCE = re.compile(
+    r"(?<![a-z])(drawn|draw|predict\w*|manual\w*|import\w*|author\w*|source|model\w*|"
+    r"network\w*|fold\w*|machine|mask\w*|unet|u-net|dla|densenet\w*|resnet\w*|"
+    r"inception\w*|chexnet|efficientnet\w*|mobilenet\w*|vgg\w*)(?![a-z])",
+    re.IGNORECASE,
+)
+WITHHELD = "withheld"
+
+
+def _blind_text(text: str, *, limit: int = 80) -> str:
+    """`text` as the review page may show it: its last path part, shortened, or WITHHELD when
+    it names a mask's provenance."""
+    text = (text or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if _PROVENANCE.search(text):
+        return WITHHELD
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def review_context(item: ReviewItem, user: Any) -> dict[str, Any]:
+    """What the review page says about the item beside its images, safe for a blind review:
+    the image's name, class and patient (each withheld if it names a mask's provenance), the
+    round, where the item stands among this MD's items of the round ("item n of N"), and
+    the MD's own progress. Nothing here depends on the candidates."""
+    decided = Decision.objects.filter(reviewer=user, is_adjudication=False)
+    in_round = decided.filter(item__round_id=item.round_id).count()
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    left = open_items_for(user).filter(round_id=item.round_id).count()
+    return {
+        "image_name": _blind_text(item.image.name),
+        "image_class": ImageClass(item.image.image_class).label,
+        "patient": _blind_text(item.image.patient_id, limit=40),
+        "round": item.round.number,
+        "position": in_round + 1,
+        "total": in_round + max(left, 1),
+        "decided_in_round": in_round,
+        "decided_today": decided.filter(created_at__gte=today).count(),
+    }

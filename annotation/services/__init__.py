@@ -22,8 +22,14 @@ from annotation.services.images import (
     mask_create,
     mask_draw,
 )
-from annotation.services.leases import item_claim, lease_release, lease_renew, lease_take
-from annotation.services.review import decision_adjudicate, decision_create
+from annotation.services.leases import (
+    item_claim,
+    item_skip,
+    lease_release,
+    lease_renew,
+    lease_take,
+)
+from annotation.services.review import decision_adjudicate, decision_create, decision_undo
 from annotation.services.rounds import (
     candidate_add,
     round_advance,
@@ -39,6 +45,7 @@ __all__ = [
     "candidate_add",
     "decision_adjudicate",
     "decision_create",
+    "decision_undo",
     "export_build",
     "export_fail",
     "export_filters_clean",
@@ -47,6 +54,7 @@ __all__ = [
     "image_refresh_status",
     "images_refresh_status",
     "item_claim",
+    "item_skip",
     "latest_manual_mask",
     "lease_release",
     "lease_renew",

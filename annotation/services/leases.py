@@ -110,10 +110,10 @@ def _claim_in_round(*, rnd: Round, reviewer: Any, after: ReviewItem | None) -> R
 def _lease_save(*, item: ReviewItem, reviewer: Any, now: datetime) -> None:
     """Creates or renews the lease; the caller holds the item's row lock."""
     ReviewLease.objects.bulk_create(
-        [ReviewLease(item=item, reviewer=reviewer, expires_at=_expiry(now))],
+        [ReviewLease(item=item, reviewer=reviewer, expires_at=_expiry(now), skipped_at=None)],
         update_conflicts=True,
         unique_fields=["item", "reviewer"],
-        update_fields=["expires_at"],
+        update_fields=["expires_at", "skipped_at"],
     )
 
 
@@ -161,17 +161,47 @@ def lease_take(*, item: ReviewItem, reviewer: Any) -> datetime:
             "other MDs are reviewing this image now; it was handed to them while you were away"
         )
     _lease_save(item=locked, reviewer=reviewer, now=now)
+    _keep_newest_other(item=locked, reviewer=reviewer, now=now)
+    return _expiry(now)
+
+
+def _keep_newest_other(*, item: ReviewItem, reviewer: Any, now: datetime) -> None:
+    """Of this MD's live leases other than `item`'s, keeps only the newest (the prefetch)."""
     others = list(
         ReviewLease.objects.filter(reviewer=reviewer, expires_at__gt=now)
-        .exclude(item=locked)
+        .exclude(item=item)
         .order_by("-created_at", "-id")
         .values_list("pk", flat=True)[MAX_HELD - 1 :]
     )
     if others:
         ReviewLease.objects.filter(pk__in=others).delete()
+
+
+def lease_give_back(*, item: ReviewItem, reviewer: Any) -> datetime:
+    """Leases the item to the MD whose pick on it was just undone, so they can pick again.
+
+    The caller holds the item's row lock and has revoked the MD's decision: the slot that
+    decision took becomes this lease, so the item's count of slots is unchanged.
+    """
+    now = timezone.now()
+    _lease_save(item=item, reviewer=reviewer, now=now)
+    _keep_newest_other(item=item, reviewer=reviewer, now=now)
     return _expiry(now)
 
 
 def lease_release(*, item: ReviewItem, reviewer: Any) -> None:
     """Gives the item back to the pool (the MD skipped it or left)."""
     ReviewLease.objects.filter(item=item, reviewer=reviewer).delete()
+
+
+def item_skip(*, item: ReviewItem, reviewer: Any) -> None:
+    """The MD passes on this item for now: their lease ends at once (its slot goes back to the
+    pool) and is kept as a mark, so that the item is handed to them again only after every
+    other item they may review (selectors.claimable_items orders skipped items last)."""
+    now = timezone.now()
+    ReviewLease.objects.bulk_create(
+        [ReviewLease(item=item, reviewer=reviewer, expires_at=now, skipped_at=now)],
+        update_conflicts=True,
+        unique_fields=["item", "reviewer"],
+        update_fields=["expires_at", "skipped_at"],
+    )

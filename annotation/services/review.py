@@ -24,6 +24,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
@@ -39,7 +40,7 @@ from annotation.models import (
 )
 from annotation.services import states
 from annotation.services.images import image_refresh_status
-from annotation.services.leases import AUTHORED
+from annotation.services.leases import AUTHORED, lease_give_back
 from annotation.services.rounds import WAITING, round_complete_if_done
 
 NONE = "none"
@@ -124,6 +125,55 @@ def _decision_create(
         return decision, item.status != ReviewItem.Status.ADJUDICATION
     ReviewLease.objects.filter(item=item, reviewer=reviewer).delete()
     return decision, False
+
+
+def undo_seconds() -> int:
+    return int(settings.MASKLOOP_UNDO_SECONDS)
+
+
+@transaction.atomic
+def decision_undo(*, item: ReviewItem, reviewer: Any) -> Decision:
+    """Undoes this MD's pick on the item within MASKLOOP_UNDO_SECONDS, and hands the item back
+    to them (their lease) so they can pick again.
+
+    Only while the item is still open: no other MD has decided on it since, and it has not
+    resolved (a pick that settles the item, as in a one-reviewer round, is final at once). The
+    pick is never deleted: it is marked revoked, and every reader ignores it from then on.
+
+    Raises:
+        Conflict: no pick to undo, the window has passed, another MD decided since, or the item
+            or its round is settled.
+    """
+    item = (
+        ReviewItem.objects.select_for_update(of=("self",))
+        .select_related("round", "image")
+        .get(pk=item.pk)
+    )
+    decision = Decision.objects.filter(item=item, reviewer=reviewer, is_adjudication=False).first()
+    if decision is None:
+        raise Conflict("you have no pick on this item to undo")
+    if item.status != ReviewItem.Status.OPEN:
+        raise Conflict(
+            f"this item is settled ({item.get_status_display().lower()}); your pick is final"
+        )
+    if item.round.status != Round.Status.REVIEWING:
+        raise Conflict(
+            f"round {item.round.number} is {item.round.get_status_display().lower()}; "
+            "your pick is final"
+        )
+    now = timezone.now()
+    elapsed = (now - decision.created_at).total_seconds()
+    if elapsed > undo_seconds():
+        raise Conflict(
+            f"a pick can be undone within {undo_seconds()} seconds; this one was made "
+            f"{int(elapsed)} seconds ago and is final"
+        )
+    if Decision.objects.filter(item=item, id__gt=decision.id).exclude(reviewer=reviewer).exists():
+        raise Conflict("another MD has decided on this item since your pick; it is final")
+    Decision.with_revoked.filter(pk=decision.pk).update(revoked_at=now, revoked_by=reviewer)
+    lease_give_back(item=item, reviewer=reviewer)
+    decision.refresh_from_db()
+    return decision
 
 
 def decision_adjudicate(

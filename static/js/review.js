@@ -25,9 +25,16 @@ const config = {
   nextApiUrl: root.dataset.nextApiUrl,
   queueUrl: root.dataset.queueUrl || "/",
   leaseUrl: root.dataset.leaseUrl || "", // the first item's; empty when adjudicating
+  skipUrl: root.dataset.skipUrl || "", // the first item's; empty when adjudicating
+  itemApiUrl: root.dataset.itemApiUrl || "", // the first item's JSON
   firstItemId: (readJsonScript("review-item", null) || {}).id || "",
 };
 const LEASE_RENEW_MS = 60 * 1000; // well inside the server's lease (5 minutes by default)
+const FLASH_MS = 4000; // how long "Saved — next item" and the like stay up
+const FLASH_KEY = "maskloop:review-flash"; // a message that outlives a page load (after undo)
+
+/** One of the first item's URLs, for another item. */
+const urlFor = (template, id) => (template ? template.replace(config.firstItemId, id) : "");
 
 const $ = (selector) => root.querySelector(selector);
 const stage = $(".review-stage");
@@ -39,6 +46,9 @@ const controls = {
   modeButtons: Array.from(root.querySelectorAll("[data-mode]")),
   picks: $(".pick-group"),
   none: $("#pick-none"),
+  skip: $("#skip"),
+  undo: $("#undo"),
+  flash: $("#review-flash"),
   opacity: $("#overlay-opacity"),
   status: $("#status"),
   selection: $("#selection-readout"),
@@ -224,6 +234,8 @@ const state = {
   selected: null, // index of the selected / viewed candidate
   overlaysVisible: true,
   armedNone: false,
+  armedPick: null, // the label Enter (or its button) asked to confirm
+  lastPick: null, // {id, choice, undoUrl, until} while the last pick may be undone
   busy: false,
   shownAt: 0,
   hiddenMs: 0,
@@ -572,6 +584,7 @@ function labels() {
 function select(index) {
   if (!state.current || index === null || index < 0 || index >= panels.length) return;
   disarmNone();
+  if (state.armedPick !== null && labels()[index] !== state.armedPick) disarmPick();
   state.selected = index;
   if (singlePanel) {
     singlePanel.tag.textContent = labels()[index];
@@ -591,9 +604,11 @@ function updateSelection() {
     controls.selection.textContent =
       state.mode === "grid" ? "Click a panel or press 1–" + names.length + " to select" : "";
   } else {
-    controls.selection.textContent = `${state.mode === "single" ? "Viewing" : "Selected"} ${
-      names[state.selected]
-    } · Enter picks it`;
+    const label = names[state.selected];
+    controls.selection.textContent = `${state.mode === "single" ? "Viewing" : "Selected"} ${label} · Enter picks it`;
+    if (state.current && !state.busy && state.armedPick === null) {
+      setStatus(`${state.mode === "single" ? "Viewing" : "Selected"} candidate ${label}. Press Enter to pick it.`);
+    }
   }
 }
 
@@ -616,7 +631,7 @@ function buildPickButtons(names) {
     button.type = "button";
     button.dataset.index = String(k);
     button.textContent = `Pick ${label}`;
-    button.addEventListener("click", () => pick(label));
+    button.addEventListener("click", () => requestPick(label));
     controls.picks.append(button);
   });
 }
@@ -625,6 +640,7 @@ function setBusy(busy) {
   state.busy = busy;
   for (const button of controls.picks.querySelectorAll("button")) button.disabled = busy;
   controls.none.disabled = busy;
+  if (controls.skip) controls.skip.disabled = busy;
 }
 
 function armNone() {
@@ -636,6 +652,7 @@ function armNone() {
       "redrawing. Esc cancels.",
     "notice",
   );
+  setStatus("None of these selected: press N again to send the image back for a redraw, Esc to cancel.", "notice");
 }
 
 function disarmNone() {
@@ -644,6 +661,136 @@ function disarmNone() {
   controls.none.classList.remove("armed");
   controls.none.textContent = "None of these";
   hideBanner();
+}
+
+/** Asks to confirm a pick: the candidate is selected and a second Enter (or click) records it. */
+function armPick(label) {
+  disarmNone();
+  const index = labels().indexOf(label);
+  if (index < 0) return;
+  if (state.selected !== index) select(index);
+  state.armedPick = label;
+  for (const button of controls.picks.querySelectorAll("button")) {
+    const armed = Number(button.dataset.index) === index;
+    button.classList.toggle("armed", armed);
+    button.textContent = armed ? `Confirm ${label}` : `Pick ${labels()[Number(button.dataset.index)]}`;
+  }
+  setStatus(`Candidate ${label} selected. Press Enter again to confirm, Esc to cancel.`, "notice");
+  showBanner(`Pick candidate ${label}? Press Enter again (or click “Confirm ${label}”) to record it. Esc cancels.`, "notice");
+}
+
+function disarmPick() {
+  if (state.armedPick === null) return;
+  state.armedPick = null;
+  for (const button of controls.picks.querySelectorAll("button")) {
+    button.classList.remove("armed");
+    button.textContent = `Pick ${labels()[Number(button.dataset.index)]}`;
+  }
+  hideBanner();
+}
+
+function requestPick(label) {
+  if (state.busy || !state.current) return;
+  if (state.armedPick === label) pick(label);
+  else armPick(label);
+}
+
+let flashTimer = null;
+/** A short message on the page itself: "Saved — next item", "Undone", "Skipped". */
+function flash(text, kind = "ok") {
+  if (!controls.flash) return;
+  controls.flash.textContent = text;
+  controls.flash.className = `review-flash ${kind}`;
+  controls.flash.hidden = false;
+  window.clearTimeout(flashTimer);
+  flashTimer = window.setTimeout(() => {
+    controls.flash.hidden = true;
+  }, FLASH_MS);
+}
+
+let undoTimer = null;
+/** Offers to undo the last pick while the server allows it (`undoUrl` null: final at once). */
+function offerUndo(id, choice, undoUrl, seconds) {
+  window.clearTimeout(undoTimer);
+  state.lastPick = undoUrl ? { id, choice, undoUrl } : null;
+  if (!controls.undo) return;
+  controls.undo.hidden = !undoUrl;
+  if (!undoUrl) return;
+  controls.undo.textContent = `Undo pick ${choice === "none" ? "none" : choice}`;
+  undoTimer = window.setTimeout(() => {
+    state.lastPick = null;
+    controls.undo.hidden = true;
+  }, Math.max(0, seconds * 1000 - 2000)); // a little inside the server's window
+}
+
+async function undoLastPick() {
+  const last = state.lastPick;
+  if (!last || state.busy) return;
+  setBusy(true);
+  setStatus("Undoing your last pick…");
+  try {
+    const response = await fetch(last.undoUrl, {
+      method: "POST",
+      headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+      credentials: "same-origin",
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    const body = await response.json();
+    sessionStorage.setItem(FLASH_KEY, `Undone — pick ${last.choice === "none" ? "none" : last.choice} was withdrawn; pick again.`);
+    window.location.assign(body.page_url); // the item is this MD's again
+  } catch (err) {
+    offerUndo(null, "", null, 0);
+    setBusy(false);
+    const message = `Not undone: ${networkMessage(err)}.`;
+    setStatus(message, "error");
+    flash(message, "error");
+  }
+}
+
+async function skipItem() {
+  if (!state.current || state.busy || !config.skipUrl) return;
+  const id = state.current.item.id;
+  setBusy(true);
+  disarmPick();
+  disarmNone();
+  try {
+    const response = await fetch(urlFor(config.skipUrl, id), {
+      method: "POST",
+      headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+      credentials: "same-origin",
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+  } catch (err) {
+    setBusy(false);
+    setStatus(`Not skipped: ${networkMessage(err)}.`, "error");
+    return;
+  }
+  await moveOn(id, "Skipped — it comes back after your other images.", { quiet: true });
+  flash("Skipped — it comes back after your other images.");
+}
+
+function showContext(item) {
+  const ctx = item.context;
+  if (!ctx) return;
+  const fields = {
+    image_name: ctx.image_name,
+    image_class: ctx.image_class,
+    patient: ctx.patient || "—",
+    round: String(ctx.round),
+    "position-of-total": `${ctx.position} of ${ctx.total}`,
+    progress: `${ctx.decided_today} today · ${ctx.decided_in_round} in this round`,
+  };
+  for (const [name, text] of Object.entries(fields)) {
+    const el = root.querySelector(`[data-context="${name}"]`);
+    if (el) el.textContent = text;
+  }
+}
+
+/** The context of a prefetched item was read before the last pick: read it again. */
+async function refreshContext(id) {
+  if (!config.itemApiUrl) return;
+  const item = await getJson(urlFor(config.itemApiUrl, id)).catch(() => null);
+  if (item && state.current && state.current.item.id === id) showContext(item);
 }
 
 function showBanner(text, kind) {
@@ -675,7 +822,9 @@ function show(prepared) {
   state.current = prepared;
   state.selected = state.mode === "single" ? 0 : null;
   disarmNone();
+  disarmPick();
   hideBanner();
+  showContext(prepared.item);
   const names = prepared.item.candidates.map((c) => c.label);
   buildPanels(names);
   buildPickButtons(names);
@@ -755,7 +904,7 @@ async function renewLeases() {
 }
 
 /** Leaves an item that cannot be decided here any more (`why`) for the next one. */
-async function moveOn(leftId, why) {
+async function moveOn(leftId, why, { quiet = false } = {}) {
   setBusy(true);
   newReadyPromise();
   loadingBox.hidden = false;
@@ -768,7 +917,9 @@ async function moveOn(leftId, why) {
     }
     if (prepared.item.page_url) history.replaceState(null, "", prepared.item.page_url);
     show(prepared);
-    showBanner(`${why} Here is the next one.`, "notice"); // stays until the next pick
+    if (quiet) setStatus(`${why} ${prepared.item.candidates.length} candidates.`);
+    else showBanner(`${why} Here is the next one.`, "notice"); // stays until the next pick
+    refreshContext(prepared.item.id);
   } catch (err) {
     setStatus(`${why} The next image did not load (${networkMessage(err)}); opening it…`, "error");
     window.location.assign(config.queueUrl);
@@ -780,6 +931,7 @@ async function pick(choice) {
   const seconds = visibleSeconds();
   const item = state.current.item;
   setBusy(true);
+  state.armedPick = null;
   hideBanner();
   setStatus(choice === "none" ? "Sending: none — redraw…" : `Sending pick ${choice}…`);
   let body;
@@ -809,11 +961,20 @@ async function pick(choice) {
     setBusy(false);
     return;
   }
+  offerUndo(item.id, choice, body.undo_url || null, body.undo_seconds || 0);
   newReadyPromise();
   loadingBox.hidden = false;
   try {
     const prepared = await nextItem(item.id);
     if (!prepared) {
+      if (state.lastPick) {
+        // Nothing else to review, but the pick may still be undone: stay a moment.
+        loadingBox.hidden = true;
+        setBusy(false);
+        setStatus("Saved. Nothing else to review — undo your last pick, or go back to the queue.", "notice");
+        flash("Saved — nothing else to review.");
+        return;
+      }
       setStatus("All done. Back to the queue…", "notice");
       window.location.assign(config.queueUrl);
       return;
@@ -824,6 +985,8 @@ async function pick(choice) {
       `Recorded ${choice === "none" ? "none — redraw" : choice} for the previous image. ` +
         `${prepared.item.candidates.length} candidates.`,
     );
+    flash("Saved — next item.");
+    refreshContext(prepared.item.id);
   } catch (err) {
     // The decision is stored; the next item did not load here, so let the server page show it.
     setStatus(`Recorded. The next image did not load (${networkMessage(err)}); opening it…`, "error");
@@ -837,11 +1000,12 @@ function pickSelected() {
     setStatus(`Select a candidate first: click a panel or press 1–${panels.length}.`, "notice");
     return;
   }
-  pick(labels()[state.selected]);
+  requestPick(labels()[state.selected]); // the first Enter asks, the second records
 }
 
 function pressNone() {
   if (state.busy || !state.current) return;
+  disarmPick();
   if (state.armedNone) pick("none");
   else armNone();
 }
@@ -870,8 +1034,15 @@ function onKeyDown(e) {
     pickSelected();
   } else if (key === "n") {
     pressNone();
+  } else if (key === "s" && controls.skip) {
+    skipItem();
+  } else if (key === "u" && controls.undo) {
+    undoLastPick();
   } else if (key === "Escape") {
-    if (state.armedNone) disarmNone();
+    if (state.armedPick !== null) {
+      disarmPick();
+      setStatus("Pick cancelled.");
+    } else if (state.armedNone) disarmNone();
     else if (!shortcuts.hidden) shortcuts.hidden = true;
     else if (state.mode === "grid" && state.selected !== null) {
       state.selected = null;
@@ -925,6 +1096,8 @@ function bind() {
     button.addEventListener("click", () => setMode(button.dataset.mode));
   }
   controls.none.addEventListener("click", pressNone);
+  if (controls.skip) controls.skip.addEventListener("click", skipItem);
+  if (controls.undo) controls.undo.addEventListener("click", undoLastPick);
   controls.help.addEventListener("click", () => {
     shortcuts.hidden = !shortcuts.hidden;
   });
@@ -980,6 +1153,12 @@ async function start() {
     if (!item) throw new Error("the page came without its item; reload it");
     performance.mark("maskloop:item");
     show(await prepareItem(item, { coarsest: true }));
+    const message = sessionStorage.getItem(FLASH_KEY);
+    if (message) {
+      sessionStorage.removeItem(FLASH_KEY);
+      flash(message);
+      setStatus(message);
+    }
   } catch (err) {
     loadingBox.hidden = true;
     const message = `This item could not be shown: ${networkMessage(err)}`;
@@ -1003,4 +1182,6 @@ window.maskloopReview = {
   /** The shared view: image point at the panels' centre and zoom relative to fit. */
   view: () => ({ ...view }),
   selected: () => (state.selected === null ? null : labels()[state.selected]),
+  /** The label waiting for a confirming Enter, or null. */
+  armed: () => state.armedPick,
 };

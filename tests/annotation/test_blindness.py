@@ -32,6 +32,19 @@ ITEM_KEYS = {
     "candidates",
     "decision_url",
     "page_url",
+    "context",
+}
+# The context beside the images: about the image and the MD's own progress, never about a
+# candidate (annotation/selectors/review.py review_context).
+CONTEXT_KEYS = {
+    "image_name",
+    "image_class",
+    "patient",
+    "round",
+    "position",
+    "total",
+    "decided_in_round",
+    "decided_today",
 }
 CANDIDATE_KEYS = {"label", "mask_url", "overlay_url"}
 PROVENANCE_WORDS = [
@@ -118,7 +131,9 @@ def blind_round(distinctive_ids, reviewing_round, md2):
 
 def secrets_of(item: ReviewItem, *, viewer=None) -> list[str]:
     """Every string that would tell a reviewer where an item's candidates came from."""
-    found = [str(item.pk), str(item.image_id), item.image.name, item.image.sha256]
+    # The image's name is shown as context (withheld when it speaks of a mask's source); its
+    # id and hash, which would lead to its masks, never are.
+    found = [str(item.pk), str(item.image_id), item.image.sha256]
     for c in item.candidates.select_related("mask"):
         found += [str(c.pk), str(c.mask_id), c.mask.sha256, str(c.mask.file.name)]
     found += [u.get_username() for u in get_user_model().objects.all() if u != viewer]
@@ -148,7 +163,11 @@ def assert_blind_payload(body: dict, item: ReviewItem) -> None:
         "candidates": body["candidates"],
         "decision_url": f"/api/review-items/{u}/decision/",
         "page_url": f"/review/{u}/",
+        "context": body["context"],
     }
+    assert set(body["context"]) == CONTEXT_KEYS
+    assert body["context"]["image_name"] == item.image.name
+    assert body["context"]["round"] == item.round.number
     for candidate in body["candidates"]:
         assert set(candidate) == CANDIDATE_KEYS
         assert candidate["mask_url"] == f"/api/review-items/{u}/candidates/{candidate['label']}.png"
@@ -327,6 +346,8 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
         "next-api-url": "/api/review-items/next/",
         "queue-url": "/queue/",
         "lease-url": f"/api/review-items/{item.uuid}/lease/",
+        "skip-url": f"/api/review-items/{item.uuid}/skip/",
+        "item-api-url": f"/api/review-items/{item.uuid}/",
     }
 
 
@@ -387,3 +408,33 @@ def test_next_never_offers_an_item_the_md_has_decided(reviewing_round, md2, md3,
     assert other.status_code == 200 and other.json()["id"] in decided
     item = ReviewItem.objects.select_related("round", "image").get(uuid=other.json()["id"])
     assert_blind_payload(other.json(), item)
+
+
+# ---------------------------------------------------------------- (g) the context
+
+
+def test_the_context_withholds_names_that_speak_of_a_mask_s_source(blind_round, md2, api):
+    item = blind_round.items.select_related("round", "image").first()
+    Image.objects.filter(pk=item.image_id).update(
+        name="uploads/drawer/cxr_manual_mask.png", patient_id="predicted-by-unet"
+    )
+    item.image.refresh_from_db()
+    client = api(md2)
+    body = client.get(f"/api/review-items/{item.uuid}/").json()
+    assert body["context"]["image_name"] == body["context"]["patient"] == "withheld"
+    html = client.get(f"/review/{item.uuid}/").content.decode()
+    assert "withheld" in html
+    assert_tells_nothing(FIRST_IMAGES.sub("", html), item, viewer=md2)
+    for secret in ("cxr_manual_mask", "predicted-by-unet"):
+        assert secret not in html
+
+
+def test_the_context_is_the_same_whichever_candidate_is_the_md_s_own(blind_round, md2, api):
+    """Two items of one round, whose manual masks carry different labels: their contexts differ
+    only in the image's own name and patient."""
+    client = api(md2)
+    contexts = []
+    for item in blind_round.items.all()[:2]:
+        ctx = client.get(f"/api/review-items/{item.uuid}/").json()["context"]
+        contexts.append({k: v for k, v in ctx.items() if k not in ("image_name", "patient")})
+    assert contexts[0] == contexts[1]

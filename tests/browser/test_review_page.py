@@ -13,6 +13,7 @@ from annotation.models import (
     Image,
     Mask,
     ReviewItem,
+    ReviewLease,
     Role,
     Round,
 )
@@ -78,6 +79,10 @@ def test_a_whole_blind_review_by_keyboard(page, sign_in, url, shot, reviewing_ro
         page.keyboard.press(str(LABELS.index(choice) + 1))
         page.wait_for_timeout(250)
         picks[item_id] = choice
+        page.keyboard.press("Enter")  # asks to confirm
+        assert page.evaluate("window.maskloopReview.armed()") == choice
+        assert page.locator(".pick-group button.armed").inner_text() == f"Confirm {choice}"
+        assert Decision.objects.filter(reviewer=md2).count() == n
         if n < 2:
             page.keyboard.press("Enter")
             page.wait_for_function(f"window.maskloopReview.currentItemId() !== '{item_id}'")
@@ -296,3 +301,53 @@ def test_the_page_holds_its_items_and_moves_on_when_one_went_to_another_md(
     assert lease.expires_at > timezone.now()  # still held by md2
     assert not Decision.objects.exists()
     assert rnd.items.filter(status=ReviewItem.Status.OPEN).count() == 3
+
+
+def test_context_confirm_undo_and_skip(page, sign_in, url, shot, reviewing_round):
+    """The page names the image (not its masks' sources), counts the MD's items, asks to
+    confirm a pick, says "Saved", undoes the pick within the window and skips an image."""
+    reviewing_round(images=3, reviewers=2)  # items stay open after one pick: it may be undone
+    md2 = make_user("md2", Role.MD)
+    sign_in(page, md2)
+    page.goto(url("/review/next/"))
+    first = review_ready(page)
+    item = ReviewItem.objects.select_related("image", "round").get(uuid=first)
+    context = page.locator(".review-context")
+    assert context.locator("[data-context=image_name]").inner_text() == item.image.name
+    assert context.locator("[data-context=image_class]").inner_text() == "COVID-19"
+    assert context.locator("[data-context=round]").inner_text() == str(item.round.number)
+    assert context.locator("[data-context=position-of-total]").inner_text() == "1 of 3"
+    assert "0 today" in context.inner_text()
+    assert not page.is_visible("#undo")  # nothing to undo yet
+    mark_document(page)
+
+    page.keyboard.press("2")
+    assert "Selected candidate B" in page.inner_text("#status")
+    page.keyboard.press("Enter")
+    assert page.is_visible(".review-banner") and "Enter again" in page.inner_text("#status")
+    shot(page, "confirm")
+    assert not Decision.objects.filter(reviewer=md2).exists()
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"window.maskloopReview.currentItemId() !== '{first}'")
+    assert still_same_document(page)
+    assert "Saved — next item" in page.inner_text("#review-flash")
+    page.wait_for_function(
+        "document.querySelector('[data-context=position-of-total]').textContent === '2 of 3'"
+    )
+    assert Decision.objects.get(reviewer=md2).candidate.label == "B"
+    assert page.is_visible("#undo")
+    shot(page, "saved")
+
+    with page.expect_navigation(url=f"**/review/{first}/"):
+        page.click("#undo")
+    assert review_ready(page) == first
+    assert "Undone" in page.inner_text("#review-flash")
+    assert not Decision.objects.filter(reviewer=md2).exists()
+    assert Decision.with_revoked.get(reviewer=md2).revoked_by == md2
+    shot(page, "undone")
+
+    page.keyboard.press("s")
+    page.wait_for_function(f"window.maskloopReview.currentItemId() !== '{first}'")
+    assert "Skipped" in page.inner_text("#review-flash")
+    assert ReviewLease.objects.get(item=item, reviewer=md2).skipped_at is not None
+    shot(page, "skipped")
