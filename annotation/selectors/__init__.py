@@ -47,6 +47,7 @@ from annotation.selectors.rounds import (
     round_bulk_steps,
     round_statistics,
 )
+from annotation.selectors.screening import screening_counts, screening_flagged
 
 __all__ = [
     "BULK_TASKS",
@@ -78,6 +79,8 @@ __all__ = [
     "reviewing_rounds",
     "round_bulk_steps",
     "round_statistics",
+    "screening_counts",
+    "screening_flagged",
     "under_review",
     "user_has_role",
     "user_roles",
