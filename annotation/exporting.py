@@ -64,6 +64,7 @@ class ExportRow:
     model: str
     agreement: float | None
     fold: int
+    screening: str = "clear"  # the screening state and its reason (see selectors.exports)
 
 
 METADATA_COLUMNS = [
@@ -82,6 +83,7 @@ METADATA_COLUMNS = [
     "reviewer",
     "model",
     "agreement",
+    "screening",
 ]
 
 
@@ -328,6 +330,7 @@ def write_zip(
                         row.reviewer,
                         row.model,
                         "" if row.agreement is None else f"{row.agreement:.3f}",
+                        row.screening,
                     ],
                 )
             )

@@ -10,7 +10,7 @@ from django.urls import reverse
 from annotation import selectors, services
 from annotation.errors import DomainError
 from annotation.forms import ExportForm, RoundStartForm, round_start_arguments
-from annotation.models import Export, Image, ReviewItem, Role, Round
+from annotation.models import Export, Image, ReviewItem, Role, Round, Screening
 from annotation.permissions import role_required
 
 
@@ -180,5 +180,37 @@ def exports(request):
             "form": form,
             "exports": Export.objects.select_related("requested_by")[:50],
             "list_api": reverse("api:export-list"),
+        },
+    )
+
+
+@role_required(Role.ADMIN)
+def screening(request):
+    """Images flagged at import, near-duplicates beside the image they resemble, with keep /
+    exclude buttons; ?state=kept or excluded lists the decided ones (and can change them)."""
+    if request.method == "POST":
+        image = get_object_or_404(Image, pk=request.POST.get("image_id") or 0)
+        try:
+            image = services.screening_decide(
+                image=image,
+                decided_by=request.user,
+                decision=request.POST.get("decision", ""),
+                reason=request.POST.get("reason", ""),
+            )
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"{image.name}: {image.get_screening_display().lower()}.")
+        return redirect(f"{reverse('screening')}?state={request.POST.get('state', 'pending')}")
+    state = request.GET.get("state", Screening.PENDING)
+    if state not in (Screening.PENDING, Screening.KEPT, Screening.EXCLUDED):
+        state = Screening.PENDING
+    return render(
+        request,
+        "annotation/screening.html",
+        {
+            "state": state,
+            "flagged": selectors.screening_flagged(state=state),
+            "counts": selectors.screening_counts(),
         },
     )
