@@ -189,7 +189,13 @@ def screening(request):
     """Images flagged at import, near-duplicates beside the image they resemble, with keep /
     exclude buttons; ?state=kept or excluded lists the decided ones (and can change them)."""
     if request.method == "POST":
-        image = get_object_or_404(Image, pk=request.POST.get("image_id") or 0)
+        state = request.POST.get("state", "")
+        back = reverse("screening") + (f"?state={state}" if state in Screening.values else "")
+        image_id = request.POST.get("image_id", "")
+        image = Image.objects.filter(pk=int(image_id)).first() if image_id.isdigit() else None
+        if image is None:
+            messages.error(request, "No such image.")
+            return redirect(back)
         try:
             image = services.screening_decide(
                 image=image,
@@ -201,7 +207,7 @@ def screening(request):
             messages.error(request, str(exc))
         else:
             messages.success(request, f"{image.name}: {image.get_screening_display().lower()}.")
-        return redirect(f"{reverse('screening')}?state={request.POST.get('state', 'pending')}")
+        return redirect(back)
     state = request.GET.get("state", Screening.PENDING)
     if state not in (Screening.PENDING, Screening.KEPT, Screening.EXCLUDED):
         state = Screening.PENDING
