@@ -15,7 +15,7 @@ from annotation.errors import Conflict
 from annotation.ingest import ingest_folder
 from annotation.models import Image, ImageClass, Round, Screening, ScreeningDecision
 from annotation.phantoms import make_phantom
-from annotation.selectors import export_rows
+from annotation.selectors import export_rows, images_to_draw
 from annotation.services.planning import plan_round
 
 THRESHOLDS = screening.Thresholds()
@@ -167,6 +167,8 @@ def test_the_ingest_report_and_the_upload_api_name_each_flag(tmp_path, api, admi
     )
     assert "almost blank" in flagged["dark.png"] and "over-exposed" in flagged["dark.png"]
     assert "flagged at screening (held out of rounds): 2" in report.summary()
+    # an MD is not asked to draw an image held at screening
+    assert {i.name for i in images_to_draw()} == {"a.png", "b.png"}
 
     small = imaging.encode_png(phantom(5, size=100))
     response = api(admin_user).post(
