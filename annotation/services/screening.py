@@ -10,7 +10,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from annotation import screening
+from annotation import imaging, screening
 from annotation.errors import Conflict, DomainError
 from annotation.models import Image, Screening, ScreeningDecision
 
@@ -129,3 +129,18 @@ def screening_decide(*, image: Image, decided_by: Any, decision: str, reason: st
     )
     image.save(update_fields=["screening"])
     return image
+
+
+def images_hash_backfill() -> int:
+    """Hashes the images imported before screening existed (no hash yet), from their display
+    copies, so that later imports are compared with them too. Flags nothing: those images were
+    taken in already. Returns how many were hashed; running it again hashes none."""
+    done = 0
+    rows = Image.objects.filter(phash="").order_by("pk").only("pk", "name", "display")
+    for image in rows.iterator(chunk_size=500):
+        with image.display.open("rb") as fh:
+            gray = imaging.decode_image(fh.read(), what=image.name).gray
+        done += Image.objects.filter(pk=image.pk, phash="").update(
+            phash=screening.perceptual_hash(gray)
+        )
+    return done

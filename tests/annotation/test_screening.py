@@ -6,6 +6,7 @@ flags."""
 from __future__ import annotations
 
 import csv
+import io
 
 import numpy as np
 import pytest
@@ -186,3 +187,20 @@ def _named(data: bytes, name: str):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile(name, data, content_type="image/png")
+
+
+def test_images_imported_before_screening_get_their_hash_and_are_compared(db):
+    from django.core.management import call_command
+
+    old = create(phantom(9), "old.png")
+    phash = old.phash
+    Image.objects.filter(pk=old.pk).update(phash="")  # as imported before screening existed
+    out = io.StringIO()
+    call_command("screen_hashes", stdout=out)
+    assert out.getvalue().strip() == "hashed: 1"
+    old.refresh_from_db()
+    assert old.phash == phash and old.screening == Screening.CLEAR
+    copy = create(noisy_brighter(phantom(9)), "copy.png")
+    assert [(f["code"], f["image"]) for f in copy.screening_flags] == [
+        (screening.NEAR_DUPLICATE, old.pk)
+    ]
