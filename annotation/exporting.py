@@ -69,6 +69,7 @@ class ExportRow:
     agreement: float | None
     fold: int
     mask_created: datetime | None = None  # dates the DICOM-SEG
+    screening: str = "clear"  # the screening state and its reason (see selectors.exports)
 
 
 METADATA_COLUMNS = [
@@ -87,6 +88,7 @@ METADATA_COLUMNS = [
     "reviewer",
     "model",
     "agreement",
+    "screening",
 ]
 
 
@@ -337,6 +339,7 @@ def write_zip(
                         row.reviewer,
                         row.model,
                         "" if row.agreement is None else f"{row.agreement:.3f}",
+                        row.screening,
                     ],
                 )
             )

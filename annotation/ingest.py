@@ -28,6 +28,7 @@ from annotation.errors import DomainError
 from annotation.imaging import InvalidImageError
 from annotation.models import ImageClass
 from annotation.services.images import upload_check_size
+from annotation.services.screening import HashLookup, screening_summary
 from training.services import read_dataset
 
 # Layouts whose folders or CSV name every image's class; a plain folder would make every
@@ -53,6 +54,8 @@ class IngestReport:
     imported: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # Imported but held out of rounds until an admin keeps them: (file, the flags in words).
+    flagged: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [
@@ -62,6 +65,9 @@ class IngestReport:
             f"rejected: {len(self.rejected)}",
         ]
         lines += [f"  {name}: {reason}" for name, reason in self.rejected]
+        if self.flagged:
+            lines.append(f"flagged at screening (held out of rounds): {len(self.flagged)}")
+            lines += [f"  {name}: {flags}" for name, flags in self.flagged]
         return "\n".join(lines)
 
 
@@ -109,6 +115,7 @@ def ingest_folder(
             "(ingest --class), or list them in a CSV of file,class,patient"
         )
     report = IngestReport(layout=data.layout if data is not None else "dicom")
+    lookup = HashLookup()
     source = source or root.name
     listed: set[Path] = set()
     for sample in data.samples if data is not None else ():
@@ -123,6 +130,7 @@ def ingest_folder(
             source=source,
             image_class=IMAGE_CLASSES[sample.image_class],
             patient_id=sample.patient or "",
+            hash_lookup=lookup,
         )
     for path in dicoms:
         if path.resolve() in listed:
@@ -133,7 +141,17 @@ def ingest_folder(
                 (key, "a DICOM file the layout does not list has no class (ingest --class)")
             )
             continue
-        _import(report, inside, key, path, None, None, source=source, image_class=image_class)
+        _import(
+            report,
+            inside,
+            key,
+            path,
+            None,
+            None,
+            source=source,
+            image_class=image_class,
+            hash_lookup=lookup,
+        )
     return report
 
 
@@ -144,18 +162,22 @@ def _import(
     image: Path,
     mask: Path | None,
     lung: Path | None,
+    hash_lookup: HashLookup,
     **fields: str,
 ) -> None:
     """Imports one image (and its masks) of the folder and reports how it went."""
     try:
-        services.image_create(
+        created = services.image_create(
             data=_read_inside(inside, image, "the image"),
             name=image.name,
             mask_data=_read_inside(inside, mask, "its mask") if mask else None,
             lung_mask_data=_read_inside(inside, lung, "its lung mask") if lung else None,
+            hash_lookup=hash_lookup,
             **fields,
         )
         report.imported.append(key)
+        if created.screening_flags:
+            report.flagged.append((key, screening_summary(created)))
     except services.DuplicateImage:
         report.duplicates.append(key)
     except (InvalidImageError, DomainError, OSError) as exc:

@@ -29,6 +29,18 @@ class ImageClass(models.TextChoices):
         return [cls.NON_COVID, cls.NORMAL]
 
 
+class Screening(models.TextChoices):
+    CLEAR = "clear", "Passed screening"
+    PENDING = "pending", "Flagged: waiting for an admin"
+    KEPT = "kept", "Kept by an admin"
+    EXCLUDED = "excluded", "Excluded by an admin"
+
+    @classmethod
+    def eligible(cls) -> list[str]:
+        """The screening states a round may take an image in."""
+        return [cls.CLEAR, cls.KEPT]
+
+
 class Image(models.Model):
     class Status(models.TextChoices):
         UNANNOTATED = "unannotated", "Needs a first mask"
@@ -60,10 +72,20 @@ class Image(models.Model):
     pixel_spacing = models.JSONField(
         null=True, blank=True, help_text="[row, column] spacing in mm, from the DICOM header."
     )
+    # Screening at import (annotation/services/screening.py): a flagged image is held out of
+    # rounds until an admin keeps or excludes it (a ScreeningDecision row each time).
+    phash = models.CharField(max_length=64, blank=True, help_text="256-bit perceptual hash, hex.")
+    screening = models.CharField(max_length=10, choices=Screening.choices, default=Screening.CLEAR)
+    screening_flags = models.JSONField(
+        default=list, blank=True, help_text='[{"code", "detail", "image"?, "distance"?}, …]'
+    )
 
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["status"]), models.Index(fields=["image_class"])]
+        indexes += [
+            models.Index(fields=["id"], condition=~Q(screening="clear"), name="image_screened"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -386,3 +408,27 @@ class Export(models.Model):
 
     def __str__(self) -> str:
         return f"export {self.uuid} ({self.status})"
+
+
+class ScreeningDecision(models.Model):
+    """An admin's keep or exclude of a flagged image. A new row per decision; the newest one is
+    the image's screening state (Image.screening)."""
+
+    class Choice(models.TextChoices):
+        KEEP = "keep", "Keep"
+        EXCLUDE = "exclude", "Exclude"
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="screening_decisions")
+    decision = models.CharField(max_length=10, choices=Choice.choices)
+    reason = models.TextField(blank=True)
+    flags = models.JSONField(default=list, help_text="The image's flags when it was decided.")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["image_id", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.decided_by} chose {self.decision} for {self.image}"

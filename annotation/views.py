@@ -16,7 +16,7 @@ from annotation.forms import (
     RoundStartForm,
     round_start_arguments,
 )
-from annotation.models import Export, Image, ReviewItem, Role, Round
+from annotation.models import Export, Image, ReviewItem, Role, Round, Screening
 from annotation.permissions import role_required
 
 
@@ -254,5 +254,43 @@ def exports(request):
             "form": form,
             "exports": Export.objects.select_related("requested_by")[:50],
             "list_api": reverse("api:export-list"),
+        },
+    )
+
+
+@role_required(Role.ADMIN)
+def screening(request):
+    """Images flagged at import, near-duplicates beside the image they resemble, with keep /
+    exclude buttons; ?state=kept or excluded lists the decided ones (and can change them)."""
+    if request.method == "POST":
+        state = request.POST.get("state", "")
+        back = reverse("screening") + (f"?state={state}" if state in Screening.values else "")
+        image_id = request.POST.get("image_id", "")
+        image = Image.objects.filter(pk=int(image_id)).first() if image_id.isdigit() else None
+        if image is None:
+            messages.error(request, "No such image.")
+            return redirect(back)
+        try:
+            image = services.screening_decide(
+                image=image,
+                decided_by=request.user,
+                decision=request.POST.get("decision", ""),
+                reason=request.POST.get("reason", ""),
+            )
+        except DomainError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"{image.name}: {image.get_screening_display().lower()}.")
+        return redirect(back)
+    state = request.GET.get("state", Screening.PENDING)
+    if state not in (Screening.PENDING, Screening.KEPT, Screening.EXCLUDED):
+        state = Screening.PENDING
+    return render(
+        request,
+        "annotation/screening.html",
+        {
+            "state": state,
+            "flagged": selectors.screening_flagged(state=state),
+            "counts": selectors.screening_counts(),
         },
     )

@@ -305,6 +305,13 @@ MASKLOOP_LEASE_SECONDS = env.int("MASKLOOP_LEASE_SECONDS", default=300)  # an MD
 MASKLOOP_UNDO_SECONDS = env.int("MASKLOOP_UNDO_SECONDS", default=120)  # an MD may undo a pick
 # Items opened or withdrawn per transaction when a round opens or ends (round_open_batch).
 MASKLOOP_BULK_BATCH = env.int("MASKLOOP_BULK_BATCH", default=200)
+# Screening at import (annotation/screening.py): a flagged image waits for an admin's keep or
+# exclude before any round takes it. Distances are in bits of a 256-bit perceptual hash.
+MASKLOOP_NEAR_DUPLICATE_DISTANCE = env.int("MASKLOOP_NEAR_DUPLICATE_DISTANCE", default=12)
+MASKLOOP_SCREEN_MIN_SIDE = env.int("MASKLOOP_SCREEN_MIN_SIDE", default=224)
+MASKLOOP_SCREEN_BLANK_SPREAD = env.int("MASKLOOP_SCREEN_BLANK_SPREAD", default=16)
+MASKLOOP_SCREEN_MIN_CONTRAST = env.int("MASKLOOP_SCREEN_MIN_CONTRAST", default=64)
+MASKLOOP_SCREEN_CLIPPED_FRACTION = env.float("MASKLOOP_SCREEN_CLIPPED_FRACTION", default=0.4)
 
 LOGGING = {
     "version": 1,

@@ -17,6 +17,7 @@ urlpatterns = [
     path("rounds/", views.rounds, name="rounds"),
     path("rounds/<int:number>/", views.round_detail, name="round-detail"),
     path("exports/", views.exports, name="exports"),
+    path("screening/", views.screening, name="screening"),
     path("", include("inference.urls")),
     path("api/", include("annotation.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -41,6 +41,7 @@ CORE = [
     "annotation.imaging",
     "annotation.phantoms",
     "annotation.exporting",
+    "annotation.screening",
 ]
 APP_MODULES = ("models", "services", "selectors", "tasks", "views", "apis", "forms", "admin")
 

@@ -48,6 +48,8 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/rounds/{round}/", only(ADMIN)),
     ("GET", "/exports/", only(DATA)),
     ("POST", "/exports/", only(DATA)),
+    ("GET", "/screening/", only(ADMIN)),
+    ("POST", "/screening/", only(ADMIN)),
     # ---------------------------------------------------------------- API: images and masks
     ("GET", "/api/images/", ANY_ROLE),
     ("POST", "/api/images/upload/", only(ADMIN)),

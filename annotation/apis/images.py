@@ -36,6 +36,8 @@ class ImageOutput(serializers.ModelSerializer):
             "status",
             "created_at",
             "display_url",
+            "screening",
+            "screening_flags",
         ]
 
     def get_display_url(self, obj: Image) -> str:

@@ -61,6 +61,7 @@ from annotation.selectors.rounds import (
     round_bulk_steps,
     round_statistics,
 )
+from annotation.selectors.screening import screening_counts, screening_flagged
 
 __all__ = [
     "review_context",
@@ -102,6 +103,8 @@ __all__ = [
     "round_start_options",
     "rounds_with_shown_status",
     "round_statistics",
+    "screening_counts",
+    "screening_flagged",
     "under_review",
     "user_has_role",
     "user_roles",

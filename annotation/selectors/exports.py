@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from django.db import connection
@@ -16,6 +17,8 @@ from annotation.exporting import ExportRow
 from annotation.models import (
     GroundTruth,
     Image,
+    Screening,
+    ScreeningDecision,
 )
 
 
@@ -34,6 +37,8 @@ def export_images(filters: dict[str, Any]) -> QuerySet[Image]:
     with `gt_id`: its current ground truth (the newest), found by SQL, or None."""
     newest = GroundTruth.objects.filter(image=OuterRef("pk")).order_by("-id")
     images = Image.objects.annotate(gt_id=Subquery(newest.values("id")[:1])).order_by("id")
+    # An image an admin excluded at screening is no part of the data set.
+    images = images.exclude(screening=Screening.EXCLUDED)
     if filters.get("classes"):
         images = images.filter(image_class__in=filters["classes"])
     if filters.get("round") is not None:
@@ -61,7 +66,7 @@ def export_rows(filters: dict[str, Any], *, chunk_size: int = EXPORT_CHUNK) -> I
     fold: tuple[int, int] | None = next(folds, None)
     fields = (
         *("id", "name", "original", "image_class", "patient_id", "source", "width"),
-        *("height", "sha256", "gt_id"),
+        *("height", "sha256", "gt_id", "screening", "screening_flags"),
     )
     for batch in _chunks(images.values(*fields).iterator(chunk_size=chunk_size), chunk_size):
         gts = GroundTruth.objects.select_related(
@@ -71,14 +76,42 @@ def export_rows(filters: dict[str, Any], *, chunk_size: int = EXPORT_CHUNK) -> I
             "decision__reviewer",
             "accepted_by",
         ).in_bulk([img["gt_id"] for img in batch if img["gt_id"] is not None])
+        decided = _screening_decisions([i["id"] for i in batch if i["screening"] == "kept"])
         for img in batch:
             # Both streams run in image id order; an image added between their two queries
             # has no fold of its own and goes to fold 0.
             while fold is not None and fold[0] < img["id"]:
                 fold = next(folds, None)
-            yield _export_row(
+            row = _export_row(
                 img, gts.get(img["gt_id"]), fold[1] if fold and fold[0] == img["id"] else 0
             )
+            yield replace(row, screening=_screening_cell(img, decided.get(img["id"])))
+
+
+def _screening_decisions(image_ids: list[int]) -> dict[int, ScreeningDecision]:
+    """The newest screening decision of each of these images."""
+    decisions: dict[int, ScreeningDecision] = {}
+    rows = ScreeningDecision.objects.filter(image_id__in=image_ids).select_related("decided_by")
+    for d in rows.order_by("image_id", "-id"):
+        decisions.setdefault(d.image_id, d)
+    return decisions
+
+
+def _screening_cell(img: dict[str, Any], decision: ScreeningDecision | None) -> str:
+    """metadata.csv's screening column: the state, the flags and, once decided, who kept the
+    image, when and why, e.g. 'kept: near_duplicate (9 bits from image 3); by boss on
+    2026-12-01: another projection'."""
+    state = img["screening"]
+    if state == Screening.CLEAR:
+        return state
+    flags = ", ".join(f"{f['code']} ({f['detail']})" for f in img["screening_flags"])
+    cell = f"{state}: {flags}"
+    if decision is not None:
+        when = decision.created_at.date().isoformat()
+        cell += f"; by {decision.decided_by.get_username()} on {when}"
+        if decision.reason:
+            cell += f": {decision.reason}"
+    return cell
 
 
 def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

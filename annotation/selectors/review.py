@@ -31,6 +31,7 @@ from annotation.models import (
     ReviewLease,
     Role,
     Round,
+    Screening,
 )
 from annotation.selectors.accounts import user_has_role
 
@@ -199,7 +200,13 @@ def redraw_start_candidates(image: Image) -> dict[str, Candidate]:
 
 
 def images_to_draw() -> QuerySet[Image]:
-    return Image.objects.filter(status=Image.Status.UNANNOTATED, image_class="covid19")
+    """COVID-19 images waiting for a first mask, but not one held at screening: an MD's time
+    goes to images a round may take."""
+    return Image.objects.filter(
+        status=Image.Status.UNANNOTATED,
+        image_class="covid19",
+        screening__in=Screening.eligible(),
+    )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from annotation.services.rounds import (
     round_start,
     round_withdraw_batch,
 )
+from annotation.services.screening import screening_decide
 
 __all__ = [
     "DRAWABLE",
@@ -66,5 +67,6 @@ __all__ = [
     "round_open_batch",
     "round_start",
     "round_withdraw_batch",
+    "screening_decide",
     "user_set_roles",
 ]

@@ -23,6 +23,7 @@ from annotation.models import (
     Round,
 )
 from annotation.services import states
+from annotation.services.screening import HashLookup, screening_check, screening_fields
 
 
 class DuplicateImage(Conflict):
@@ -95,6 +96,7 @@ def image_create(
     patient_id: str = "",
     mask_data: bytes | None = None,
     lung_mask_data: bytes | None = None,
+    hash_lookup: HashLookup | None = None,
 ) -> Image:
     """Imports one CXR (and its mask, if any) whole, or nothing.
 
@@ -104,6 +106,11 @@ def image_create(
     its PatientID (salted and hashed with MASKLOOP_PATIENT_ID_SALT) unless `patient_id` is
     given. Control-class images get an empty mask as their ground truth: by definition they
     show no COVID-19 infection.
+
+    The image is screened (annotation.services.screening): a near-duplicate of an image already
+    imported (compared through `hash_lookup`, one per folder import), or an almost blank,
+    low-contrast, over-exposed or too small image is imported with its flags and held out of
+    rounds until an admin keeps it.
 
     Raises:
         InvalidImageError: the image or its mask cannot be used (the message says why).
@@ -159,6 +166,8 @@ def image_create(
         if lung_mask_data is not None
         else None
     )
+
+    fields |= screening_fields(*screening_check(gray=decoded.gray, lookup=hash_lookup))
 
     written: list[str] = []
     try:

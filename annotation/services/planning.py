@@ -10,8 +10,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import QuerySet
+
 from annotation.errors import DomainError
-from annotation.models import GroundTruth, Image, ImageClass, Mask, Round
+from annotation.models import GroundTruth, Image, ImageClass, Mask, Round, Screening
 from annotation.services.images import latest_manual_mask
 from training import services as training_services
 
@@ -44,6 +46,11 @@ def plan_round(*, stage: str, folds: int, seed: int, test_fraction: float) -> Pl
     return _plan_final(seed=seed, test_fraction=test_fraction)
 
 
+def _screened() -> QuerySet[Image]:
+    """The images a round may take: those that passed screening or that an admin kept."""
+    return Image.objects.filter(screening__in=Screening.eligible())
+
+
 def _accepted_pairs(images: Sequence[Image]) -> list[tuple[int, int]]:
     gts = {
         gt.image_id: gt.mask_id
@@ -55,7 +62,7 @@ def _accepted_pairs(images: Sequence[Image]) -> list[tuple[int, int]]:
 def _plan_stage_one(*, folds: int, seed: int) -> Plan:
     if folds < 2:
         raise DomainError("Stage I needs at least 2 folds")
-    targets = list(Image.objects.filter(image_class=ImageClass.COVID, status=Image.Status.MANUAL))
+    targets = list(_screened().filter(image_class=ImageClass.COVID, status=Image.Status.MANUAL))
     if len(targets) < 2:
         raise DomainError(
             f"Stage I needs at least 2 COVID-19 images with an MD-drawn mask; there are "
@@ -80,7 +87,7 @@ def _plan_stage_one(*, folds: int, seed: int) -> Plan:
 
 
 def _plan_stage_two() -> Plan:
-    covid = Image.objects.filter(image_class=ImageClass.COVID)
+    covid = _screened().filter(image_class=ImageClass.COVID)
     trained = list(covid.filter(status=Image.Status.ACCEPTED))
     targets = list(covid.filter(status__in=[Image.Status.UNANNOTATED, Image.Status.MANUAL]))
     if len(trained) < 2:
@@ -98,7 +105,7 @@ def _plan_stage_two() -> Plan:
 def _plan_final(*, seed: int, test_fraction: float) -> Plan:
     if not 0 < test_fraction < 1:
         raise DomainError("the test fraction must be between 0 and 1")
-    accepted = list(Image.objects.filter(status=Image.Status.ACCEPTED))
+    accepted = list(_screened().filter(status=Image.Status.ACCEPTED))
     classes = {img.image_class == ImageClass.COVID for img in accepted}
     if len(accepted) < 4 or classes != {True, False}:
         raise DomainError(
