@@ -54,6 +54,8 @@ class ExportRow:
     model: str
     agreement: float | None
     fold: int
+    flags: str = ""  # the image's flags now set, by name, joined with ";"
+    comments: str = ""  # its comments, oldest first, "user: text" joined with " | "
 
 
 METADATA_COLUMNS = [
@@ -72,6 +74,8 @@ METADATA_COLUMNS = [
     "reviewer",
     "model",
     "agreement",
+    "flags",
+    "comments",
 ]
 
 
@@ -299,6 +303,8 @@ def write_zip(
                         row.reviewer,
                         row.model,
                         "" if row.agreement is None else f"{row.agreement:.3f}",
+                        row.flags,
+                        row.comments,
                     ],
                 )
             )

@@ -327,6 +327,8 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
         "next-api-url": "/api/review-items/next/",
         "queue-url": "/queue/",
         "lease-url": f"/api/review-items/{item.uuid}/lease/",
+        # The notes panel: the reviewer's own comments and flags, by the item's opaque id.
+        "notes-url": f"/api/review-items/{item.uuid}/notes/",
     }
 
 
