@@ -194,12 +194,14 @@ def image_history(request, image_id: int):
     """Everything that happened to one image, newest first. Not for MDs: it names who drew
     and which network made each mask."""
     image = get_object_or_404(Image, pk=image_id)
+    notes = selectors.image_notes(image, viewer=request.user)
     return render(
         request,
         "annotation/history.html",
         {
             "image": image,
             "events": selectors.image_history(image),
-            "notes": selectors.image_notes(image, viewer=request.user),
+            "notes": notes,
+            "flagged": any(f["set_by"] for f in notes["flags"]),
         },
     )

@@ -171,20 +171,26 @@ def _export_folds(images: QuerySet[Image]) -> Iterator[tuple[int, int]]:
 
 # The source of an image's accepted mask, as the export preview counts it.
 PREVIEW_SOURCES = {
-    "manual": "Drawn by an MD, accepted in review",
-    "machine": "Machine mask, accepted in review",
-    "redrawn": "Redrawn by an MD after review",
-    "control": "Empty mask (control class)",
+    "manual": "Drawn by an MD, accepted",
+    "machine": "Machine mask, accepted",
+    "redrawn": "Redrawn after review",
+    "control": "Empty (control class)",
+    "none": "No mask",
 }
 # Why an image without an accepted mask is left out, by its status.
 LEFT_OUT_REASONS = {
-    Image.Status.UNANNOTATED: "{n} have no mask yet (nobody has drawn one)",
-    Image.Status.MANUAL: "{n} have a drawn mask that awaits review (start a round)",
-    Image.Status.IN_ROUND: "{n} are in a round whose candidates are being made",
-    Image.Status.IN_REVIEW: "{n} are in blind review now",
-    Image.Status.REDRAW: "{n} wait for an MD's redraw",
-    Image.Status.ACCEPTED: "{n} have no accepted mask",
+    Image.Status.UNANNOTATED: "{n} with no mask yet (nobody has drawn one)",
+    Image.Status.MANUAL: "{n} whose drawn mask awaits review (start a round)",
+    Image.Status.IN_ROUND: "{n} in a round whose candidates are being made",
+    Image.Status.IN_REVIEW: "{n} in blind review now",
+    Image.Status.REDRAW: "{n} waiting for an MD's redraw",
+    Image.Status.ACCEPTED: "{n} without an accepted mask",
+    "other_round": "{n} with a mask accepted in another round or outside a round",
 }
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
 
 
 def export_preview(filters: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +222,7 @@ def export_preview(filters: dict[str, Any]) -> dict[str, Any]:
         cursor.execute(sql, params)
         groups = cursor.fetchall()
     classes = [c for c in ImageClass.values if c in (filters.get("classes") or ImageClass.values)]
-    by_class = {c: {s: 0 for s in [*PREVIEW_SOURCES, "none"]} for c in classes}
+    by_class = {c: {s: 0 for s in list(PREVIEW_SOURCES)} for c in classes}
     missing: dict[str, int] = {}
     other_rounds = 0
     wanted_round = filters.get("round")
@@ -238,16 +244,16 @@ def export_preview(filters: dict[str, Any]) -> dict[str, Any]:
         if kind == "none" and filters.get("accepted_only", True):
             missing[status] = missing.get(status, 0) + n
             continue
-        by_class.setdefault(image_class, {s: 0 for s in [*PREVIEW_SOURCES, "none"]})
+        by_class.setdefault(image_class, {s: 0 for s in list(PREVIEW_SOURCES)})
         by_class[image_class][kind] += n
     labels = dict(ImageClass.choices)
     rows: list[dict[str, Any]] = [
         {"class": c, "label": labels.get(c, c), **counts, "total": sum(counts.values())}
         for c, counts in by_class.items()
     ]
-    totals = {s: sum(int(r[s]) for r in rows) for s in [*PREVIEW_SOURCES, "none", "total"]}
+    totals = {s: sum(int(r[s]) for r in rows) for s in [*PREVIEW_SOURCES, "total"]}
     left_out = [
-        {"reason": status, "count": n, "text": LEFT_OUT_REASONS[Image.Status(status)].format(n=n)}
+        {"reason": status, "count": n, "text": LEFT_OUT_REASONS[status].format(n=_images(n))}
         for status, n in sorted(missing.items(), key=lambda kv: -kv[1])
     ]
     if other_rounds:
@@ -255,7 +261,7 @@ def export_preview(filters: dict[str, Any]) -> dict[str, Any]:
             {
                 "reason": "other_round",
                 "count": other_rounds,
-                "text": f"{other_rounds} have masks accepted in other rounds or outside a round",
+                "text": LEFT_OUT_REASONS["other_round"].format(n=_images(other_rounds)),
             }
         )
     return {
@@ -285,4 +291,6 @@ def export_filters_text(filters: dict[str, Any]) -> str:
         text += ", with an accepted mask"
     else:
         text += ", with or without a mask"
+    if filters.get("format") and filters["format"] != "png":
+        text += f"; {str(filters['format']).upper()} format"
     return text

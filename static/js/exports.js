@@ -32,7 +32,6 @@ poll();
 // The preview: what the export will hold with the filters as they stand, asked again on every
 // change (annotation/apis/exports.py ExportPreviewApi).
 const form = document.getElementById("export-form");
-const SOURCES = ["manual", "machine", "redrawn", "control", "none"];
 let asked = 0;
 
 function previewQuery() {
@@ -64,16 +63,17 @@ async function preview() {
   if (ticket !== asked) return; // a newer change asked again
   count.textContent = `${body.images} image${body.images === 1 ? "" : "s"}`;
   document.getElementById("preview-filters").textContent = body.filters_text;
+  // One row per mask source, one column per class: narrow enough for the form's column.
+  const cell = (tag, text) => Object.assign(document.createElement(tag), { textContent: text });
+  const head = document.querySelector("#preview-table thead tr");
+  head.replaceChildren(cell("th", "Mask"), ...body.rows.map((r) => cell("th", r.label)), cell("th", "Total"));
   const tbody = document.querySelector("#preview-table tbody");
   tbody.replaceChildren();
-  for (const row of [...body.rows, { label: "All", ...body.totals }]) {
+  const sources = Object.entries(body.sources).filter(([s]) => s !== "none" || body.totals.none);
+  for (const [source, label] of [...sources, ["total", "All"]]) {
     const tr = document.createElement("tr");
-    for (const v of [row.label, ...SOURCES.map((s) => row[s]), row.total]) {
-      const td = document.createElement("td");
-      td.textContent = v;
-      tr.append(td);
-    }
-    if (row.label === "All") tr.className = "total";
+    tr.append(cell("th", label), ...body.rows.map((r) => cell("td", r[source])), cell("td", body.totals[source]));
+    if (source === "total") tr.className = "total";
     tbody.append(tr);
   }
   const ul = document.getElementById("preview-left-out");

@@ -37,8 +37,10 @@ function render(notes) {
   );
   const count = panel.querySelector("#notes-count");
   const flagged = notes.flags.filter((f) => (notes.see_all ? f.set_by.length : f.mine)).length;
-  count.textContent = `${notes.comments.length} · ${flagged} flag${flagged === 1 ? "" : "s"}`;
-  count.hidden = !notes.comments.length && !flagged;
+  const n = notes.comments.length;
+  const parts = [n && `${n} comment${n === 1 ? "" : "s"}`, flagged && `${flagged} flag${flagged === 1 ? "" : "s"}`];
+  count.textContent = parts.filter(Boolean).join(" · ");
+  count.hidden = !n && !flagged;
   panel.querySelector("#notes-who").textContent = notes.see_all
     ? "You see everyone's notes. Comments are kept as written: a correction is a new comment."
     : "Only you and the admins see your notes. Comments are kept as written: a correction is a new comment.";

@@ -71,7 +71,7 @@ def test_the_preview_counts_by_class_and_mask_source_and_says_what_is_left_out(w
     left = {x["reason"]: x["count"] for x in preview["left_out"]}
     assert left == {"in_review": 1, "unannotated": 1, "manual": 1}
     texts = " ".join(x["text"] for x in preview["left_out"])
-    assert "1 have a drawn mask that awaits review" in texts
+    assert "1 image whose drawn mask awaits review (start a round)" in texts
     assert preview["filters_text"] == "All classes, with an accepted mask"
 
     everything = export_preview({"accepted_only": False})
