@@ -70,6 +70,8 @@ class ExportRow:
     fold: int
     mask_created: datetime | None = None  # dates the DICOM-SEG
     screening: str = "clear"  # the screening state and its reason (see selectors.exports)
+    flags: str = ""  # the image's flags now set, by name, joined with ";"
+    comments: str = ""  # its comments, oldest first, "user: text" joined with " | "
 
 
 METADATA_COLUMNS = [
@@ -89,6 +91,8 @@ METADATA_COLUMNS = [
     "model",
     "agreement",
     "screening",
+    "flags",
+    "comments",
 ]
 
 
@@ -340,6 +344,8 @@ def write_zip(
                         row.model,
                         "" if row.agreement is None else f"{row.agreement:.3f}",
                         row.screening,
+                        row.flags,
+                        row.comments,
                     ],
                 )
             )

@@ -232,8 +232,11 @@ def _form_field(field: serializers.Field) -> forms.Field:
 
 
 class ExportForm(forms.Form):
-    round = forms.IntegerField(
-        required=False, min_value=1, help_text="Only masks accepted in this round."
+    round = forms.TypedChoiceField(
+        required=False,
+        coerce=int,
+        empty_value=None,
+        help_text="Only masks accepted in this round.",
     )
     classes = forms.MultipleChoiceField(
         choices=ImageClass.choices, required=False, widget=forms.CheckboxSelectMultiple
@@ -250,3 +253,14 @@ class ExportForm(forms.Form):
         initial="png",
         required=False,
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A picker of the rounds there are, newest first, not a number to guess.
+        rounds = Round.objects.order_by("-number").values_list("number", "stage", "status")
+        stages, statuses = dict(Round.Stage.choices), dict(Round.Status.choices)
+        field = cast(forms.TypedChoiceField, self.fields["round"])
+        field.choices = [("", "Any round")] + [
+            (n, f"Round {n} · {stages.get(stage, stage)} · {statuses.get(st, st).lower()}")
+            for n, stage, st in rounds
+        ]

@@ -432,3 +432,45 @@ class ScreeningDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decided_by} chose {self.decision} for {self.image}"
+
+
+class ImageFlag(models.TextChoices):
+    UNCERTAIN = "uncertain", "Uncertain"
+    POOR_QUALITY = "poor_quality", "Poor image quality"
+    NOT_CXR = "not_cxr", "Not a chest X-ray"
+    WRONG_CLASS = "wrong_class", "Class looks wrong"
+    DEVICES = "devices", "Devices or artefacts"
+
+
+class ImageComment(models.Model):
+    """A comment on an image. Never edited: a correction is a new comment."""
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    text = models.TextField(max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["image_id", "id"]
+        indexes = [models.Index(fields=["image", "id"], name="comment_image_id")]
+
+    def __str__(self) -> str:
+        return f"comment by {self.author_id} on {self.image}"
+
+
+class ImageFlagChange(models.Model):
+    """One user setting or clearing one flag on an image. Never edited: the newest change per
+    image, flag and user is that user's flag; an image carries a flag while any user's does."""
+
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="flag_changes")
+    flag = models.CharField(max_length=20, choices=ImageFlag.choices)
+    is_set = models.BooleanField()
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["image_id", "id"]
+        indexes = [models.Index(fields=["image", "id"], name="flagchange_image_id")]
+
+    def __str__(self) -> str:
+        return f"{self.author_id} {'set' if self.is_set else 'cleared'} {self.flag} on {self.image}"

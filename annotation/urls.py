@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.apis import exports, images, review, rounds
+from annotation.apis import exports, images, notes, review, rounds
 
 app_name = "api"
 
@@ -51,5 +51,12 @@ urlpatterns = [
         "exports/<uuid:export_uuid>/download/",
         exports.ExportDownloadApi.as_view(),
         name="export-download",
+    ),
+    path("exports/preview/", exports.ExportPreviewApi.as_view(), name="export-preview"),
+    path("images/<int:image_id>/notes/", notes.ImageNotesApi.as_view(), name="image-notes"),
+    path(
+        "review-items/<uuid:item_uuid>/notes/",
+        notes.ReviewItemNotesApi.as_view(),
+        name="item-notes",
     ),
 ]

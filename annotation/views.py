@@ -247,13 +247,36 @@ def exports(request):
         else:
             messages.success(request, "Export queued; it appears below when it is ready.")
             return redirect("exports")
+    exports = list(Export.objects.select_related("requested_by")[:50])
+    for export in exports:
+        export.filters_text = selectors.export_filters_text(export.filters)  # type: ignore[attr-defined]
     return render(
         request,
         "annotation/exports.html",
         {
             "form": form,
-            "exports": Export.objects.select_related("requested_by")[:50],
+            "exports": exports,
             "list_api": reverse("api:export-list"),
+            "preview_api": reverse("api:export-preview"),
+            "noted": selectors.recently_noted_images(),
+        },
+    )
+
+
+@role_required(Role.ADMIN, Role.DATA)
+def image_history(request, image_id: int):
+    """Everything that happened to one image, newest first. Not for MDs: it names who drew
+    and which network made each mask."""
+    image = get_object_or_404(Image, pk=image_id)
+    notes = selectors.image_notes(image, viewer=request.user)
+    return render(
+        request,
+        "annotation/history.html",
+        {
+            "image": image,
+            "events": selectors.image_history(image),
+            "notes": notes,
+            "flagged": any(f["set_by"] for f in notes["flags"]),
         },
     )
 

@@ -50,6 +50,7 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/exports/", only(DATA)),
     ("GET", "/screening/", only(ADMIN)),
     ("POST", "/screening/", only(ADMIN)),
+    ("GET", "/images/{image}/history/", only(ADMIN, DATA)),  # provenance
     # ---------------------------------------------------------------- API: images and masks
     ("GET", "/api/images/", ANY_ROLE),
     ("POST", "/api/images/upload/", only(ADMIN)),
@@ -58,6 +59,8 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("GET", "/api/images/{image}/masks/", only(ADMIN, DATA)),  # provenance
     ("POST", "/api/images/{image}/masks/", only(MD)),  # drawing
     ("GET", "/api/masks/{mask}/file.png", only(ADMIN, DATA)),
+    ("GET", "/api/images/{image}/notes/", ANY_ROLE),  # an MD reads only their own
+    ("POST", "/api/images/{image}/notes/", only(MD, ADMIN)),
     # ---------------------------------------------------------------- API: rounds
     ("GET", "/api/rounds/", only(ADMIN)),
     ("POST", "/api/rounds/", only(ADMIN)),
@@ -74,11 +77,14 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/api/review-items/{item}/skip/", only(MD)),
     ("POST", "/api/review-items/{item}/undo/", only(MD)),
     ("POST", "/api/review-items/{item}/adjudicate/", only(ADMIN)),
+    ("GET", "/api/review-items/{item}/notes/", ANY_ROLE),
+    ("POST", "/api/review-items/{item}/notes/", only(MD, ADMIN)),
     # ---------------------------------------------------------------- API: exports
     ("GET", "/api/exports/", only(DATA)),
     ("POST", "/api/exports/", only(DATA)),
     ("GET", "/api/exports/{export}/", only(DATA)),
     ("GET", "/api/exports/{export}/download/", only(DATA)),
+    ("GET", "/api/exports/preview/", only(DATA)),
     # ---------------------------------------------------------------- infection maps and demo
     ("GET", "/maps/", ANY_ROLE),
     ("GET", "/images/{image}/map/", ANY_ROLE),
@@ -227,6 +233,7 @@ def test_the_table_keeps_provenance_from_mds_and_decisions_from_admins():
         ("GET", "/api/rounds/{round}/"),
         ("GET", "/rounds/"),
         ("GET", "/rounds/{round}/"),
+        ("GET", "/images/{image}/history/"),
     ]:
         assert MD not in allowed[method, url], f"MDs must not reach {url}"
     for method, url in [

@@ -10,7 +10,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import services, storage
+from annotation import selectors, services, storage
 from annotation.errors import DomainError
 from annotation.models import Export
 from annotation.permissions import IsData
@@ -102,3 +102,25 @@ class ExportDownloadApi(APIView):
             f"maskloop-export-{export.created_at:%Y%m%d}-{str(export.uuid)[:8]}.zip",
             content_type="application/zip",
         )
+
+
+class ExportPreviewApi(APIView):
+    """What an export with these filters would hold, before it is built: images by class and
+    by the source of their accepted mask, and what is left out and why."""
+
+    permission_classes = [IsData]
+
+    class InputSerializer(serializers.Serializer):
+        round = serializers.IntegerField(required=False, allow_null=True)
+        classes = serializers.CharField(required=False, allow_blank=True, help_text="a,b,c")
+        accepted_only = serializers.BooleanField(default=True)
+
+        class Meta:
+            ref_name = "ExportPreviewInput"
+
+    @extend_schema(parameters=[InputSerializer], responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        data = self.InputSerializer(data=request.query_params)
+        data.is_valid(raise_exception=True)
+        filters = services.export_filters_clean(data.validated_data)
+        return Response(selectors.export_preview(filters))

@@ -20,8 +20,17 @@ from annotation.selectors.exports import (
     EXPORT_CHUNK,
     current_ground_truths,
     export_count,
+    export_filters_text,
     export_images,
+    export_preview,
     export_rows,
+)
+from annotation.selectors.history import (
+    HistoryEvent,
+    image_history,
+    image_notes,
+    images_notes_summary,
+    recently_noted_images,
 )
 from annotation.selectors.review import (
     PROVENANCE_SEALED_REASON,
@@ -79,7 +88,14 @@ __all__ = [
     "draw_closed_reason",
     "export_count",
     "export_images",
+    "export_filters_text",
+    "export_preview",
     "export_rows",
+    "HistoryEvent",
+    "image_history",
+    "image_notes",
+    "images_notes_summary",
+    "recently_noted_images",
     "final_round",
     "ground_truth_counts",
     "first_display_images",

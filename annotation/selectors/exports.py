@@ -17,9 +17,14 @@ from annotation.exporting import ExportRow
 from annotation.models import (
     GroundTruth,
     Image,
+    ImageClass,
+    Mask,
+    ReviewItem,
+    Round,
     Screening,
     ScreeningDecision,
 )
+from annotation.selectors.history import images_notes_summary
 
 
 def current_ground_truths() -> QuerySet[GroundTruth]:
@@ -77,13 +82,17 @@ def export_rows(filters: dict[str, Any], *, chunk_size: int = EXPORT_CHUNK) -> I
             "accepted_by",
         ).in_bulk([img["gt_id"] for img in batch if img["gt_id"] is not None])
         decided = _screening_decisions([i["id"] for i in batch if i["screening"] == "kept"])
+        notes = images_notes_summary(img["id"] for img in batch)
         for img in batch:
             # Both streams run in image id order; an image added between their two queries
             # has no fold of its own and goes to fold 0.
             while fold is not None and fold[0] < img["id"]:
                 fold = next(folds, None)
             row = _export_row(
-                img, gts.get(img["gt_id"]), fold[1] if fold and fold[0] == img["id"] else 0
+                img,
+                gts.get(img["gt_id"]),
+                fold[1] if fold and fold[0] == img["id"] else 0,
+                notes.get(img["id"], ("", "")),
             )
             yield replace(row, screening=_screening_cell(img, decided.get(img["id"])))
 
@@ -125,7 +134,9 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield batch
 
 
-def _export_row(img: dict[str, Any], gt: GroundTruth | None, fold: int) -> ExportRow:
+def _export_row(
+    img: dict[str, Any], gt: GroundTruth | None, fold: int, notes: tuple[str, str] = ("", "")
+) -> ExportRow:
     mask = gt.mask if gt else None
     mv = mask.model_version if mask else None
     reviewer = ""
@@ -155,6 +166,8 @@ def _export_row(img: dict[str, Any], gt: GroundTruth | None, fold: int) -> Expor
         agreement=item.agreement if item else None,
         fold=fold,
         mask_created=mask.created_at if mask else None,
+        flags=notes[0],
+        comments=notes[1],
     )
 
 
@@ -188,3 +201,130 @@ def _export_folds(images: QuerySet[Image]) -> Iterator[tuple[int, int]]:
         while rows := cursor.fetchmany(EXPORT_CHUNK):
             for image_id, fold in rows:
                 yield image_id, int(fold)
+
+
+# The source of an image's accepted mask, as the export preview counts it.
+PREVIEW_SOURCES = {
+    "manual": "Drawn by an MD, accepted",
+    "machine": "Machine mask, accepted",
+    "redrawn": "Redrawn after review",
+    "control": "Empty (control class)",
+    "none": "No mask",
+}
+# Why an image without an accepted mask is left out, by its status.
+LEFT_OUT_REASONS = {
+    Image.Status.UNANNOTATED: "{n} with no mask yet (nobody has drawn one)",
+    Image.Status.MANUAL: "{n} whose drawn mask awaits review (start a round)",
+    Image.Status.IN_ROUND: "{n} in a round whose candidates are being made",
+    Image.Status.IN_REVIEW: "{n} in blind review now",
+    Image.Status.REDRAW: "{n} waiting for an MD's redraw",
+    Image.Status.ACCEPTED: "{n} without an accepted mask",
+    "other_round": "{n} with a mask accepted in another round or outside a round",
+}
+
+
+def _images(n: int) -> str:
+    return f"{n} image{'' if n == 1 else 's'}"
+
+
+def export_preview(filters: dict[str, Any]) -> dict[str, Any]:
+    """What an export with these (clean) filters would hold, before it is built: images by
+    class and by the source of their accepted mask, and the images the filters leave out and
+    why. One aggregate query over images and their newest ground truth, whatever the size."""
+    gt = connection.ops.quote_name(GroundTruth._meta.db_table)
+    image = connection.ops.quote_name(Image._meta.db_table)
+    mask = connection.ops.quote_name(Mask._meta.db_table)
+    item = connection.ops.quote_name(ReviewItem._meta.db_table)
+    rnd = connection.ops.quote_name(Round._meta.db_table)
+    where, params = "", []
+    if filters.get("classes"):
+        where = f"WHERE i.image_class IN ({', '.join(['%s'] * len(filters['classes']))})"
+        params = list(filters["classes"])
+    sql = f"""
+        WITH cur AS (SELECT image_id, MAX(id) AS id FROM {gt} GROUP BY image_id)
+        SELECT i.image_class, i.status, m.source, g.decision_id IS NULL, r.number, COUNT(*)
+        FROM {image} i
+        LEFT JOIN cur ON cur.image_id = i.id
+        LEFT JOIN {gt} g ON g.id = cur.id
+        LEFT JOIN {mask} m ON m.id = g.mask_id
+        LEFT JOIN {item} it ON it.id = g.item_id
+        LEFT JOIN {rnd} r ON r.id = it.round_id
+        {where}
+        GROUP BY 1, 2, 3, 4, 5
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        groups = cursor.fetchall()
+    classes = [c for c in ImageClass.values if c in (filters.get("classes") or ImageClass.values)]
+    by_class = {c: {s: 0 for s in list(PREVIEW_SOURCES)} for c in classes}
+    missing: dict[str, int] = {}
+    other_rounds = 0
+    wanted_round = filters.get("round")
+    for image_class, status, source, undecided, round_number, n in groups:
+        if source is None:
+            kind = "none"
+        elif source == Mask.Source.CONTROL:
+            kind = "control"
+        elif source == Mask.Source.PREDICTED:
+            kind = "machine"
+        else:  # drawn or imported: accepted by a pick, or a redraw (accepted by drawing it)
+            kind = "redrawn" if undecided and round_number is not None else "manual"
+        if wanted_round is not None and round_number != wanted_round:
+            if kind != "none":
+                other_rounds += n
+            else:  # the round filter keeps only images accepted in it
+                missing[status] = missing.get(status, 0) + n
+            continue
+        if kind == "none" and filters.get("accepted_only", True):
+            missing[status] = missing.get(status, 0) + n
+            continue
+        by_class.setdefault(image_class, {s: 0 for s in list(PREVIEW_SOURCES)})
+        by_class[image_class][kind] += n
+    labels = dict(ImageClass.choices)
+    rows: list[dict[str, Any]] = [
+        {"class": c, "label": labels.get(c, c), **counts, "total": sum(counts.values())}
+        for c, counts in by_class.items()
+    ]
+    totals = {s: sum(int(r[s]) for r in rows) for s in [*PREVIEW_SOURCES, "total"]}
+    left_out = [
+        {"reason": status, "count": n, "text": LEFT_OUT_REASONS[status].format(n=_images(n))}
+        for status, n in sorted(missing.items(), key=lambda kv: -kv[1])
+    ]
+    if other_rounds:
+        left_out.append(
+            {
+                "reason": "other_round",
+                "count": other_rounds,
+                "text": LEFT_OUT_REASONS["other_round"].format(n=_images(other_rounds)),
+            }
+        )
+    return {
+        "filters": filters,
+        "filters_text": export_filters_text(filters),
+        "images": totals["total"],
+        "rows": rows,
+        "totals": totals,
+        "sources": PREVIEW_SOURCES,
+        "left_out": left_out,
+    }
+
+
+def export_filters_text(filters: dict[str, Any]) -> str:
+    """An export's filters in words, e.g. "COVID-19 and Normal images accepted in round 3"."""
+    labels = dict(ImageClass.choices)
+    classes = filters.get("classes") or []
+    if classes and len(classes) < len(ImageClass.values):
+        names = [labels.get(c, c) for c in classes]
+        what = " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+        text = f"{what} images"
+    else:
+        text = "All classes"
+    if filters.get("round") is not None:
+        text += f", masks accepted in round {filters['round']}"
+    elif filters.get("accepted_only", True):
+        text += ", with an accepted mask"
+    else:
+        text += ", with or without a mask"
+    if filters.get("format") and filters["format"] != "png":
+        text += f"; {str(filters['format']).upper()} format"
+    return text

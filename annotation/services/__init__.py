@@ -29,6 +29,7 @@ from annotation.services.leases import (
     lease_renew,
     lease_take,
 )
+from annotation.services.notes import image_comment_add, image_flags_set
 from annotation.services.review import decision_adjudicate, decision_create, decision_undo
 from annotation.services.rounds import (
     candidate_add,
@@ -51,7 +52,9 @@ __all__ = [
     "export_fail",
     "export_filters_clean",
     "export_request",
+    "image_comment_add",
     "image_create",
+    "image_flags_set",
     "image_refresh_status",
     "images_refresh_status",
     "item_claim",

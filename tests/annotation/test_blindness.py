@@ -348,6 +348,8 @@ def test_item_urls_name_only_the_item_and_the_label(blind_round, md2, api):
         "lease-url": f"/api/review-items/{item.uuid}/lease/",
         "skip-url": f"/api/review-items/{item.uuid}/skip/",
         "item-api-url": f"/api/review-items/{item.uuid}/",
+        # The notes panel: the reviewer's own comments and flags, by the item's opaque id.
+        "notes-url": f"/api/review-items/{item.uuid}/notes/",
     }
 
 
