@@ -40,6 +40,7 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("GET", "/", ANY_ROLE),
     ("GET", "/queue/", only(MD)),
     ("GET", "/draw/{image}/", only(MD)),
+    ("GET", "/draw/{image}/saved/", only(MD)),
     ("GET", "/review/next/", only(MD)),
     ("GET", "/review/{item}/", only(MD, ADMIN)),
     ("GET", "/rounds/", only(ADMIN)),
