@@ -1,9 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
 
 from annotation import views
+from annotation.apis.schema import SchemaView
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -21,7 +21,7 @@ urlpatterns = [
     path("images/<int:image_id>/history/", views.image_history, name="image-history"),
     path("", include("inference.urls")),
     path("api/", include("annotation.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("django-admin/", admin.site.urls),
 ]
 

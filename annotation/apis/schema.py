@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import threading
+
+from drf_spectacular.views import SpectacularAPIView
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -51,3 +54,21 @@ def error_responses(result, generator, request, public):
                     response["description"] = _REASONS[code]
                 response.setdefault("content", copy.deepcopy(_ERROR_CONTENT))
     return result
+
+
+class SchemaView(SpectacularAPIView):
+    """`/api/schema/`, built by one thread at a time.
+
+    drf-spectacular resolves its optional extensions lazily, on the first schema build, by
+    rewriting class attributes (`OpenApiFilterExtension.target_class` and the like) without a
+    lock: two threads building the first schema at once (gunicorn threads, or schemathesis
+    signing in as three roles) can see one half-rewritten and answer 500 ('NoneType' object
+    has no attribute 'startswith'). The schema is built rarely, so building it under a lock
+    costs nothing that matters.
+    """
+
+    _building = threading.Lock()
+
+    def _get_schema_response(self, request):
+        with self._building:
+            return super()._get_schema_response(request)
