@@ -180,6 +180,9 @@ def setup_database(size: int, candidates: int):
     users = get_user_model().objects
     md = users.create_user(username="md1", password=PASSWORD)
     services.user_set_roles(user=md, roles=[Role.MD])
+    # The masks are another MD's: an MD is never offered an item holding their own mask.
+    drawer = users.create_user(username="md2", password=PASSWORD)
+    services.user_set_roles(user=drawer, roles=[Role.MD])
     admin = users.create_user(username="boss", password=PASSWORD)
     services.user_set_roles(user=admin, roles=[Role.ADMIN])
     images = []
@@ -193,7 +196,7 @@ def setup_database(size: int, candidates: int):
             patient_id=f"P{seed}",
         )
         services.mask_draw(
-            image=image, author=md, data=imaging.encode_mask(md_drawing(p.infection, seed))
+            image=image, author=drawer, data=imaging.encode_mask(md_drawing(p.infection, seed))
         )
         image.truth = p.infection  # type: ignore[attr-defined]  # the phantom's, for the bench
         images.append(image)
@@ -471,7 +474,8 @@ def main() -> int:
         for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "MASKLOOP_MEDIA_ROOT")
     }
-    env.update(MASKLOOP_VAR_DIR=tmp, PYTHONUNBUFFERED="1")
+    # Its second phantom is 64 px: screening at import would hold it out of the round.
+    env.update(MASKLOOP_VAR_DIR=tmp, PYTHONUNBUFFERED="1", MASKLOOP_SCREEN_MIN_SIDE="32")
     os.environ.clear()
     os.environ.update(env)
     env.update(django_env())
