@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
@@ -266,8 +267,10 @@ def exports(request):
 @role_required(Role.ADMIN, Role.DATA)
 def image_history(request, image_id: int):
     """Everything that happened to one image, newest first. Not for MDs: it names who drew
-    and which network made each mask."""
+    and which network made each mask; and for nobody while the image is under blind review."""
     image = get_object_or_404(Image, pk=image_id)
+    if selectors.image_under_review(image.pk):
+        raise PermissionDenied(selectors.PROVENANCE_SEALED_REASON.capitalize() + ".")
     notes = selectors.image_notes(image, viewer=request.user)
     return render(
         request,

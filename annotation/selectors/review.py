@@ -317,15 +317,19 @@ def review_context(item: ReviewItem, user: Any) -> dict[str, Any]:
     """What the review page says about the item beside its images, safe for a blind review:
     the image's name, class and patient (each withheld if it names a mask's provenance), the
     round, where the item stands among this MD's items of the round ("item n of N"), and
-    the MD's own progress. Nothing here depends on the candidates."""
+    the MD's own progress. Nothing here depends on the candidates.
+
+    An admin breaking a tie gets neither the name nor the patient: admins can look an image
+    up by name (its history, the admin lists) and so reach its masks' sources."""
+    reviewer = user_has_role(user, Role.MD)
     decided = Decision.objects.filter(reviewer=user, is_adjudication=False)
     in_round = decided.filter(item__round_id=item.round_id).count()
     today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     left = open_items_for(user).filter(round_id=item.round_id).count()
     return {
-        "image_name": _blind_text(item.image.name),
+        "image_name": _blind_text(item.image.name) if reviewer else WITHHELD,
         "image_class": ImageClass(item.image.image_class).label,
-        "patient": _blind_text(item.image.patient_id, limit=40),
+        "patient": _blind_text(item.image.patient_id, limit=40) if reviewer else WITHHELD,
         "round": item.round.number,
         "position": in_round + 1,
         "total": in_round + max(left, 1),

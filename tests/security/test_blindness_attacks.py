@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 
 from annotation import imaging, selectors, services
@@ -527,8 +528,17 @@ def test_provenance_endpoints_refuse_an_image_under_review_to_every_role(
             response = api(user).get(path)
             assert response.status_code == 403, (user, path)
             assert "under blind review" in response.json()["detail"]
+        # The image's history page names every mask's author and network.
+        client = Client()
+        client.force_login(user)
+        page = client.get(f"/images/{item.image_id}/history/")
+        assert page.status_code == 403, user
+        assert "under blind review" in page.content.decode()
     settled = make_image(manual_by=admin_user)
     assert api(data_user).get(f"/api/images/{settled.pk}/masks/").status_code == 200
+    client = Client()
+    client.force_login(data_user)
+    assert client.get(f"/images/{settled.pk}/history/").status_code == 200
     mask = settled.masks.get().pk
     assert api(data_user).get(f"/api/masks/{mask}/file.png").status_code == 200
 
