@@ -731,6 +731,12 @@ function applyWindowLevel() {
   controls.wlReadout.textContent = `W ${Math.round(width * 255)} / L ${Math.round(level * 255)}`;
 }
 
+// The lung window preset: level 0.35 (89 of 255) and width 0.5 (128), i.e. the darker half of
+// the grey scale, where aerated lung lies on a CXR, spread over the whole display, so that faint
+// (ground-glass) opacities inside the lungs stand out. In applyWindowLevel's terms:
+// level = 0.5 - brightness / 200 and width = 2^(-contrast / 40).
+const LUNG_WINDOW = { brightness: 30, contrast: 40 };
+
 function setWindowLevel(brightness, contrast) {
   wl.brightness = clamp(brightness, -100, 100);
   wl.contrast = clamp(contrast, -100, 100);
@@ -1132,6 +1138,7 @@ const controls = {
   contrast: $("#wl-contrast"),
   wlReadout: $("#wl-readout"),
   wlReset: $("#wl-reset"),
+  wlLung: $("#wl-lung"),
   start: $("#start-mask"),
   save: $("#save"),
   saveNext: $("#save-next"),
@@ -1206,6 +1213,9 @@ function bindControls() {
     setWindowLevel(wl.brightness, Number(controls.contrast.value)),
   );
   controls.wlReset.addEventListener("click", () => setWindowLevel(0, 0));
+  controls.wlLung.addEventListener("click", () =>
+    setWindowLevel(LUNG_WINDOW.brightness, LUNG_WINDOW.contrast),
+  );
   controls.undo.addEventListener("click", undo);
   controls.redo.addEventListener("click", redo);
   controls.save.addEventListener("click", () => save());
@@ -1342,6 +1352,9 @@ function onKeyDown(e) {
       break;
     case "r":
       setWindowLevel(0, 0);
+      break;
+    case "g":
+      setWindowLevel(LUNG_WINDOW.brightness, LUNG_WINDOW.contrast);
       break;
     case "f":
     case "0":

@@ -208,6 +208,22 @@ def test_window_level_changes_the_display_not_the_saved_mask(
     assert windowed.sha256 == plain.sha256 and windowed.area == plain.area > 0
 
 
+def test_the_lung_window_preset_and_reset(page, sign_in, url, shot, md, make_image):
+    image = make_image(size=200)
+    sign_in(page, md)
+    page.goto(url(f"/draw/{image.pk}/"))
+    draw_ready(page)
+    assert page.inner_text("#wl-readout") == "W 255 / L 128"
+    page.click("#wl-lung")
+    assert page.inner_text("#wl-readout") == "W 128 / L 89"
+    shot(page, "lung-window")
+    page.keyboard.press("r")
+    assert page.inner_text("#wl-readout") == "W 255 / L 128"
+    page.keyboard.press("g")
+    assert page.inner_text("#wl-readout") == "W 128 / L 89"
+    assert mask_on(page) == 0  # a display setting paints nothing
+
+
 # Synthetic pointer events of a given kind (pen, touch), as a tablet sends them, at image
 # points under the view of when they start.
 POINTERS_JS = """
