@@ -1,0 +1,218 @@
+"""Pulling CXRs from a real Orthanc (Debian's orthanc + orthanc-dicomweb, started for the
+session by tests/orthanc.py): QIDO-RS search with filters, WADO-RS fetch, a re-run that fetches
+nothing, and an interrupted pull that resumes and ends with every instance exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from django.core.management import CommandError, call_command
+
+from annotation.dicomweb import PacsFilters, PacsServer
+from annotation.ingest import ingest_dicomweb
+from annotation.models import Image, ImageClass
+from tests.orthanc import Orthanc, _free_port, cxr_instance, orthanc_start
+
+pytestmark = pytest.mark.django_db
+
+ROOT = "1.2.826.0.1.3680043.8.498.7719"
+# patient, study, date, [(series, modality, instances)]
+STUDIES = [
+    ("P1", "1", "20200115", [("1", "DX", 2)]),
+    ("P1", "2", "20200620", [("1", "CR", 1)]),
+    ("P2", "3", "20201105", [("1", "DX", 2), ("2", "CT", 1)]),
+    ("P3", "4", "20210210", [("1", "CR", 2)]),
+]
+
+
+def study_uid(study: str) -> str:
+    return f"{ROOT}.{study}"
+
+
+def catalogue() -> list[dict]:
+    out = []
+    for patient, study, date, series_list in STUDIES:
+        for series, modality, count in series_list:
+            for n in range(1, count + 1):
+                out.append(
+                    {
+                        "patient": patient,
+                        "study_uid": study_uid(study),
+                        "series_uid": f"{ROOT}.{study}.{series}",
+                        "sop_uid": f"{ROOT}.{study}.{series}.{n}",
+                        "modality": modality,
+                        "study_date": date,
+                    }
+                )
+    return out
+
+
+CXRS = [i for i in catalogue() if i["modality"] != "CT"]
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    server = orthanc_start(tmp_path_factory.mktemp("orthanc"))
+    try:
+        for seed, instance in enumerate(catalogue()):
+            server.upload(cxr_instance(seed=seed, **instance))
+        yield server
+    finally:
+        server.stop()
+
+
+class Fetches:
+    """Counts WADO-RS retrievals (the real ones) and can fail the n-th one as a network
+    failure would: the edge of the world is the HTTP client."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        self.count = 0
+        self.fail_at = fail_at
+        real = DICOMwebClient.retrieve_instance
+
+        def retrieve(client, *args, **kwargs):
+            self.count += 1
+            if self.fail_at is not None and self.count == self.fail_at:
+                raise requests.ConnectionError("connection reset by peer")
+            return real(client, *args, **kwargs)
+
+        monkeypatch.setattr(DICOMwebClient, "retrieve_instance", retrieve)
+
+
+def pull(orthanc: Orthanc, *args: str) -> str:
+    out = io.StringIO()
+    call_command("ingest", orthanc.dicomweb_url, "--class", "covid19", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_search_with_filters(orthanc):
+    server = PacsServer(orthanc.dicomweb_url)
+
+    def studies(**kw) -> list[str]:
+        return [s.study_uid for s in server.search_studies(PacsFilters.parse(**kw))]
+
+    assert studies() == [study_uid(s) for s in "1234"]
+    assert studies(study_date="20200101-20201231") == [study_uid(s) for s in "123"]
+    assert studies(study_date="20210101-") == [study_uid("4")]
+    assert studies(modalities="CR") == [study_uid("2"), study_uid("4")]
+    assert studies(modalities="ct") == [study_uid("3")]
+    assert studies(study_uids=f"{study_uid('3')},{study_uid('4')}") == [
+        study_uid("3"),
+        study_uid("4"),
+    ]
+    # The CT series of a CXR study is left out unless asked for.
+    cxr = server.search_instances(study_uid("3"), PacsFilters.parse())
+    assert [(i.sop_uid, i.modality) for i in cxr] == [
+        (f"{ROOT}.3.1.1", "DX"),
+        (f"{ROOT}.3.1.2", "DX"),
+    ]
+    ct = server.search_instances(study_uid("3"), PacsFilters.parse(modalities="CT"))
+    assert [i.sop_uid for i in ct] == [f"{ROOT}.3.2.1"]
+
+
+def test_pull_imports_every_cxr_once_and_a_rerun_fetches_nothing(orthanc, monkeypatch, settings):
+    settings.MASKLOOP_PATIENT_ID_SALT = "pepper"
+    fetches = Fetches(monkeypatch)
+    out = pull(orthanc)
+    assert fetches.count == len(CXRS)
+    assert "studies 0/4, instances 0/7" in out
+    assert "studies 4/4, instances 7/7" in out
+    assert f"fetched: {len(CXRS)}" in out and f"imported: {len(CXRS)}" in out
+    images = {i.sop_instance_uid: i for i in Image.objects.all()}
+    assert sorted(images) == sorted(i["sop_uid"] for i in CXRS)
+    for seed, instance in enumerate(catalogue()):
+        if instance["modality"] == "CT":
+            continue
+        image = images[instance["sop_uid"]]
+        assert (image.study_uid, image.series_uid) == (
+            instance["study_uid"],
+            instance["series_uid"],
+        )
+        assert image.modality == instance["modality"]
+        assert image.image_class == ImageClass.COVID
+        assert image.source == f"127.0.0.1:{orthanc.port}/dicom-web"
+        # The salt applies as to a file: the PatientID is never stored as it is.
+        salted = hashlib.sha256(f"pepper{instance['patient']}".encode()).hexdigest()[:16]
+        assert image.patient_id == salted
+        # The 16-bit pixels arrive as the PACS holds them.
+        with image.original.open("rb") as fh:
+            got = pydicom.dcmread(fh)
+        sent = pydicom.dcmread(io.BytesIO(cxr_instance(seed=seed, **instance)))
+        assert got.SOPInstanceUID == instance["sop_uid"]
+        assert (got.pixel_array == sent.pixel_array).all()
+
+    fetches.count = 0
+    again = pull(orthanc)
+    assert fetches.count == 0
+    assert f"already imported (not fetched): {len(CXRS)}" in again
+    assert "fetched: 0" in again and "imported: 0" in again
+    assert Image.objects.count() == len(CXRS)
+
+
+def test_a_pull_with_filters_takes_only_what_they_select(orthanc):
+    out = pull(orthanc, "--study-date", "20200101-20201231", "--modality", "CR,DX")
+    assert "studies: 3, instances: 5" in out
+    assert Image.objects.count() == 5
+    pull(orthanc, "--study-uid", study_uid("4"))
+    assert Image.objects.filter(study_uid=study_uid("4")).count() == 2
+    assert Image.objects.count() == 7
+
+
+def test_an_interrupted_pull_resumes_and_ends_with_each_instance_once(orthanc, monkeypatch):
+    fetches = Fetches(monkeypatch, fail_at=4)
+    with pytest.raises(CommandError) as failed:
+        pull(orthanc)
+    server = f"http://127.0.0.1:{orthanc.port}/dicom-web"
+    assert str(failed.value).startswith(f"The DICOMweb server {server} failed to send instance")
+    assert "could not be reached" in str(failed.value)
+    assert Image.objects.count() == 3
+
+    fetches.fail_at, fetches.count = None, 0
+    out = pull(orthanc)
+    assert fetches.count == len(CXRS) - 3  # the three imported are not fetched again
+    assert "already imported (not fetched): 3" in out
+    assert sorted(Image.objects.values_list("sop_instance_uid", flat=True)) == sorted(
+        i["sop_uid"] for i in CXRS
+    )
+
+
+def test_a_limit_stops_the_pull_and_the_next_run_continues(orthanc):
+    out = pull(orthanc, "--limit", "2")
+    assert "stopped: the limit of 2 new instances was reached" in out
+    assert Image.objects.count() == 2
+    report = ingest_dicomweb(orthanc.dicomweb_url, image_class=ImageClass.COVID, limit=3)
+    assert (len(report.skipped), report.fetched) == (2, 3)
+    assert report.stopped == "the limit of 3 new instances was reached" and not report.error
+    report = ingest_dicomweb(orthanc.dicomweb_url, image_class=ImageClass.COVID)
+    assert (len(report.skipped), report.fetched, report.stopped) == (5, 2, "")
+    assert Image.objects.count() == len(CXRS)
+
+
+def test_a_server_that_cannot_be_reached_is_named():
+    url = f"dicomweb://127.0.0.1:{_free_port()}/dicom-web"
+    with pytest.raises(CommandError) as failed:
+        call_command("ingest", url, "--class", "covid19")
+    assert str(failed.value).startswith(
+        f"The DICOMweb server http{url[8:]} failed to search studies"
+    )
+    assert "could not be reached" in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        ((), "needs the class of its images"),
+        (("--class", "covid19", "--study-date", "2020"), "is not YYYYMMDD"),
+        (("--class", "covid19", "--modality", "C-R"), "is not a DICOM modality code"),
+        (("--class", "covid19", "--study-uid", "1.2.x"), "is not a DICOM UID"),
+        (("--class", "covid19", "--limit", "0"), "at least 1 instance"),
+    ],
+)
+def test_bad_options_are_refused_in_a_sentence(args, says):
+    with pytest.raises(CommandError, match=says):
+        call_command("ingest", "dicomweb://127.0.0.1:1/dicom-web", *args)
