@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 
 from annotation.dicomweb import PacsFilters, PacsServer
 from annotation.ingest import ingest_dicomweb
-from annotation.models import Image, ImageClass
+from annotation.models import Image, ImageClass, PacsPull
 from tests.orthanc import Orthanc, _free_port, cxr_instance, orthanc_start
 
 pytestmark = pytest.mark.django_db
@@ -216,3 +216,70 @@ def test_a_server_that_cannot_be_reached_is_named():
 def test_bad_options_are_refused_in_a_sentence(args, says):
     with pytest.raises(CommandError, match=says):
         call_command("ingest", "dicomweb://127.0.0.1:1/dicom-web", *args)
+
+
+def test_the_pacs_page_queues_a_pull_that_the_worker_runs_with_progress(
+    orthanc, admin_user, api, eager_tasks, django_capture_on_commit_callbacks
+):
+    client = api(admin_user)
+    form = {
+        "server": orthanc.dicomweb_url,
+        "image_class": ImageClass.NORMAL,
+        "study_date": "20200101-20201231",
+        "modalities": "dx, cr",
+        "study_uids": "",
+        "limit": "",
+    }
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        page = client.post("/pacs/", form)
+    assert page.status_code == 302
+    pull = PacsPull.objects.get()
+    assert pull.status == PacsPull.Status.QUEUED and pull.requested_by == admin_user
+    assert pull.filters["modalities"] == ["DX", "CR"]
+    assert "Queued" in client.get("/pacs/").content.decode()
+    assert len(queued) == 1
+    queued[0]()  # the worker (eager here) runs it
+    pull.refresh_from_db()
+    assert pull.status == PacsPull.Status.DONE, pull.failure_reason
+    assert pull.progress == {
+        "studies_done": 3,
+        "studies_total": 3,
+        "instances_done": 5,
+        "instances_total": 5,
+    }
+    assert pull.result["imported"] == 5 and pull.result["skipped"] == 0
+    assert Image.objects.filter(image_class=ImageClass.NORMAL).count() == 5
+    listing = client.get("/pacs/").content.decode()
+    assert "studies 3/3, instances 5/5" in listing
+    assert "5 imported, 0 already there" in listing
+    assert 'http-equiv="refresh"' not in listing  # nothing under way: no reloading
+
+
+def test_the_pacs_page_refuses_a_bad_pull_in_a_sentence(admin_user, api):
+    client = api(admin_user)
+    page = client.post(
+        "/pacs/",
+        {"server": "http://pacs:8042/dicom-web", "image_class": ImageClass.COVID},
+        follow=True,
+    )
+    text = page.content.decode()
+    assert "The pull was not started." in text and "is not a DICOMweb URL" in text
+    page = client.post(
+        "/pacs/",
+        {"server": "dicomweb://pacs:8042/dicom-web", "image_class": "covid19", "study_date": "x"},
+        follow=True,
+    )
+    assert "is not YYYYMMDD" in page.content.decode()
+    assert not PacsPull.objects.exists()
+
+
+def test_a_failed_pull_names_the_server_on_the_page(admin_user, api, eager_tasks):
+    from annotation.services.pacs import pacs_pull_request, pacs_pull_run
+
+    url = f"dicomweb://127.0.0.1:{_free_port()}/dicom-web"
+    pull = pacs_pull_request(requested_by=admin_user, server=url, image_class=ImageClass.COVID)
+    pull = pacs_pull_run(pull_id=pull.pk)
+    assert pull.status == PacsPull.Status.FAILED
+    assert pull.failure_reason.startswith(f"The DICOMweb server http{url[8:]} failed to")
+    page = api(admin_user).get("/pacs/").content.decode()
+    assert "could not be reached" in page
