@@ -39,7 +39,13 @@ from annotation.imaging import InvalidImageError
 from annotation.models import Image, ImageClass
 from annotation.services.images import upload_check_size
 from annotation.services.screening import HashLookup, screening_summary
-from training.services import read_dataset
+from training.services import (
+    CONTROL_DIR_NAMES,
+    QATA_MASK_DIR_NAMES,
+    index_masks,
+    read_dataset,
+    sibling,
+)
 
 # Layouts whose folders or CSV name every image's class; a plain folder would make every
 # unmasked image a control, which the platform would then accept as ground truth unseen.
@@ -119,12 +125,14 @@ def ingest_folder(
         if not dicoms:
             raise DomainError(f"{root} is not a known layout ({data.layout}): {_LAYOUT_HELP}")
         data = None
-    if data is None and image_class is None:
+    placed = {path: _qata_place(root, path) for path in dicoms}
+    if data is None and image_class is None and not any(placed.values()):
         raise DomainError(
             f"{root} holds DICOM files but no layout that names their class: give the class "
             "(ingest --class), or list them in a CSV of file,class,patient"
         )
-    report = IngestReport(layout=data.layout if data is not None else "dicom")
+    layout = data.layout if data is not None else "qata" if any(placed.values()) else "dicom"
+    report = IngestReport(layout=layout)
     lookup = HashLookup()
     source = source or root.name
     listed: set[Path] = set()
@@ -146,6 +154,20 @@ def ingest_folder(
         if path.resolve() in listed:
             continue
         key = path.relative_to(root).as_posix()
+        place = placed[path]
+        if place is not None:  # a .dcm in QaTa's Images/ (with its mask) or Control_Group/
+            _import(
+                report,
+                inside,
+                key,
+                path,
+                place[1],
+                None,
+                source=source,
+                image_class=place[0],
+                hash_lookup=lookup,
+            )
+            continue
         if image_class is None:
             report.rejected.append(
                 (key, "a DICOM file the layout does not list has no class (ingest --class)")
@@ -201,6 +223,22 @@ def _record(report: IngestReport, key: str, create: Callable[[], Image]) -> None
         report.duplicates.append(key)
     except (InvalidImageError, DomainError, OSError) as exc:
         report.rejected.append((key, str(exc)))
+
+
+def _qata_place(root: Path, path: Path) -> tuple[str, Path | None] | None:
+    """(class, mask) that the QaTa-COV19 layout gives a DICOM file, whose ending the layout's
+    reader (made for PNG and JPEG) does not list: in an `Images/` folder beside
+    `Ground-truths/`, COVID-19 with the mask named like it; below `Control_Group/`, a control
+    (Non-COVID) without one. None elsewhere."""
+    folder = path.parent
+    if folder.name.lower() == "images" and folder != root:
+        masks = sibling(folder, QATA_MASK_DIR_NAMES)
+        if masks is not None:
+            return IMAGE_CLASSES["COVID-19"], index_masks(masks).get(path.stem.lower())
+    for parent in path.relative_to(root).parents:
+        if parent.name.lower() in CONTROL_DIR_NAMES:
+            return IMAGE_CLASSES["Non-COVID"], None
+    return None
 
 
 def _dicom_files(root: Path) -> list[Path]:
