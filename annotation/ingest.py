@@ -307,6 +307,7 @@ class PullReport(IngestReport):
     skipped: list[str] = field(default_factory=list)
     fetched: int = 0
     seconds: float = 0.0
+    fetch_seconds: float = 0.0  # of `seconds`, waiting for the server's WADO-RS answers
     # Why the pull stopped before the end ("" if it did not): the limit reached, or the
     # server's failure (then also in `error`, naming the server and what failed).
     stopped: str = ""
@@ -317,7 +318,8 @@ class PullReport(IngestReport):
             f"server: {self.server} ({self.filters})",
             f"studies: {self.studies}, instances: {self.instances}",
             f"already imported (not fetched): {len(self.skipped)}",
-            f"fetched: {self.fetched} in {self.seconds:.1f} s",
+            f"fetched: {self.fetched} in {self.seconds:.1f} s "
+            f"({self.fetch_seconds:.1f} s fetching, the rest importing)",
             super().summary(),
         ]
         if self.stopped:
@@ -415,7 +417,9 @@ def _pull(
                 report.stopped = f"the limit of {limit} new instances was reached"
                 return
             else:
+                asked = time.monotonic()
                 data = server.fetch(instance)
+                report.fetch_seconds += time.monotonic() - asked
                 report.fetched += 1
                 _record(
                     report,

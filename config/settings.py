@@ -318,4 +318,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # dicomweb-client logs each request at INFO: a PACS pull (annotation.dicomweb) would drown.
+    "loggers": {"dicomweb_client": {"level": "WARNING"}},
 }
