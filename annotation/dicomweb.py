@@ -129,12 +129,14 @@ class PacsServer:
     Args:
         url: dicomweb://host:port/path or dicomwebs://host:port/path.
         timeout: seconds to wait for each answer.
+        attempts: tries of each request (a connection error, or HTTP 408, 429, 503, 504)
+            before it fails, with an exponential back-off between them (2, 4, 8… s).
 
     Raises:
         ValueError: not such a URL.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30) -> None:
+    def __init__(self, url: str, *, timeout: float = 30, attempts: int = 5) -> None:
         parts = urlsplit(url)
         scheme = SCHEMES.get(parts.scheme.lower())
         if scheme is None or not parts.hostname:
@@ -148,6 +150,10 @@ class PacsServer:
         self.name = f"{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
         self.http_url = f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.client = DICOMwebClient(url=self.http_url, timeout=timeout)
+        self.attempts = max(1, attempts)
+        self.client.set_http_retry_params(
+            retry=self.attempts > 1, max_attempts=self.attempts, wait_exponential_multiplier=1000
+        )
 
     def _fail(self, what: str, exc: Exception) -> PacsError:
         if isinstance(exc, requests.HTTPError) and exc.response is not None:
@@ -158,7 +164,8 @@ class PacsServer:
             why = "it did not answer in time"
         else:
             why = f"{type(exc).__name__}: {exc}"
-        return PacsError(f"The DICOMweb server {self.http_url} failed to {what}: {why}.")
+        tries = f" ({self.attempts} tries)" if self.attempts > 1 else ""
+        return PacsError(f"The DICOMweb server {self.http_url} failed to {what}: {why}{tries}.")
 
     def search_studies(self, filters: PacsFilters) -> list[PacsStudy]:
         """The studies the filters select (QIDO-RS), by study UID, each once.

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from django.conf import settings
+
 from annotation import dicom, services
 from annotation.dicomweb import PacsError, PacsFilters, PacsInstance, PacsServer
 from annotation.errors import DomainError
@@ -366,7 +368,7 @@ def ingest_dicomweb(
     if limit is not None and limit < 1:
         raise DomainError(f"the limit must be at least 1 instance, not {limit}")
     try:
-        server = PacsServer(url)
+        server = PacsServer(url, attempts=settings.MASKLOOP_DICOMWEB_ATTEMPTS)
     except ValueError as exc:
         raise DomainError(str(exc)) from None
     filters = filters or PacsFilters.parse()
