@@ -13,11 +13,15 @@ Every network failure becomes a `PacsError` whose message names the server and w
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 import pydicom
@@ -26,7 +30,15 @@ from dicomweb_client.api import DICOMwebClient
 
 from annotation.dicom import RADIOGRAPH_MODALITIES
 
-__all__ = ["PacsError", "PacsFilters", "PacsInstance", "PacsServer", "is_dicomweb_url"]
+__all__ = [
+    "PacsError",
+    "PacsFilters",
+    "PacsInstance",
+    "PacsServer",
+    "StowReport",
+    "is_dicomweb_url",
+    "stow_export",
+]
 
 SCHEMES = {"dicomweb": "http", "dicomwebs": "https"}
 _DATE = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
@@ -248,6 +260,20 @@ class PacsServer:
         pydicom.dcmwrite(out, ds, enforce_file_format=True)
         return out.getvalue()
 
+    def has_instance(self, study_uid: str, sop_uid: str) -> bool:
+        """Whether the server holds this instance (QIDO-RS).
+
+        Raises:
+            PacsError: the search failed.
+        """
+        try:
+            found = self.client.search_for_instances(
+                study_instance_uid=study_uid, search_filters={"SOPInstanceUID": sop_uid}
+            )
+        except (requests.RequestException, ValueError) as exc:
+            raise self._fail(f"look for instance {sop_uid}", exc) from None
+        return any(_value(r, _SOP_UID) == sop_uid for r in found)
+
     def store(self, datasets: Sequence[pydicom.Dataset]) -> None:
         """Stores instances (STOW-RS).
 
@@ -267,3 +293,79 @@ def _value(result: dict[str, Any], tag: str) -> str:
 
 def _words(query: dict[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in query.items()) or "all studies"
+
+
+@dataclass
+class StowReport:
+    """What a push of an export's DICOM files (STOW-RS) did, by archive name."""
+
+    server: str
+    stored: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)  # on the server before: not sent again
+    seconds: float = 0.0
+    stopped: str = ""  # the server's failure, naming it and what failed
+
+    def summary(self) -> str:
+        lines = [
+            f"server: {self.server}",
+            f"stored: {len(self.stored)}",
+            f"already on the server (not sent): {len(self.already)}",
+            f"time: {self.seconds:.1f} s",
+        ]
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
+            lines.append("run the same push again to resume: stored instances are skipped")
+        return "\n".join(lines)
+
+
+def stow_export(
+    server: PacsServer,
+    archive: IO[bytes],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> StowReport:
+    """Stores the DICOM files of a "dicom-seg" export (annotation.exporting) on the server.
+
+    Each file's sha256 is checked against the export's manifest first. A derived Secondary
+    Capture (dicom-seg/<image>.sc.dcm, for an image that did not come from DICOM) is stored
+    before its SEG, so that every SEG's reference resolves on the server. A file the server
+    already holds (same SOP Instance UID, found by QIDO-RS) is not sent again.
+
+    Args:
+        server: where to store them.
+        archive: the export's zip (seekable).
+        progress: called with (files done, files) after each file.
+
+    Raises:
+        ValueError: not a "dicom-seg" export, or a file that does not match the manifest.
+    """
+    report = StowReport(server=server.http_url)
+    started = time.monotonic()
+    with zipfile.ZipFile(archive) as zf:
+        try:
+            manifest = json.loads(zf.read("manifest.json"))["files"]
+        except (KeyError, ValueError):
+            raise ValueError("not a maskloop export: it has no manifest.json") from None
+        names = sorted(n for n in manifest if n.startswith("dicom-seg/") and n.endswith(".dcm"))
+        if not names:
+            raise ValueError("the export holds no DICOM-SEG (export it in the dicom-seg format)")
+        # Secondary Captures first: each SEG's reference then resolves when the SEG arrives.
+        names.sort(key=lambda n: (not n.endswith(".sc.dcm"), n))
+        for done, name in enumerate(names, start=1):
+            data = zf.read(name)
+            if hashlib.sha256(data).hexdigest() != manifest[name]:
+                raise ValueError(f"{name} does not match its sha256 in the manifest")
+            ds = pydicom.dcmread(io.BytesIO(data))
+            try:
+                if server.has_instance(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)):
+                    report.already.append(name)
+                else:
+                    server.store([ds])
+                    report.stored.append(name)
+            except PacsError as exc:
+                report.stopped = str(exc)
+                break
+            if progress:
+                progress(done, len(names))
+    report.seconds = time.monotonic() - started
+    return report

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
+import zipfile
 
 import pydicom
 import pytest
@@ -291,3 +293,86 @@ def test_a_failed_pull_names_the_server_on_the_page(admin_user, api, settings):
     assert pull.failure_reason.startswith(f"The DICOMweb server http{url[8:]} failed to")
     page = api(admin_user).get("/pacs/").content.decode()
     assert "could not be reached" in page
+
+
+@pytest.fixture
+def segs_removed(orthanc):
+    """Removes the SEG and SC instances a test stored, so the session's Orthanc holds only the
+    catalogue for the next test."""
+    yield
+    found = requests.post(
+        f"{orthanc.rest}/tools/find",
+        json={"Level": "Instance", "Query": {"Modality": "SEG"}},
+        timeout=30,
+    ).json()
+    found += requests.post(
+        f"{orthanc.rest}/tools/find",
+        json={"Level": "Instance", "Query": {"Modality": "OT"}},
+        timeout=30,
+    ).json()
+    for instance in found:
+        requests.delete(f"{orthanc.rest}/instances/{instance}", timeout=30).raise_for_status()
+
+
+def test_stow_stores_an_exports_segs_found_by_qido_with_their_references(
+    orthanc, data_user, make_image, segs_removed, django_capture_on_commit_callbacks
+):
+    """Pull study 1 (two DX), accept a mask of each and of one PNG image, export dicom-seg,
+    push back: each SEG is found by QIDO-RS in its source's study, references the source SOP
+    instance, and a second push sends nothing."""
+    import numpy as np
+
+    from annotation import services
+    from annotation.models import Export, GroundTruth, Mask
+
+    pull(orthanc, "--study-uid", study_uid("1"))
+    png_image = make_image()
+    sources = {}
+    for n, image in enumerate([*Image.objects.filter(study_uid=study_uid("1")), png_image]):
+        drawn = np.zeros((image.height, image.width), dtype=bool)
+        drawn[8 + n : 30, 10:40] = True
+        mask = services.mask_create(image=image, mask=drawn, source=Mask.Source.IMPORTED)
+        GroundTruth.objects.create(image=image, mask=mask)
+        sources[image.sop_instance_uid] = drawn
+    with django_capture_on_commit_callbacks(execute=False):
+        export = services.export_request(requested_by=data_user, filters={"format": "dicom-seg"})
+    export = services.export_build(export=export)
+    assert export.status == Export.Status.DONE, export.failure_reason
+
+    out = io.StringIO()
+    call_command("stow_segs", str(export.uuid), orthanc.dicomweb_url, stdout=out)
+    assert "stored: 4" in out.getvalue()  # three SEGs and the PNG image's Secondary Capture
+    server = PacsServer(orthanc.dicomweb_url)
+    segs = server.client.search_for_instances(
+        study_instance_uid=study_uid("1"), search_filters={"Modality": "SEG"}
+    )
+    assert len(segs) == 2
+    referenced = set()
+    for found in segs:
+        seg = server.client.retrieve_instance(
+            study_uid("1"), found["0020000E"]["Value"][0], found["00080018"]["Value"][0]
+        )
+        ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        referenced.add(ref.ReferencedSOPInstanceUID)
+        frame = seg.pixel_array.astype(bool)
+        assert (frame == sources[ref.ReferencedSOPInstanceUID]).all()
+    assert referenced == {f"{ROOT}.1.1.1", f"{ROOT}.1.1.2"}
+
+    again = io.StringIO()
+    call_command("stow_segs", str(export.uuid), orthanc.dicomweb_url, stdout=again)
+    assert (
+        "stored: 0" in again.getvalue()
+        and "already on the server (not sent): 4" in again.getvalue()
+    )
+
+
+def test_stow_refuses_what_is_not_a_dicom_seg_export(orthanc, data_user, tmp_path):
+    with pytest.raises(CommandError, match="neither a zip file nor the UUID"):
+        call_command("stow_segs", "no-such-export", orthanc.dicomweb_url)
+    with pytest.raises(CommandError, match="is not a DICOMweb URL"):
+        call_command("stow_segs", "x", "http://127.0.0.1:1/dicom-web")
+    bare = tmp_path / "bare.zip"
+    with zipfile.ZipFile(bare, "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"files": {"metadata.csv": "0" * 64}}))
+    with pytest.raises(CommandError, match="holds no DICOM-SEG"):
+        call_command("stow_segs", str(bare), orthanc.dicomweb_url)
