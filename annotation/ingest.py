@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
+from django.db import IntegrityError
 
 from annotation import dicom, services
 from annotation.dicomweb import PacsError, PacsFilters, PacsInstance, PacsServer
@@ -221,7 +222,9 @@ def _record(report: IngestReport, key: str, create: Callable[[], Image]) -> None
         report.imported.append(key)
         if created.screening_flags:
             report.flagged.append((key, screening_summary(created)))
-    except services.DuplicateImage:
+    except (services.DuplicateImage, IntegrityError):
+        # IntegrityError: the same bytes or SOP instance committed meanwhile by another import
+        # (two pulls of one PACS at once); its transaction rolled back whole.
         report.duplicates.append(key)
     except (InvalidImageError, DomainError, OSError) as exc:
         report.rejected.append((key, str(exc)))

@@ -16,6 +16,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from django.core.management import CommandError, call_command
 
+from annotation import services
 from annotation.dicomweb import PacsFilters, PacsServer
 from annotation.ingest import ingest_dicomweb
 from annotation.models import Image, ImageClass, PacsPull
@@ -376,3 +377,21 @@ def test_stow_refuses_what_is_not_a_dicom_seg_export(orthanc, data_user, tmp_pat
         zf.writestr("manifest.json", json.dumps({"files": {"metadata.csv": "0" * 64}}))
     with pytest.raises(CommandError, match="holds no DICOM-SEG"):
         call_command("stow_segs", str(bare), orthanc.dicomweb_url)
+
+
+def test_an_instance_imported_meanwhile_is_a_duplicate_not_an_error(orthanc):
+    """Another import takes an instance after this pull searched (two pulls of one PACS at
+    once): the pull counts it as a duplicate and goes on."""
+    first = CXRS[0]
+    sent = cxr_instance(seed=0, **first)
+
+    def progress(p):
+        if p.instances_done == 0 and not Image.objects.filter(sop_instance_uid=first["sop_uid"]):
+            services.image_create(
+                data=sent, name="other.dcm", source="other", image_class=ImageClass.COVID
+            )
+
+    report = ingest_dicomweb(orthanc.dicomweb_url, image_class=ImageClass.COVID, progress=progress)
+    assert report.duplicates == [first["sop_uid"]] and not report.error
+    assert len(report.imported) == len(CXRS) - 1
+    assert Image.objects.count() == len(CXRS)
