@@ -19,6 +19,7 @@ from annotation.models import (
     GroundTruth,
     Image,
     Mask,
+    PacsPull,
     ReviewItem,
     Round,
 )
@@ -89,6 +90,14 @@ class GroundTruthAdmin(ReadOnlyAdmin):
 
 
 admin.site.register(Export)
+
+
+@admin.register(PacsPull)
+class PacsPullAdmin(ReadOnlyAdmin):
+    """Pulls from a PACS are started on the PACS page (/pacs/), which shows their progress."""
+
+    list_display = ["id", "server", "image_class", "status", "requested_by", "created_at"]
+    list_filter = ["status"]
 
 
 class BlindRolesUserChangeForm(UserChangeForm):

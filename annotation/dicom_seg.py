@@ -98,6 +98,20 @@ def source_from_dicom(fh: IO[bytes]) -> Dataset:
     return ds
 
 
+def pseudonymise(source: Dataset, *, patient_id: str) -> None:
+    """Gives the source the patient id the platform stored, which the SEG copies: where it is
+    not the original's PatientID (salted and hashed, MASKLOOP_PATIENT_ID_SALT, or given at
+    import), the original's PatientID, and the name and birth date beside it, stay out."""
+    if str(source.get("PatientID", "")) == patient_id:
+        return
+    source.PatientID = patient_id[:_LO]
+    source.PatientName = ""
+    source.PatientBirthDate = ""
+    for keyword in ("OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames"):
+        if keyword in source:
+            delattr(source, keyword)
+
+
 def secondary_capture(
     gray: np.ndarray, *, image_sha256: str, patient_id: str, created: dt.datetime | None
 ) -> Dataset:
@@ -263,6 +277,7 @@ def export_files(
     if row.image_ext.lower() == "dcm":
         with opener(row.image_path) as fh:
             source = source_from_dicom(fh)
+        pseudonymise(source, patient_id=row.patient_id)
     else:
         with opener(row.image_path) as fh:
             gray = to_gray8(PILImage.open(io.BytesIO(fh.read())))

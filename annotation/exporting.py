@@ -72,6 +72,10 @@ class ExportRow:
     screening: str = "clear"  # the screening state and its reason (see selectors.exports)
     flags: str = ""  # the image's flags now set, by name, joined with ";"
     comments: str = ""  # its comments, oldest first, "user: text" joined with " | "
+    # The DICOM UIDs of an image imported from DICOM ("" otherwise).
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_instance_uid: str = ""
 
 
 METADATA_COLUMNS = [
@@ -93,6 +97,9 @@ METADATA_COLUMNS = [
     "screening",
     "flags",
     "comments",
+    "study_uid",
+    "series_uid",
+    "sop_instance_uid",
 ]
 
 
@@ -346,6 +353,9 @@ def write_zip(
                         row.screening,
                         row.flags,
                         row.comments,
+                        row.study_uid,
+                        row.series_uid,
+                        row.sop_instance_uid,
                     ],
                 )
             )
@@ -397,7 +407,8 @@ def _write_seg(
 
 
 def coco_image(row: ExportRow, file_name: str) -> dict[str, Any]:
-    """A COCO image entry: the standard keys, then the patient, class and mask provenance."""
+    """A COCO image entry: the standard keys, then the patient, class and mask provenance, and
+    the DICOM UIDs (null unless the image came from DICOM)."""
     return {
         "id": row.image_id,
         "file_name": file_name,
@@ -414,6 +425,9 @@ def coco_image(row: ExportRow, file_name: str) -> dict[str, Any]:
         "reviewer": row.reviewer,
         "model": row.model,
         "agreement": None if row.agreement is None else round(row.agreement, 3),
+        "study_uid": row.study_uid or None,
+        "series_uid": row.series_uid or None,
+        "sop_instance_uid": row.sop_instance_uid or None,
     }
 
 

@@ -264,3 +264,38 @@ class ExportForm(forms.Form):
             (n, f"Round {n} · {stages.get(stage, stage)} · {statuses.get(st, st).lower()}")
             for n, stage, st in rounds
         ]
+
+
+class PacsPullForm(forms.Form):
+    """A pull from a PACS (annotation.services.pacs.pacs_pull_request checks the values)."""
+
+    server = forms.CharField(
+        max_length=255,
+        help_text="The DICOMweb root: dicomweb://host:port/path (dicomwebs:// for HTTPS).",
+        widget=forms.TextInput(attrs={"placeholder": "dicomweb://pacs.example.org:8042/dicom-web"}),
+    )
+    image_class = forms.ChoiceField(
+        choices=ImageClass.choices,
+        label="Class",
+        help_text="Every image pulled gets this class: DICOM carries none.",
+    )
+    study_date = forms.CharField(
+        required=False,
+        max_length=17,
+        help_text="YYYYMMDD or a range YYYYMMDD-YYYYMMDD; empty: any date.",
+    )
+    modalities = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Modalities",
+        help_text="Comma-separated, e.g. CR,DX; empty: CR, DX, DR and RG.",
+    )
+    study_uids = forms.CharField(
+        required=False,
+        label="Study Instance UIDs",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Comma-separated; empty: every study the other filters select.",
+    )
+    limit = forms.IntegerField(
+        required=False, min_value=1, help_text="Fetch at most this many new instances."
+    )

@@ -474,3 +474,42 @@ class ImageFlagChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.author_id} {'set' if self.is_set else 'cleared'} {self.flag} on {self.image}"
+
+
+class PacsPull(models.Model):
+    """An admin's pull of CXRs from a DICOMweb server (annotation.ingest.ingest_dicomweb), run
+    by a worker; its progress and report are written here for the PACS page to show."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Pulling"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="pacs_pulls"
+    )
+    server = models.CharField(max_length=255, help_text="dicomweb://host:port/path")
+    filters = models.JSONField(default=dict, help_text="study_date, modalities, study_uids.")
+    image_class = models.CharField(max_length=20, choices=ImageClass.choices)
+    limit = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(
+        default=dict, help_text="studies_done, studies_total, instances_done, instances_total."
+    )
+    result = models.JSONField(default=dict, help_text="Counts of the report.")
+    report = models.TextField(blank=True)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"pull from {self.server} ({self.status})"
+
+    @property
+    def fraction(self) -> float:
+        total = self.progress.get("instances_total") or 0
+        return self.progress.get("instances_done", 0) / total if total else 0.0

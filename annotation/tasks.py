@@ -84,3 +84,17 @@ def round_withdraw_batch(round_id: int) -> int:
 @shared_task(acks_late=True)
 def round_warm_display_copies(item_ids: list[int]) -> None:
     rounds.round_warm_display_copies(item_ids=item_ids)
+
+
+@shared_task(acks_late=True)
+def pacs_pull(pull_id: int) -> dict[str, Any]:
+    """A pull from a PACS; idempotent (imported instances are skipped), so a redelivery after
+    a lost worker resumes it."""
+    from annotation.services import pacs
+
+    try:
+        pull = pacs.pacs_pull_run(pull_id=pull_id)
+    except Exception as exc:
+        pacs.pacs_pull_fail(pull_id=pull_id, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    return {"status": pull.status, **pull.result}

@@ -14,10 +14,11 @@ from annotation.errors import DomainError
 from annotation.forms import (
     STAGE_NETWORK_SET,
     ExportForm,
+    PacsPullForm,
     RoundStartForm,
     round_start_arguments,
 )
-from annotation.models import Export, Image, ReviewItem, Role, Round, Screening
+from annotation.models import Export, Image, PacsPull, ReviewItem, Role, Round, Screening
 from annotation.permissions import role_required
 
 
@@ -318,5 +319,34 @@ def screening(request):
             "state": state,
             "flagged": selectors.screening_flagged(state=state),
             "counts": selectors.screening_counts(),
+        },
+    )
+
+
+@role_required(Role.ADMIN)
+def pacs(request):
+    """Pull CXRs from a PACS: the form queues a pull (a worker runs it), the table shows each
+    pull's progress and report. The page reloads itself while a pull is under way."""
+    from annotation.services.pacs import pacs_pull_request
+
+    form = PacsPullForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            pull = pacs_pull_request(requested_by=request.user, **form.cleaned_data)
+        except DomainError as exc:
+            messages.error(request, f"The pull was not started. {_sentence(str(exc))}")
+        else:
+            messages.success(request, f"Pull {pull.pk} from {pull.server} queued.")
+            return redirect("pacs")
+    pulls = list(PacsPull.objects.select_related("requested_by")[:30])
+    return render(
+        request,
+        "annotation/pacs.html",
+        {
+            "form": form,
+            "pulls": pulls,
+            "active": any(
+                p.status in (PacsPull.Status.QUEUED, PacsPull.Status.RUNNING) for p in pulls
+            ),
         },
     )

@@ -154,6 +154,9 @@ MASKLOOP_MAX_IMAGE_PIXELS = env.int("MASKLOOP_MAX_IMAGE_PIXELS", default=40_000_
 MASKLOOP_MAX_UPLOAD_BYTES = env.int("MASKLOOP_MAX_UPLOAD_BYTES", default=64 * 1024 * 1024)
 # When set, a DICOM PatientID is stored as sha256(salt + id)[:16], never as it is.
 MASKLOOP_PATIENT_ID_SALT = env.str("MASKLOOP_PATIENT_ID_SALT", default="")
+# A PACS pull (annotation.dicomweb) tries each request this many times, backing off 2, 4, 8… s
+# between tries, before it stops and says why; `ingest` run again resumes it.
+MASKLOOP_DICOMWEB_ATTEMPTS = env.int("MASKLOOP_DICOMWEB_ATTEMPTS", default=5)
 # Stage II prediction is split into shards of this many images, one inference task each.
 MASKLOOP_PREDICT_SHARD = env.int("MASKLOOP_PREDICT_SHARD", default=256)
 
@@ -318,4 +321,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # dicomweb-client logs each request at INFO: a PACS pull (annotation.dicomweb) would drown.
+    "loggers": {"dicomweb_client": {"level": "WARNING"}},
 }

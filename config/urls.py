@@ -18,6 +18,7 @@ urlpatterns = [
     path("rounds/<int:number>/", views.round_detail, name="round-detail"),
     path("exports/", views.exports, name="exports"),
     path("screening/", views.screening, name="screening"),
+    path("pacs/", views.pacs, name="pacs"),
     path("images/<int:image_id>/history/", views.image_history, name="image-history"),
     path("", include("inference.urls")),
     path("api/", include("annotation.urls")),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL, Redis, Chromium and dicom3tools are available for the test suite:
+# Makes sure PostgreSQL, Redis, Chromium, dicom3tools and Orthanc are available for the test suite:
 # starts what is installed, installs what is missing with apt-get where it can, otherwise says
 # what to do.
 set -euo pipefail
@@ -43,4 +43,9 @@ fi
 if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
 # dicom3tools' dciodvfy validates the DICOM-SEG export (tests/annotation/test_export_dicom_seg.py).
 command -v dciodvfy >/dev/null || apt_install dicom3tools
-say "PostgreSQL, Redis, Chromium and dciodvfy are ready"
+# Orthanc and its DICOMweb plugin: the PACS that tests/orthanc.py starts for the DICOMweb pull
+# tests (on a loopback port of its own, never the system service).
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+  apt_install orthanc orthanc-dicomweb
+fi
+say "PostgreSQL, Redis, Chromium, dciodvfy and Orthanc (DICOMweb) are ready"

@@ -51,6 +51,8 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/exports/", only(DATA)),
     ("GET", "/screening/", only(ADMIN)),
     ("POST", "/screening/", only(ADMIN)),
+    ("GET", "/pacs/", only(ADMIN)),
+    ("POST", "/pacs/", only(ADMIN)),
     ("GET", "/images/{image}/history/", only(ADMIN, DATA)),  # provenance
     # ---------------------------------------------------------------- API: images and masks
     ("GET", "/api/images/", ANY_ROLE),

@@ -37,6 +37,10 @@ from training.nets.config import TrainConfig, preset
 from training.nets.folds import grouped_stratified_folds as grouped_stratified_folds
 from training.nets.folds import grouped_train_test_split as grouped_train_test_split
 from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
+from training.nets.matching import CONTROL_DIR_NAMES as CONTROL_DIR_NAMES  # and places DICOM
+from training.nets.matching import QATA_MASK_DIR_NAMES as QATA_MASK_DIR_NAMES  # files by these
+from training.nets.matching import index_masks as index_masks
+from training.nets.matching import sibling as sibling
 from training.nets.provenance import code_version, data_version
 
 log = logging.getLogger(__name__)

@@ -72,6 +72,7 @@ def export_rows(filters: dict[str, Any], *, chunk_size: int = EXPORT_CHUNK) -> I
     fields = (
         *("id", "name", "original", "image_class", "patient_id", "source", "width"),
         *("height", "sha256", "gt_id", "screening", "screening_flags"),
+        *("study_uid", "series_uid", "sop_instance_uid"),
     )
     for batch in _chunks(images.values(*fields).iterator(chunk_size=chunk_size), chunk_size):
         gts = GroundTruth.objects.select_related(
@@ -168,6 +169,9 @@ def _export_row(
         mask_created=mask.created_at if mask else None,
         flags=notes[0],
         comments=notes[1],
+        study_uid=img["study_uid"] or "",
+        series_uid=img["series_uid"] or "",
+        sop_instance_uid=img["sop_instance_uid"] or "",
     )
 
 

@@ -105,3 +105,21 @@ def test_unknown_format_is_refused(api, data_user):
     assert response.status_code == 400 and "format" in response.content.decode()
     with pytest.raises(DomainError, match="unknown format 'nifti'"):
         services.export_filters_clean({"format": "nifti"})
+
+
+def test_coco_image_entries_carry_the_dicom_uids(
+    reviewing_round, md, drawer, data_user, django_capture_on_commit_callbacks
+):
+    from tests.annotation.test_export_dicom_seg import SOURCE_SOP
+    from tests.annotation.test_export_dicom_seg import world as dicom_world
+
+    dicom_world(reviewing_round, md, drawer)
+    _, a = build(data_user, django_capture_on_commit_callbacks, format="coco")
+    _, b = build(data_user, django_capture_on_commit_callbacks, format="coco")
+    assert a == b  # still byte-reproducible
+    images = json.loads(zipfile.ZipFile(io.BytesIO(a)).read(COCO_NAME))["images"]
+    uids = sorted(
+        (e["study_uid"] or "", e["series_uid"] or "", e["sop_instance_uid"] or "") for e in images
+    )
+    assert uids == [("", "", ""), ("", "", ""), ("1.2.3.4.5", "1.2.3.4.5.6", SOURCE_SOP)]
+    assert sum(e["sop_instance_uid"] is None for e in images) == 2  # null, not made up

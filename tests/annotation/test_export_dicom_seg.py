@@ -212,3 +212,37 @@ def test_segment_provenance_of_the_builder(source, reviewed, kind, says):
         dicom_seg.segmentation(
             mask[:, :39], source=sc, image_sha256="a" * 64, mask_sha256="b" * 64, prov=prov
         )
+
+
+def test_a_salted_patient_id_replaces_the_original_in_the_seg(
+    reviewing_round, md, drawer, data_user, settings, django_capture_on_commit_callbacks
+):
+    """With MASKLOOP_PATIENT_ID_SALT set the platform stores a hash of the PatientID; the SEG
+    of that image carries the stored id, never the original nor the name beside it."""
+    settings.MASKLOOP_PATIENT_ID_SALT = "pepper"
+    world(reviewing_round, md, drawer)
+    salted = hashlib.sha256(b"pepperMRN-7").hexdigest()[:16]
+    _, data = build(data_user, django_capture_on_commit_callbacks)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    rows = {r["image"]: r for r in csv.DictReader(io.StringIO(files["metadata.csv"].decode()))}
+    (dicom_row,) = [r for r in rows.values() if r["sop_instance_uid"]]
+    assert dicom_row["patient_id"] == salted
+    stem = dicom_row["image"].replace("images/", "dicom-seg/").rsplit(".", 1)[0]
+    seg_bytes = files[f"{stem}.seg.dcm"]
+    seg = pydicom.dcmread(io.BytesIO(seg_bytes))
+    assert seg.PatientID == salted and str(seg.PatientName) == ""
+    assert b"MRN-7" not in seg_bytes and b"Doe^J" not in seg_bytes
+    ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPInstanceUID == SOURCE_SOP  # still references its source
+
+
+def test_metadata_csv_carries_the_dicom_uids(
+    reviewing_round, md, drawer, data_user, django_capture_on_commit_callbacks
+):
+    world(reviewing_round, md, drawer)
+    _, data = build(data_user, django_capture_on_commit_callbacks)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        rows = list(csv.DictReader(io.StringIO(zf.read("metadata.csv").decode())))
+    uids = sorted((r["study_uid"], r["series_uid"], r["sop_instance_uid"]) for r in rows)
+    assert uids == [("", "", ""), ("", "", ""), ("1.2.3.4.5", "1.2.3.4.5.6", SOURCE_SOP)]

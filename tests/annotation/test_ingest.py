@@ -137,3 +137,36 @@ def _jpeg(png_bytes: bytes) -> bytes:
     buf = io.BytesIO()
     PILImage.open(io.BytesIO(png_bytes)).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("with_png", [True, False])
+def test_qata_layout_takes_dicom_files_with_their_masks_and_controls(tmp_path, with_png):
+    """A .dcm in QaTa's Images/ is COVID-19 with the mask named like it; one below
+    Control_Group/ a control; no --class needed, with or without PNGs beside them."""
+    from tests.annotation.test_dicom_import import dicom_file
+
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Ground-truths").mkdir()
+    (tmp_path / "Control_Group").mkdir()
+    if with_png:
+        image, mask = phantom_png(0)
+        (tmp_path / "Images" / "covid_0.png").write_bytes(image)
+        (tmp_path / "Ground-truths" / "mask_covid_0.png").write_bytes(mask)
+    pixels = (make_phantom(1, size=48).image.astype(np.uint16) * 16).astype(np.uint16)
+    (tmp_path / "Images" / "covid_1.dcm").write_bytes(dicom_file(pixels))
+    drawn = np.zeros((48, 48), dtype=bool)
+    drawn[10:20, 12:30] = True
+    (tmp_path / "Ground-truths" / "mask_covid_1.png").write_bytes(imaging.encode_mask(drawn))
+    control = (make_phantom(2, size=48).image.astype(np.uint16) * 16).astype(np.uint16)
+    (tmp_path / "Control_Group" / "normal_1.dcm").write_bytes(dicom_file(control))
+
+    report = ingest_folder(tmp_path)
+    assert report.layout == "qata" and not report.rejected, report.summary()
+    assert len(report.imported) == 3 if with_png else 2
+    covid = Image.objects.get(name="covid_1.dcm")
+    assert covid.image_class == ImageClass.COVID and covid.sop_instance_uid
+    mask = covid.masks.get(source=Mask.Source.IMPORTED)
+    with mask.file.open("rb") as fh:
+        assert (imaging.read_mask_png(fh.read()) == drawn).all()
+    assert Image.objects.get(name="normal_1.dcm").image_class == ImageClass.NON_COVID
+    assert ingest_folder(tmp_path).imported == []  # a re-run adds nothing
