@@ -39,7 +39,6 @@ from django.db.models import (
     Max,
     OuterRef,
     Q,
-    Subquery,
     Sum,
 )
 
@@ -214,19 +213,18 @@ def round_team(rnd: Round) -> TeamReport:
         r = row(pk, username)
         r.skipped_round, r.skipped_total = n_round, n_total
 
-    # Agreement with the outcome, on settled items that more than one MD decided.
+    # Agreement with the outcome, on settled items that more than one MD decided. The accepted
+    # candidate is the one its ground truth's decision picked, reached by a join (an item has
+    # one ground truth at most), not a subquery per decision.
     others = reviews.filter(item=OuterRef("item")).exclude(reviewer=OuterRef("reviewer"))
-    accepted = GroundTruth.objects.filter(item=OuterRef("item"), decision__isnull=False).order_by(
-        "-id"
-    )
-    outcome = Subquery(accepted.values("decision__candidate_id")[:1])
-    matched = Q(item__status=ReviewItem.Status.ACCEPTED, candidate_id=outcome) | Q(
+    matched = Q(item__status=ReviewItem.Status.ACCEPTED, candidate_id=F("outcome")) | Q(
         item__status__in=[ReviewItem.Status.REDRAW, ReviewItem.Status.REDRAWN],
         candidate__isnull=True,
     )
     for pk, username, s_round, m_round, s_total, m_total in (
         reviews.filter(item__status__in=SETTLED)
         .filter(Exists(others))
+        .annotate(outcome=F("item__ground_truths__decision__candidate_id"))
         .order_by()
         .values_list("reviewer_id", "reviewer__username")
         .annotate(
@@ -240,7 +238,8 @@ def round_team(rnd: Round) -> TeamReport:
         r.shared_round, r.matched_round = s_round, m_round
         r.shared_total, r.matched_total = s_total, m_total
 
-    pairs_round, pairs_total = _pairs(rnd)
+    # Every reviewer has a row by now (the per-MD query above named them all).
+    pairs_round, pairs_total = _pairs(rnd, {pk: r.username for pk, r in rows.items()})
     return TeamReport(
         round=rnd.number,
         mds=sorted(rows.values(), key=lambda r: r.username),
@@ -249,9 +248,9 @@ def round_team(rnd: Round) -> TeamReport:
     )
 
 
-def _pairs(rnd: Round) -> tuple[list[PairRow], list[PairRow]]:
+def _pairs(rnd: Round, names: dict[int, str]) -> tuple[list[PairRow], list[PairRow]]:
     """Pairwise agreement in the round and overall, from one grouped self-join of decisions:
-    (MD, other MD, label, other's label, in the round?) → items."""
+    (MD, other MD, label, other's label, round) → items. `names`: user id → username."""
     # Both sides of the join are standing blind picks: the reverse join `item__decisions` does
     # not go through the default manager, so it is filtered here by hand.
     joined = (
@@ -259,12 +258,12 @@ def _pairs(rnd: Round) -> tuple[list[PairRow], list[PairRow]]:
         .filter(
             item__decisions__is_adjudication=False,
             item__decisions__revoked_at__isnull=True,
-            item__decisions__reviewer__username__gt=F("reviewer__username"),
+            item__decisions__reviewer_id__gt=F("reviewer_id"),
         )
         .order_by()
         .values_list(
-            "reviewer__username",
-            "item__decisions__reviewer__username",
+            "reviewer_id",
+            "item__decisions__reviewer_id",
             "candidate__label",
             "item__decisions__candidate__label",
             "item__round_id",
@@ -275,8 +274,11 @@ def _pairs(rnd: Round) -> tuple[list[PairRow], list[PairRow]]:
         defaultdict(dict),
         defaultdict(dict),
     ]
-    for first, second, label, other, round_id, n in joined:
+    for one, two, label, other, round_id, n in joined:
+        first, second = names[one], names[two]
         key = (label or NONE, other or NONE)
+        if second < first:  # pairs read in name order; kappa is the same either way
+            first, second, key = second, first, (key[1], key[0])
         scopes = (0, 1) if round_id == rnd.pk else (1,)
         for scope in scopes:
             cell = tables[scope][(first, second)]
