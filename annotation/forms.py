@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from annotation.models import ImageClass, Role, Round
+from annotation.models import ImageClass, ReviewOrder, Role, Round
 from annotation.services.rounds import DEFAULT_STAGE_I, DEFAULT_STAGE_II
 from training.services import (
     ARCHITECTURE_LABELS,
@@ -101,6 +101,14 @@ class RoundStartInput(serializers.Serializer):
     seed = serializers.IntegerField(min_value=0, max_value=SEED_MAX, default=0)
     freeze_encoder = serializers.BooleanField(default=False, label="Freeze the encoders")
     test_fraction = serializers.FloatField(min_value=0.05, max_value=0.5, default=0.2)
+    order = serializers.ChoiceField(
+        choices=ReviewOrder.choices,
+        default=ReviewOrder.CREATED,
+        label="Review order",
+        help_text="The order MDs are handed the items in. By disagreement: the items whose "
+        "machine masks disagree most (1 − mean pairwise Dice) first; items with fewer than "
+        "two machine masks last.",
+    )
 
     class Meta:
         ref_name = "RoundStartInput"
@@ -141,6 +149,7 @@ def round_start_arguments(data: Mapping[str, Any]) -> dict[str, Any]:
         "reviewers_per_item": data["reviewers_per_item"],
         "seed": data["seed"],
         "test_fraction": data["test_fraction"],
+        "order": data.get("order", ReviewOrder.CREATED),
     }
 
 
@@ -160,6 +169,7 @@ class RoundStartForm(forms.Form):
         "epochs",
         "freeze_encoder",
         "reviewers_per_item",
+        "order",
     )
 
     def __init__(self, data=None):

@@ -228,6 +228,13 @@ class ReviewItem(models.Model):
     fold = models.PositiveSmallIntegerField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     agreement = models.FloatField(null=True, blank=True)
+    disagreement = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="1 − the mean pairwise Dice of the item's machine candidates "
+        "(annotation/agreement.py), set when the item opens in a round ordered by disagreement; "
+        "empty with fewer than two machine candidates.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
 
@@ -513,3 +520,11 @@ class PacsPull(models.Model):
     def fraction(self) -> float:
         total = self.progress.get("instances_total") or 0
         return self.progress.get("instances_done", 0) / total if total else 0.0
+
+
+class ReviewOrder(models.TextChoices):
+    """The order a round hands its open items out in (the round's config["order"]). Items an MD
+    skipped come last to them either way."""
+
+    CREATED = "created", "In the order the items were made"
+    DISAGREEMENT = "disagreement", "Highest ensemble disagreement first"

@@ -16,6 +16,7 @@ urlpatterns = [
     path("rounds/", rounds.RoundListApi.as_view(), name="round-list"),
     path("rounds/<int:number>/", rounds.RoundDetailApi.as_view(), name="round-detail"),
     path("rounds/<int:number>/cancel/", rounds.RoundCancelApi.as_view(), name="round-cancel"),
+    path("rounds/<int:number>/team/", rounds.RoundTeamApi.as_view(), name="round-team"),
     path("review-items/next/", review.ReviewNextApi.as_view(), name="item-next"),
     path("review-items/<uuid:item_uuid>/", review.ReviewItemApi.as_view(), name="item-detail"),
     path(

@@ -18,7 +18,17 @@ from annotation.forms import (
     RoundStartForm,
     round_start_arguments,
 )
-from annotation.models import Export, Image, PacsPull, ReviewItem, Role, Round, Screening
+from annotation.models import (
+    Export,
+    Image,
+    ImageClass,
+    ImageFlag,
+    PacsPull,
+    ReviewItem,
+    Role,
+    Round,
+    Screening,
+)
 from annotation.permissions import role_required
 
 
@@ -36,7 +46,40 @@ def home(request):
 
 @role_required(Role.MD)
 def queue(request):
-    return render(request, "annotation/queue.html", {"queue": selectors.md_queue(request.user)})
+    only, error = _queue_filter(request)
+    if error:
+        messages.error(request, error)
+    matching = selectors.review_count_for(request.user, only=only) if only else None
+    return render(
+        request,
+        "annotation/queue.html",
+        {
+            "queue": selectors.md_queue(request.user),
+            "only": only,
+            "only_text": only.describe(),
+            "only_query": only.query(),
+            "matching": matching,
+            "filter_choices": _filter_choices(),
+        },
+    )
+
+
+def _queue_filter(request) -> tuple[selectors.QueueFilter, str]:
+    """The MD's queue filter from the query (class, round, flag), and an error in a sentence
+    when a value is wrong (the filter is then empty)."""
+    try:
+        return selectors.queue_filter_parse(request.GET), ""
+    except DomainError as exc:
+        return selectors.QueueFilter(), f"The queue filter was not applied: {exc}."
+
+
+def _filter_choices() -> dict:
+    """What the queue's filter form offers: the classes, the rounds under review, the flags."""
+    return {
+        "classes": ImageClass.choices,
+        "rounds": [r.number for r in selectors.reviewing_rounds()],
+        "flags": ImageFlag.choices,
+    }
 
 
 @role_required(Role.MD)
@@ -112,11 +155,28 @@ def _next_draw_url(*, exclude: int) -> str | None:
 
 @role_required(Role.MD)
 def review_next(request):
-    item = services.item_claim(reviewer=request.user)
+    only, error = _queue_filter(request)
+    if error:
+        messages.error(request, error)
+        return redirect("queue")
+    item = services.item_claim(reviewer=request.user, only=only)
     if item is None:
+        if only:
+            rest = selectors.review_count_for(request.user)
+            messages.info(
+                request,
+                f"Nothing left to review with your filter ({only.describe()}). "
+                + (
+                    f"Clear it to review the other {rest} item{'s' if rest != 1 else ''}."
+                    if rest
+                    else "Nothing else is waiting either."
+                ),
+            )
+            return redirect(f"{reverse('queue')}?{only.query()}")
         messages.info(request, "Nothing left to review. Thank you!")
         return redirect("queue")
-    return redirect("review", item_uuid=item.uuid)
+    url = reverse("review", args=[item.uuid])
+    return redirect(f"{url}?{only.query()}" if only else url)
 
 
 @role_required(Role.MD, Role.ADMIN)
@@ -133,12 +193,15 @@ def review(request, item_uuid):
         return redirect(
             "review-next" if selectors.user_has_role(request.user, Role.MD) else "rounds"
         )
+    # The MD's queue filter stays in the page's URL, so every next item honours it.
+    only = selectors.QueueFilter() if adjudicating else _queue_filter(request)[0]
+    keep = f"?{only.query()}" if only else ""
     if not adjudicating:
         try:
             services.lease_take(item=item, reviewer=request.user)
         except DomainError as exc:
             messages.info(request, f"That image is not yours to review now: {exc}.")
-            return redirect("review-next")
+            return redirect(reverse("review-next") + keep)
     # The item's data and its first (smallest) images come with the page: no request stands
     # between the page's scripts and the item's first frame.
     payload = selectors.blind_item_payload(item)
@@ -154,13 +217,15 @@ def review(request, item_uuid):
                 "api:item-adjudicate" if adjudicating else "api:item-decision", args=[item.uuid]
             ),
             # An admin breaking a tie goes back to the rounds, not on to an MD's queue.
-            "next_api_url": "" if adjudicating else reverse("api:item-next"),
+            "next_api_url": "" if adjudicating else reverse("api:item-next") + keep,
+            "filter_query": keep,
+            "filter_text": only.describe(),
             # The page renews the MD's leases on its items (this one's URL, by item id).
             "lease_url": "" if adjudicating else reverse("api:item-lease", args=[item.uuid]),
             "skip_url": "" if adjudicating else reverse("api:item-skip", args=[item.uuid]),
             "undo_url": "" if adjudicating else reverse("api:item-undo", args=[item.uuid]),
             "undo_seconds": settings.MASKLOOP_UNDO_SECONDS,
-            "queue_url": reverse("rounds" if adjudicating else "queue"),
+            "queue_url": reverse("rounds") if adjudicating else reverse("queue") + keep,
             "adjudicating": adjudicating,
         },
     )
@@ -234,6 +299,8 @@ def round_detail(request, number: int):
         {
             "round": rnd,
             "api_url": reverse("api:round-detail", args=[rnd.number]),
+            "team": selectors.round_team(rnd) if rnd.stage != Round.Stage.FINAL else None,
+            "team_api_url": reverse("api:round-team", args=[rnd.number]),
         },
     )
 

@@ -42,6 +42,7 @@ CORE = [
     "annotation.phantoms",
     "annotation.exporting",
     "annotation.screening",
+    "annotation.agreement",
 ]
 APP_MODULES = ("models", "services", "selectors", "tasks", "views", "apis", "forms", "admin")
 

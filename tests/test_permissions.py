@@ -69,6 +69,7 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/api/rounds/", only(ADMIN)),
     ("GET", "/api/rounds/{round}/", only(ADMIN)),
     ("POST", "/api/rounds/{round}/cancel/", only(ADMIN)),
+    ("GET", "/api/rounds/{round}/team/", only(ADMIN)),  # names who picked what
     # ---------------------------------------------------------------- API: blind review
     ("GET", "/api/review-items/next/", only(MD)),
     ("GET", "/api/review-items/{item}/", only(MD, ADMIN)),
@@ -234,6 +235,7 @@ def test_the_table_keeps_provenance_from_mds_and_decisions_from_admins():
         ("GET", "/api/masks/{mask}/file.png"),
         ("GET", "/api/rounds/"),
         ("GET", "/api/rounds/{round}/"),
+        ("GET", "/api/rounds/{round}/team/"),
         ("GET", "/rounds/"),
         ("GET", "/rounds/{round}/"),
         ("GET", "/images/{image}/history/"),

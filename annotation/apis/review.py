@@ -7,7 +7,7 @@ import uuid
 from django.db.models import Prefetch
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
@@ -97,12 +97,23 @@ class ReviewItemApi(APIView):
 
 class ReviewNextApi(APIView):
     """Hands this MD an item and leases it to them: their current one first; with `after`
-    (the item on screen) a different one, the prefetched next item."""
+    (the item on screen) a different one, the prefetched next item. `class`, `round` and
+    `flag` restrict it to the MD's queue filter (the image's class, a round's number, a flag
+    the MD set themselves); 204 when nothing is left that matches."""
 
     permission_classes = [IsMD]
 
-    @extend_schema(responses={200: BlindItemOutput, 204: None})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", str, description="the item on screen (prefetch)"),
+            OpenApiParameter("class", str, description="only images of this class"),
+            OpenApiParameter("round", int, description="only items of this round"),
+            OpenApiParameter("flag", str, description="only images you flagged so"),
+        ],
+        responses={200: BlindItemOutput, 204: None},
+    )
     def get(self, request):
+        only = selectors.queue_filter_parse(request.query_params)
         current = None
         if request.query_params.get("after"):
             try:
@@ -110,7 +121,7 @@ class ReviewNextApi(APIView):
             except ValueError:
                 raise DomainError("'after' must be a review item id") from None
             current = ReviewItem.objects.filter(uuid=after).first()
-        item = services.item_claim(reviewer=request.user, after=current)
+        item = services.item_claim(reviewer=request.user, after=current, only=only)
         if item is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(item_payload(item, request.user))

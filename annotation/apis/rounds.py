@@ -119,3 +119,16 @@ class RoundCancelApi(APIView):
     def post(self, request, number: int):
         rnd = get_object_or_404(Round, number=number)
         return Response(RoundOutput(services.round_cancel(round=rnd, by=request.user)).data)
+
+
+class RoundTeamApi(APIView):
+    """Each MD's progress and agreement in the round and overall, and the pairwise agreement
+    of MDs on the items they both decided (annotation/selectors/team.py). Admins only: it
+    names who picked what."""
+
+    permission_classes = [IsAdmin]
+
+    @extend_schema(responses={200: None})
+    def get(self, request, number: int):
+        rnd = get_object_or_404(Round, number=number)
+        return Response(selectors.round_team(rnd).as_dict())

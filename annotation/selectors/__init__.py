@@ -37,6 +37,7 @@ from annotation.selectors.review import (
     UNDER_REVIEW,
     UNDER_REVIEW_REASON,
     MdQueue,
+    QueueFilter,
     authored_by,
     blind_item_payload,
     claimable_items,
@@ -50,10 +51,12 @@ from annotation.selectors.review import (
     maps_hidden_from,
     md_queue,
     open_items_for,
+    queue_filter_parse,
     redraw_items,
     redraw_start_candidates,
     review_context,
     review_count_for,
+    review_order,
     reviewing_rounds,
     under_review,
 )
@@ -71,6 +74,7 @@ from annotation.selectors.rounds import (
     round_statistics,
 )
 from annotation.selectors.screening import screening_counts, screening_flagged
+from annotation.selectors.team import TeamReport, round_team
 
 __all__ = [
     "review_context",
@@ -124,4 +128,9 @@ __all__ = [
     "under_review",
     "user_has_role",
     "user_roles",
+    "QueueFilter",
+    "queue_filter_parse",
+    "review_order",
+    "TeamReport",
+    "round_team",
 ]

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db.models import (
     Count,
     Exists,
+    F,
     IntegerField,
     OuterRef,
     QuerySet,
@@ -22,13 +25,17 @@ from django.urls import reverse
 from django.utils import timezone
 
 from annotation import storage
+from annotation.errors import DomainError
 from annotation.models import (
     Candidate,
     Decision,
     Image,
     ImageClass,
+    ImageFlag,
+    ImageFlagChange,
     ReviewItem,
     ReviewLease,
+    ReviewOrder,
     Role,
     Round,
     Screening,
@@ -110,10 +117,99 @@ def item_slots(item_id: int, *, user: Any, now: datetime) -> dict[str, Any]:
     return dict(row)
 
 
-def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewItem]:
+@dataclass(frozen=True)
+class QueueFilter:
+    """What an MD restricts their review queue to (all empty: everything).
+
+    Blind by construction: the image's class (the review page shows it), the round (shown
+    too), and the flags the MD set on the image themselves (an MD sees only their own flags,
+    annotation/selectors/history.py). None of them depends on an item's candidates.
+    """
+
+    image_class: str = ""
+    round: int | None = None
+    flag: str = ""
+
+    PARAMS = ("class", "round", "flag")
+
+    def __bool__(self) -> bool:
+        return bool(self.image_class or self.round is not None or self.flag)
+
+    def query(self) -> str:
+        """The filter as a URL query ("" when empty), e.g. "class=covid19&round=2"."""
+        pairs = [("class", self.image_class), ("round", self.round), ("flag", self.flag)]
+        return urlencode([(k, v) for k, v in pairs if v not in ("", None)])
+
+    def describe(self) -> str:
+        """The filter in words, e.g. "class COVID-19, round 2, flagged uncertain by you"."""
+        words = []
+        if self.image_class:
+            words.append(f"class {ImageClass(self.image_class).label}")
+        if self.round is not None:
+            words.append(f"round {self.round}")
+        if self.flag:
+            words.append(f"flagged “{ImageFlag(self.flag).label.lower()}” by you")
+        return ", ".join(words)
+
+    def apply(self, items: QuerySet[ReviewItem], user: Any) -> QuerySet[ReviewItem]:
+        """`items` restricted to the filter, for this MD."""
+        if self.image_class:
+            items = items.filter(image__image_class=self.image_class)
+        if self.round is not None:
+            items = items.filter(round__number=self.round)
+        if self.flag:
+            # The MD's own newest change of this flag on the image says whether it is set.
+            newest = (
+                ImageFlagChange.objects.filter(
+                    image=OuterRef("image_id"), author=user, flag=self.flag
+                )
+                .order_by("-id")
+                .values("is_set")[:1]
+            )
+            items = items.annotate(my_flag=Subquery(newest)).filter(my_flag=True)
+        return items
+
+
+def queue_filter_parse(params: Mapping[str, Any]) -> QueueFilter:
+    """A QueueFilter from query parameters `class`, `round` and `flag` (each optional).
+
+    Raises:
+        DomainError: a value that is none of the classes, round numbers or flags.
+    """
+    image_class = str(params.get("class") or "").strip()
+    if image_class and image_class not in ImageClass.values:
+        raise DomainError(
+            f"class must be one of {', '.join(ImageClass.values)}, not {image_class!r}"
+        )
+    flag = str(params.get("flag") or "").strip()
+    if flag and flag not in ImageFlag.values:
+        raise DomainError(f"flag must be one of {', '.join(ImageFlag.values)}, not {flag!r}")
+    raw_round = str(params.get("round") or "").strip()
+    number = None
+    if raw_round:
+        if not raw_round.isdigit() or int(raw_round) < 1:
+            raise DomainError(f"round must be a round number such as 1, not {raw_round!r}")
+        number = int(raw_round)
+    return QueueFilter(image_class=image_class, round=number, flag=flag)
+
+
+def review_order(rnd: Round) -> str:
+    """The order `rnd` hands its items out in (ReviewOrder; rounds older than the setting:
+    "created")."""
+    return str((rnd.config or {}).get("order") or ReviewOrder.CREATED)
+
+
+def claimable_items(
+    user: Any, *, rnd: Round, now: datetime, only: QueueFilter | None = None
+) -> QuerySet[ReviewItem]:
     """Open items of `rnd` that this MD may be handed now, in hand-out order: not decided by
     them, not already leased by them, holding no mask they drew (`authored_by`), and with a
     free slot: decisions so far plus other MDs' live leases below the round's reviewers per item.
+    With `only`, just the items that match the MD's queue filter.
+
+    Hand-out order: items the MD skipped last; then, in a round ordered by disagreement, the
+    highest ensemble disagreement first (items without a score, fewer than two machine
+    candidates, after every scored one); then creation order (id).
 
     Read under READ COMMITTED, this is a snapshot: the service that hands an item out locks it
     and checks its slots again (`item_slots`) before leasing it."""
@@ -122,6 +218,8 @@ def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewI
         .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
         .exclude(authored_by(user))
     )
+    if only:
+        items = only.apply(items, user)
     mine = ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
     items = items.exclude(Exists(mine))
     if rnd.reviewers_per_item == 1:
@@ -136,7 +234,10 @@ def claimable_items(user: Any, *, rnd: Round, now: datetime) -> QuerySet[ReviewI
     skipped = ReviewLease.objects.filter(
         item=OuterRef("pk"), reviewer=user, skipped_at__isnull=False
     )
-    return items.annotate(skipped=Exists(skipped)).order_by("skipped", "id")
+    order: list[Any] = ["skipped", "id"]
+    if review_order(rnd) == ReviewOrder.DISAGREEMENT:
+        order = ["skipped", F("disagreement").desc(nulls_last=True), "id"]
+    return items.annotate(skipped=Exists(skipped)).order_by(*order)
 
 
 # An image with an item in one of these is still being judged: machine maps of it would steer
@@ -179,9 +280,11 @@ def maps_hidden_from(user: Any) -> bool:
     return user_has_role(user, Role.MD)
 
 
-def review_count_for(user: Any) -> int:
-    """How many items this MD could still review (held by others or not)."""
-    return open_items_for(user).count()
+def review_count_for(user: Any, *, only: QueueFilter | None = None) -> int:
+    """How many items this MD could still review (held by others or not); with `only`, how
+    many of them match their queue filter."""
+    items = open_items_for(user)
+    return (only.apply(items, user) if only else items).count()
 
 
 def redraw_items() -> QuerySet[ReviewItem]:

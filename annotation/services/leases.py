@@ -48,17 +48,30 @@ def _expiry(now: datetime) -> datetime:
     return now + timedelta(seconds=lease_seconds())
 
 
-def item_claim(*, reviewer: Any, after: ReviewItem | None = None) -> ReviewItem | None:
+def item_claim(
+    *,
+    reviewer: Any,
+    after: ReviewItem | None = None,
+    only: selectors.QueueFilter | None = None,
+) -> ReviewItem | None:
     """The item this MD reviews next, leased to them; None when nothing is left for them.
 
     Their own oldest live lease comes first (a reload shows the same item). With `after` (the
     item on screen), this is the prefetch: an item other than `after`, so that the MD holds at
-    most two.
+    most two. With `only` (the MD's queue filter), just an item that matches it: a lease they
+    hold on one that does not match is given back to the pool, since they asked for others.
     """
     now = timezone.now()
     held = selectors.held_leases_for(reviewer, now=now, exclude=after).select_related(
         "item__round", "item__image"
     )
+    if only:
+        matching = only.apply(
+            ReviewItem.objects.filter(pk__in=held.values("item_id")), reviewer
+        ).values("pk")
+        for lease in held.exclude(item_id__in=matching):
+            lease_release(item=lease.item, reviewer=reviewer)
+        held = held.filter(item_id__in=matching)
     for lease in held[:MAX_HELD]:
         if lease_renew(item=lease.item, reviewer=reviewer):
             return lease.item
@@ -68,18 +81,26 @@ def item_claim(*, reviewer: Any, after: ReviewItem | None = None) -> ReviewItem 
             continue  # expired meanwhile, and handed to others
         return lease.item
     for rnd in selectors.reviewing_rounds():
-        item = _claim_in_round(rnd=rnd, reviewer=reviewer, after=after)
+        if only and only.round is not None and rnd.number != only.round:
+            continue
+        item = _claim_in_round(rnd=rnd, reviewer=reviewer, after=after, only=only)
         if item is not None:
             return item
     return None
 
 
-def _claim_in_round(*, rnd: Round, reviewer: Any, after: ReviewItem | None) -> ReviewItem | None:
+def _claim_in_round(
+    *,
+    rnd: Round,
+    reviewer: Any,
+    after: ReviewItem | None,
+    only: selectors.QueueFilter | None = None,
+) -> ReviewItem | None:
     skipped = [after.pk] if after is not None else []
     for _ in range(MAX_TRIES):
         with transaction.atomic():
             now = timezone.now()
-            candidates = selectors.claimable_items(reviewer, rnd=rnd, now=now).exclude(
+            candidates = selectors.claimable_items(reviewer, rnd=rnd, now=now, only=only).exclude(
                 pk__in=skipped
             )
             item = (

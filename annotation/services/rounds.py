@@ -17,8 +17,9 @@ from django.db.models import Max
 from django.utils import timezone
 
 from annotation import imaging, storage
+from annotation.agreement import ensemble_disagreement
 from annotation.errors import Conflict, DomainError
-from annotation.models import Candidate, Mask, ReviewItem, Round
+from annotation.models import Candidate, Mask, ReviewItem, ReviewOrder, Round
 from annotation.services import states
 from annotation.services.images import image_refresh_status, images_refresh_status
 from annotation.services.planning import check_networks, plan_round, work_inputs
@@ -60,6 +61,7 @@ def round_start(
     reviewers_per_item: int = 1,
     seed: int = 0,
     test_fraction: float = 0.2,
+    order: str = ReviewOrder.CREATED,
 ) -> Round:
     """Starts a round: plans its training runs and enqueues them once committed.
 
@@ -71,6 +73,9 @@ def round_start(
 
     Args:
         preset: the training preset; by default the MASKLOOP_DEFAULT_PRESET setting.
+        order: the order its review items are handed out in (ReviewOrder): "created" (the
+            order the items were made), or "disagreement" (highest ensemble disagreement
+            first, computed as each item opens; see annotation/agreement.py).
     """
     if Round.objects.select_for_update().filter(status__in=Round.ACTIVE).exists():
         raise Conflict("another round is still training or in review; finish or cancel it first")
@@ -78,6 +83,10 @@ def round_start(
         raise DomainError(f"stage must be one of {', '.join(Round.Stage.values)}, not {stage!r}")
     if reviewers_per_item < 1:
         raise DomainError("each item needs at least one reviewer")
+    if order not in ReviewOrder.values:
+        raise DomainError(
+            f"the review order must be one of {', '.join(ReviewOrder.values)}, not {order!r}"
+        )
     nets = check_networks(networks or DEFAULT_NETWORKS[Round.Stage(stage)])
     preset = preset or settings.MASKLOOP_DEFAULT_PRESET
     try:
@@ -99,6 +108,7 @@ def round_start(
             "overrides": overrides or {},
             "seed": seed,
             "train": config,
+            "order": order,
         },
     )
     for img in plan.review:
@@ -218,15 +228,24 @@ def _open_batch(rnd: Round) -> int:
         .values_list("pk", "item_id", "mask__sha256", "mask__area", "mask__source", "mask__file")
     ):
         by_item.setdefault(row[1], []).append(_Offered(*row))
+    scored = rnd.config.get("order") == ReviewOrder.DISAGREEMENT
+    scores: list[ReviewItem] = []
     # One UPDATE per label (a handful), not one per candidate nor a CASE over all of them.
     by_label: dict[str, list[int]] = {}
-    for offered in by_item.values():
-        candidates = _merge_identical(offered)
+    for item_id, offered in by_item.items():
+        # The item's mask files, each decoded at most once for the score and the merge alike
+        # (one item's at a time: a batch's full-size masks would not fit in memory).
+        pixels: dict[str, Any] = {}
+        if scored:
+            scores.append(ReviewItem(pk=item_id, disagreement=_disagreement(offered, pixels)))
+        candidates = _merge_identical(offered, pixels)
         shuffler.shuffle(candidates)
         for label, pk in zip(LABELS, candidates, strict=False):
             by_label.setdefault(label, []).append(pk)
     for label, pks in by_label.items():
         Candidate.objects.filter(pk__in=pks).update(label=label)
+    # One UPDATE of the batch's scores, before the items open.
+    ReviewItem.objects.bulk_update(scores, ["disagreement"], batch_size=1000)
     opened = states.move_all(ReviewItem.objects.filter(pk__in=ids), ReviewItem.Status.OPEN)
     images_refresh_status(
         image_ids=ReviewItem.objects.filter(pk__in=ids).values_list("image_id", flat=True)
@@ -252,7 +271,28 @@ class _Offered:
     file: str
 
 
-def _merge_identical(offered: Sequence[_Offered]) -> list[int]:
+def _disagreement(offered: Sequence[_Offered], pixels: dict[str, Any]) -> float | None:
+    """An item's ensemble disagreement (annotation/agreement.py): 1 − the mean pairwise Dice
+    of its machine candidates, None with fewer than two.
+
+    Each machine mask is decoded once (`pixels`, by file name) and masks with the same bytes
+    share one array, so k candidates cost at most k reads, never one per pair."""
+    arrays = []
+    by_digest: dict[str, Any] = {}
+    for o in offered:
+        if o.source != Mask.Source.PREDICTED:
+            continue
+        if o.sha256 not in by_digest:
+            if o.file not in pixels:
+                pixels[o.file] = imaging.read_mask_png(storage.read(o.file))
+            by_digest[o.sha256] = pixels[o.file]
+        arrays.append(by_digest[o.sha256])
+    return ensemble_disagreement(arrays)
+
+
+def _merge_identical(
+    offered: Sequence[_Offered], pixels: dict[str, Any] | None = None
+) -> list[int]:
     """Merges an item's candidates whose masks are identical pixel for pixel (two empty
     predictions, a prediction equal to the MD's mask): shown twice, they would be told apart
     from the rest, and a pick between them means nothing. Each group keeps one candidate, the
@@ -265,7 +305,7 @@ def _merge_identical(offered: Sequence[_Offered]) -> list[int]:
         The candidates to label, in id order.
     """
     groups: list[list[_Offered]] = []
-    pixels: dict[str, Any] = {}
+    pixels = {} if pixels is None else pixels
     for candidate in offered:
         for group in groups:
             if _identical(group[0], candidate, pixels):

@@ -28,7 +28,11 @@ const config = {
   skipUrl: root.dataset.skipUrl || "", // the first item's; empty when adjudicating
   itemApiUrl: root.dataset.itemApiUrl || "", // the first item's JSON
   firstItemId: (readJsonScript("review-item", null) || {}).id || "",
+  filterQuery: root.dataset.filterQuery || "", // the MD's queue filter, e.g. "?class=covid19"
 };
+
+/** An item page's URL with the MD's queue filter kept, so that the next item honours it. */
+const withFilter = (url) => (url && config.filterQuery ? url + (url.includes("?") ? "&" : "?") + config.filterQuery.slice(1) : url);
 const LEASE_RENEW_MS = 60 * 1000; // well inside the server's lease (5 minutes by default)
 const FLASH_MS = 4000; // how long "Saved — next item" and the like stay up
 const FLASH_KEY = "maskloop:review-flash"; // a message that outlives a page load (after undo)
@@ -737,7 +741,7 @@ async function undoLastPick() {
     if (!response.ok) throw new Error(await errorText(response));
     const body = await response.json();
     sessionStorage.setItem(FLASH_KEY, `Undone — pick ${last.choice === "none" ? "none" : last.choice} was withdrawn; pick again.`);
-    window.location.assign(body.page_url); // the item is this MD's again
+    window.location.assign(withFilter(body.page_url)); // the item is this MD's again
   } catch (err) {
     offerUndo(null, "", null, 0);
     setBusy(false);
@@ -915,7 +919,7 @@ async function moveOn(leftId, why, { quiet = false } = {}) {
       window.location.assign(config.queueUrl);
       return;
     }
-    if (prepared.item.page_url) history.replaceState(null, "", prepared.item.page_url);
+    if (prepared.item.page_url) history.replaceState(null, "", withFilter(prepared.item.page_url));
     show(prepared);
     if (quiet) setStatus(`${why} ${prepared.item.candidates.length} candidates.`);
     else showBanner(`${why} Here is the next one.`, "notice"); // stays until the next pick
@@ -979,7 +983,7 @@ async function pick(choice) {
       window.location.assign(config.queueUrl);
       return;
     }
-    if (prepared.item.page_url) history.replaceState(null, "", prepared.item.page_url);
+    if (prepared.item.page_url) history.replaceState(null, "", withFilter(prepared.item.page_url));
     show(prepared);
     setStatus(
       `Recorded ${choice === "none" ? "none — redraw" : choice} for the previous image. ` +
@@ -990,7 +994,7 @@ async function pick(choice) {
   } catch (err) {
     // The decision is stored; the next item did not load here, so let the server page show it.
     setStatus(`Recorded. The next image did not load (${networkMessage(err)}); opening it…`, "error");
-    window.location.assign(body.next_url || config.queueUrl);
+    window.location.assign(body.next_url ? withFilter(body.next_url) : config.queueUrl);
   }
 }
 

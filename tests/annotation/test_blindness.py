@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.color import no_style
 from django.db import connection
 
+from annotation import services
 from annotation.models import Candidate, Image, ImageClass, Mask, ReviewItem, Round
 from training.nets.config import ARCHITECTURES, ENCODERS
 
@@ -440,3 +441,27 @@ def test_the_context_is_the_same_whichever_candidate_is_the_md_s_own(blind_round
         ctx = client.get(f"/api/review-items/{item.uuid}/").json()["context"]
         contexts.append({k: v for k, v in ctx.items() if k not in ("image_name", "patient")})
     assert contexts[0] == contexts[1]
+
+
+# ---------------------------------------------------------------- (team) queue filters
+
+
+def test_a_filtered_queue_hands_out_the_same_blind_payload(blind_round, md2, api):
+    client = api(md2)
+    response = client.get(
+        "/api/review-items/next/", {"class": "covid19", "round": blind_round.number}
+    )
+    assert response.status_code == 200
+    item = ReviewItem.objects.select_related("round", "image").get(uuid=response.json()["id"])
+    assert_blind_payload(response.json(), item)
+
+
+def test_the_review_page_with_a_queue_filter_tells_nothing(blind_round, md2, api):
+    item = blind_round.items.first()
+    services.image_flags_set(image=item.image, author=md2, flags={"uncertain": True})
+    query = f"?class=covid19&round={blind_round.number}&flag=uncertain"
+    response = api(md2).get(f"/review/{item.uuid}/{query}")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Only class COVID-19" in html  # the filter is shown, and in words of the image only
+    assert_tells_nothing(FIRST_IMAGES.sub("", html), item, viewer=md2)
