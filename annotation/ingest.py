@@ -20,6 +20,7 @@ same instance again is a duplicate, even re-encoded.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,11 @@ class IngestReport:
 
 
 def ingest_folder(
-    root: str | Path, *, source: str | None = None, image_class: str | None = None
+    root: str | Path,
+    *,
+    source: str | None = None,
+    image_class: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
     """Imports every image of a folder and reports what happened to each.
 
@@ -82,6 +87,8 @@ def ingest_folder(
         image_class: the class of DICOM files the layout does not list (a platform class,
             ImageClass); without it they are rejected, and a folder of DICOM files alone is
             refused.
+        progress: called with (files done, files in all) after each file (the web import's
+            progress bar).
 
     Returns:
         What was imported, skipped as a duplicate, or rejected (with the reason), by file path
@@ -117,9 +124,18 @@ def ingest_folder(
     report = IngestReport(layout=data.layout if data is not None else "dicom")
     lookup = HashLookup()
     source = source or root.name
-    listed: set[Path] = set()
-    for sample in data.samples if data is not None else ():
-        listed.add(sample.image.resolve())
+    samples = data.samples if data is not None else ()
+    listed: set[Path] = {sample.image.resolve() for sample in samples}
+    unlisted = [path for path in dicoms if path.resolve() not in listed]
+    total, done = len(samples) + len(unlisted), 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    for sample in samples:
         _import(
             report,
             inside,
@@ -132,14 +148,14 @@ def ingest_folder(
             patient_id=sample.patient or "",
             hash_lookup=lookup,
         )
-    for path in dicoms:
-        if path.resolve() in listed:
-            continue
+        step()
+    for path in unlisted:
         key = path.relative_to(root).as_posix()
         if image_class is None:
             report.rejected.append(
                 (key, "a DICOM file the layout does not list has no class (ingest --class)")
             )
+            step()
             continue
         _import(
             report,
@@ -152,6 +168,7 @@ def ingest_folder(
             image_class=image_class,
             hash_lookup=lookup,
         )
+        step()
     return report
 
 

@@ -84,3 +84,16 @@ def round_withdraw_batch(round_id: int) -> int:
 @shared_task(acks_late=True)
 def round_warm_display_copies(item_ids: list[int]) -> None:
     rounds.round_warm_display_copies(item_ids=item_ids)
+
+
+@shared_task(acks_late=True)
+def import_run(job_id: int) -> str:
+    """A web import (annotation/services/imports.py); runs once, a redelivery does nothing."""
+    from annotation.services import imports
+
+    try:
+        job = imports.import_run(job_id=job_id)
+    except Exception as exc:
+        imports.import_fail(job_id=job_id, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    return f"import {job.uuid}: {job.status}, {job.done} of {job.total} file(s)"

@@ -17,7 +17,16 @@ from annotation.forms import (
     RoundStartForm,
     round_start_arguments,
 )
-from annotation.models import Export, Image, ReviewItem, Role, Round, Screening
+from annotation.models import (
+    Export,
+    Image,
+    ImageClass,
+    ImportJob,
+    ReviewItem,
+    Role,
+    Round,
+    Screening,
+)
 from annotation.permissions import role_required
 
 
@@ -318,5 +327,26 @@ def screening(request):
             "state": state,
             "flagged": selectors.screening_flagged(state=state),
             "counts": selectors.screening_counts(),
+        },
+    )
+
+
+@role_required(Role.ADMIN)
+def imports(request, job_uuid=None):
+    """The web import: upload a zipped folder or several files (the page posts them to the
+    import API with a progress bar), follow the import, and read each import's report."""
+    job = None
+    if job_uuid is not None:
+        job = get_object_or_404(ImportJob.objects.select_related("requested_by"), uuid=job_uuid)
+    return render(
+        request,
+        "annotation/imports.html",
+        {
+            "job": job,
+            "report": selectors.import_report(job) if job is not None else None,
+            "jobs": ImportJob.objects.select_related("requested_by")[:20],
+            "classes": ImageClass.choices,
+            "list_api": reverse("api:import-list"),
+            "limits": selectors.import_limits_text(),
         },
     )

@@ -32,6 +32,7 @@ from annotation.selectors.history import (
     images_notes_summary,
     recently_noted_images,
 )
+from annotation.selectors.imports import import_limits_text, import_report
 from annotation.selectors.review import (
     PROVENANCE_SEALED_REASON,
     UNDER_REVIEW,
@@ -73,6 +74,8 @@ from annotation.selectors.rounds import (
 from annotation.selectors.screening import screening_counts, screening_flagged
 
 __all__ = [
+    "import_limits_text",
+    "import_report",
     "review_context",
     "BULK_TASKS",
     "EXPORT_CHUNK",

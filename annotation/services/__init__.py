@@ -22,6 +22,7 @@ from annotation.services.images import (
     mask_create,
     mask_draw,
 )
+from annotation.services.imports import import_fail, import_job_create, import_run
 from annotation.services.leases import (
     item_claim,
     item_skip,
@@ -54,6 +55,9 @@ __all__ = [
     "export_request",
     "image_comment_add",
     "image_create",
+    "import_fail",
+    "import_job_create",
+    "import_run",
     "image_flags_set",
     "image_refresh_status",
     "images_refresh_status",
