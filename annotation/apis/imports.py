@@ -83,14 +83,8 @@ class ImportListApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={202: ImportOutput})
     def post(self, request):
-        data = self.InputSerializer(
-            data={
-                "files": request.FILES.getlist("files"),
-                "paths": request.data.getlist("paths"),
-                "source": request.data.get("source", ""),
-                "image_class": request.data.get("image_class", ""),
-            }
-        )
+        # A multipart body is a QueryDict: the list fields read every "files" and "paths" part.
+        data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         files, paths = v["files"], v.get("paths") or []

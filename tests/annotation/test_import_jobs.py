@@ -238,3 +238,10 @@ def test_a_job_runs_once(admin_user):
     again = services.import_run(job_id=job.pk)
 
     assert again.status == ImportJob.Status.DONE and Image.objects.count() == 2
+
+
+def test_an_empty_request_is_refused_in_words(api, admin_user):
+    response = api(admin_user).post("/api/imports/", {}, format="multipart")
+    assert response.status_code == 400
+    assert "files" in response.json()
+    assert ImportJob.objects.count() == 0
