@@ -74,6 +74,19 @@ def draw(request, image_id: int):
             for c in selectors.item_candidates(item)
         ]
     saved_url = reverse("draw-saved", args=[image.pk])
+    starting = None
+    if item is None and selectors.starting_mask_refusal(image) is None:
+        # A first drawing: the newest network's mask to start from, once there is one.
+        mv = selectors.starting_model()
+        if mv is None:
+            starting = {"reason": selectors.NO_STARTING_MODEL}
+        else:
+            rnd = mv.run.round
+            starting = {
+                "url": reverse("inference:api-starting-mask", args=[image.pk]),
+                "model": f"{mv.arch} · {mv.encoder} of round {rnd.number} "
+                f"({rnd.get_stage_display()})",
+            }
     return render(
         request,
         "annotation/draw.html",
@@ -82,6 +95,7 @@ def draw(request, image_id: int):
             "display_url": reverse("api:image-display", args=[image.pk]),
             "save_url": reverse("api:image-masks", args=[image.pk]),
             "start_masks": start_masks,
+            "starting": starting,
             "purpose": "redraw" if item is not None else "draw",
             # After a save the page opens one of these; each says "Saved" and moves on.
             "next_url": saved_url,

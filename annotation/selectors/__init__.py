@@ -12,9 +12,14 @@ from annotation.selectors.accounts import (
     user_roles,
 )
 from annotation.selectors.drawing import (
+    NO_STARTING_MODEL,
     draw_closed_reason,
     latest_drawing_by,
     next_image_to_draw,
+    starting_mask_for_save,
+    starting_mask_of,
+    starting_mask_refusal,
+    starting_model,
 )
 from annotation.selectors.exports import (
     EXPORT_CHUNK,
@@ -74,6 +79,11 @@ from annotation.selectors.rounds import (
 from annotation.selectors.screening import screening_counts, screening_flagged
 
 __all__ = [
+    "NO_STARTING_MODEL",
+    "starting_mask_for_save",
+    "starting_mask_of",
+    "starting_mask_refusal",
+    "starting_model",
     "import_limits_text",
     "import_report",
     "review_context",

@@ -21,6 +21,7 @@ from annotation.services.images import (
     latest_manual_mask,
     mask_create,
     mask_draw,
+    starting_mask_save,
 )
 from annotation.services.imports import import_fail, import_job_create, import_run
 from annotation.services.leases import (
@@ -43,6 +44,7 @@ from annotation.services.rounds import (
 from annotation.services.screening import screening_decide
 
 __all__ = [
+    "starting_mask_save",
     "DRAWABLE",
     "DuplicateImage",
     "candidate_add",
