@@ -4,6 +4,7 @@ workers about a round's runs (sent by name with `config.celery.send`)."""
 from typing import Any, TypedDict
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from annotation import services
 from annotation.models import Export
@@ -93,6 +94,9 @@ def import_run(job_id: int) -> str:
 
     try:
         job = imports.import_run(job_id=job_id)
+    except SoftTimeLimitExceeded:
+        imports.import_fail(job_id=job_id, reason=imports.IMPORT_TIMED_OUT)
+        raise
     except Exception as exc:
         imports.import_fail(job_id=job_id, reason=f"{type(exc).__name__}: {exc}")
         raise

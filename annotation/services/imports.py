@@ -28,6 +28,15 @@ from annotation.models import ImageClass, ImportJob
 from config.celery import send
 
 PROGRESS_SECONDS = 0.5  # the progress bar's resolution: at most two row updates a second
+_KEPT = (
+    "the images imported before it stopped stay, each complete; upload it again to import the "
+    "rest (those already imported are skipped as duplicates)"
+)
+IMPORT_TIMED_OUT = (
+    "the import ran past the time limit of the default queue (MASKLOOP_DEFAULT_TIME_LIMIT); "
+    + _KEPT
+)
+IMPORT_LOST = "the worker importing it stopped before the end; " + _KEPT
 
 
 def import_limits() -> importing.ZipLimits:
@@ -111,6 +120,11 @@ def import_job_create(
     return job
 
 
+def _on_the_web(text: str) -> str:
+    """ingest's sentences name the command's option; the web import has a field for it."""
+    return text.replace("(ingest --class)", "(the import's class for DICOM files)")
+
+
 class _Progress:
     """ingest's progress callback: writes files done / total to the job, at most every
     PROGRESS_SECONDS (and always the last file)."""
@@ -160,7 +174,7 @@ def import_run(*, job_id: int) -> ImportJob:
                 )
             except DomainError as exc:
                 # ingest names the folder; here that is a scratch folder the admin never saw.
-                raise DomainError(str(exc).replace(str(root), job.name)) from None
+                raise DomainError(_on_the_web(str(exc).replace(str(root), job.name))) from None
     except DomainError as exc:
         return import_fail(job_id=job.pk, reason=str(exc))
     with transaction.atomic():
@@ -169,7 +183,7 @@ def import_run(*, job_id: int) -> ImportJob:
             "layout": report.layout,
             "imported": report.imported,
             "duplicates": report.duplicates,
-            "rejected": [list(r) for r in report.rejected],
+            "rejected": [[f, _on_the_web(r)] for f, r in report.rejected],
             "flagged": [list(f) for f in report.flagged],
         }
         files = len(report.imported) + len(report.duplicates) + len(report.rejected)
@@ -202,3 +216,16 @@ def _forget_upload(job: ImportJob) -> None:
         ImportJob.objects.filter(pk=job.pk).update(file="")
         with contextlib.suppress(OSError):
             storage.delete_quietly([name])
+
+
+def imports_lost(*, started_before: Any) -> list[int]:
+    """Fails the imports still running that started before `started_before` (the default
+    queue's time limit ago): their worker was killed before it could say so (the reconciler)."""
+    lost = list(
+        ImportJob.objects.filter(
+            status=ImportJob.Status.RUNNING, started_at__lt=started_before
+        ).values_list("pk", flat=True)
+    )
+    for job_id in lost:
+        import_fail(job_id=job_id, reason=IMPORT_LOST)
+    return lost

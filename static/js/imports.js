@@ -89,6 +89,12 @@ form.addEventListener("submit", (e) => {
     setStatus("Choose a .zip of a folder, several files, or a folder to import.", "error");
     return;
   }
+  const most = Number(form.dataset.maxFiles) || Infinity;
+  if (files.length > most) {
+    box.hidden = false;
+    setStatus(`${files.length} files chosen; one upload takes at most ${most}. Zip the folder and send the .zip instead.`, "error");
+    return;
+  }
   const data = new FormData();
   for (const [file, path] of files) {
     data.append("files", file, file.name);

@@ -138,6 +138,7 @@ def test_dicom_files_without_a_class_fail_the_job_in_words(admin_user, eager_tas
     job.refresh_from_db()
     assert job.status == ImportJob.Status.FAILED
     assert "no layout that names their class" in job.failure_reason
+    assert "the import's class for DICOM files" in job.failure_reason  # not the command's option
     # The scratch folder's path never reaches the admin: the upload's name stands for it.
     assert "scans.zip" in job.failure_reason and settings.MASKLOOP_WORK_DIR.name not in (
         job.failure_reason
@@ -245,3 +246,37 @@ def test_an_empty_request_is_refused_in_words(api, admin_user):
     assert response.status_code == 400
     assert "files" in response.json()
     assert ImportJob.objects.count() == 0
+
+
+def test_the_reconciler_fails_an_import_whose_worker_was_killed(admin_user, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotation.services.reconcile import reconcile
+
+    settings.MASKLOOP_TIME_LIMITS = {**settings.MASKLOOP_TIME_LIMITS, "default": 600}
+    now = timezone.now()
+    dead = ImportJob.objects.create(
+        requested_by=admin_user,
+        name="a.zip",
+        source="a",
+        status=ImportJob.Status.RUNNING,
+        started_at=now - timedelta(seconds=700),
+    )
+    alive = ImportJob.objects.create(
+        requested_by=admin_user,
+        name="b.zip",
+        source="b",
+        status=ImportJob.Status.RUNNING,
+        started_at=now - timedelta(seconds=60),
+    )
+
+    done = reconcile()
+
+    assert done["imports_failed"] == [dead.pk]
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    assert dead.status == ImportJob.Status.FAILED
+    assert "stopped before the end" in dead.failure_reason
+    assert alive.status == ImportJob.Status.RUNNING
