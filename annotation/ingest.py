@@ -91,7 +91,11 @@ class IngestReport:
 
 
 def ingest_folder(
-    root: str | Path, *, source: str | None = None, image_class: str | None = None
+    root: str | Path,
+    *,
+    source: str | None = None,
+    image_class: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> IngestReport:
     """Imports every image of a folder and reports what happened to each.
 
@@ -101,6 +105,8 @@ def ingest_folder(
         image_class: the class of DICOM files the layout does not list (a platform class,
             ImageClass); without it they are rejected, and a folder of DICOM files alone is
             refused.
+        progress: called with (files done, files in all) after each file (the web import's
+            progress bar).
 
     Returns:
         What was imported, skipped as a duplicate, or rejected (with the reason), by file path
@@ -138,9 +144,18 @@ def ingest_folder(
     report = IngestReport(layout=layout)
     lookup = HashLookup()
     source = source or root.name
-    listed: set[Path] = set()
-    for sample in data.samples if data is not None else ():
-        listed.add(sample.image.resolve())
+    samples = data.samples if data is not None else ()
+    listed: set[Path] = {sample.image.resolve() for sample in samples}
+    unlisted = [path for path in dicoms if path.resolve() not in listed]
+    total, done = len(samples) + len(unlisted), 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    for sample in samples:
         _import(
             report,
             inside,
@@ -153,9 +168,8 @@ def ingest_folder(
             patient_id=sample.patient or "",
             hash_lookup=lookup,
         )
-    for path in dicoms:
-        if path.resolve() in listed:
-            continue
+        step()
+    for path in unlisted:
         key = path.relative_to(root).as_posix()
         place = placed[path]
         if place is not None:  # a .dcm in QaTa's Images/ (with its mask) or Control_Group/
@@ -175,6 +189,7 @@ def ingest_folder(
             report.rejected.append(
                 (key, "a DICOM file the layout does not list has no class (ingest --class)")
             )
+            step()
             continue
         _import(
             report,
@@ -187,6 +202,7 @@ def ingest_folder(
             image_class=image_class,
             hash_lookup=lookup,
         )
+        step()
     return report
 
 

@@ -528,3 +528,54 @@ class ReviewOrder(models.TextChoices):
 
     CREATED = "created", "In the order the items were made"
     DISAGREEMENT = "disagreement", "Highest ensemble disagreement first"
+
+
+class ImportJob(models.Model):
+    """One web import: an uploaded zip (a folder, or the files sent together, zipped by the
+    server) read by annotation/ingest.py on a worker. The report is kept as ingest gave it."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Importing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    TERMINAL = (Status.DONE, Status.FAILED)
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="import_jobs"
+    )
+    name = models.CharField(max_length=255, help_text="What was uploaded: the zip's name.")
+    file = models.FileField(upload_to="imports/", max_length=255)
+    size = models.PositiveBigIntegerField(default=0, help_text="Bytes uploaded.")
+    source = models.CharField(max_length=100, help_text="The data set name recorded.")
+    image_class = models.CharField(
+        max_length=20,
+        choices=ImageClass.choices,
+        blank=True,
+        help_text="The class of DICOM files the layout does not list; blank for none.",
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    done = models.PositiveIntegerField(default=0, help_text="Files read so far.")
+    total = models.PositiveIntegerField(default=0, help_text="Files to read; 0 until counted.")
+    report = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="layout, imported, duplicates, rejected [[file, reason]], flagged [[file, "
+        "flags]]: annotation.ingest.IngestReport.",
+    )
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"import {self.uuid} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL

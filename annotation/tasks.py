@@ -4,6 +4,7 @@ workers about a round's runs (sent by name with `config.celery.send`)."""
 from typing import Any, TypedDict
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from annotation import services
 from annotation.models import Export
@@ -98,3 +99,19 @@ def pacs_pull(pull_id: int) -> dict[str, Any]:
         pacs.pacs_pull_fail(pull_id=pull_id, reason=f"{type(exc).__name__}: {exc}")
         raise
     return {"status": pull.status, **pull.result}
+
+
+@shared_task(acks_late=True)
+def import_run(job_id: int) -> str:
+    """A web import (annotation/services/imports.py); runs once, a redelivery does nothing."""
+    from annotation.services import imports
+
+    try:
+        job = imports.import_run(job_id=job_id)
+    except SoftTimeLimitExceeded:
+        imports.import_fail(job_id=job_id, reason=imports.IMPORT_TIMED_OUT)
+        raise
+    except Exception as exc:
+        imports.import_fail(job_id=job_id, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    return f"import {job.uuid}: {job.status}, {job.done} of {job.total} file(s)"

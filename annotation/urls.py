@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.apis import exports, images, notes, review, rounds
+from annotation.apis import exports, images, imports, notes, review, rounds
 
 app_name = "api"
 
@@ -60,4 +60,6 @@ urlpatterns = [
         notes.ReviewItemNotesApi.as_view(),
         name="item-notes",
     ),
+    path("imports/", imports.ImportListApi.as_view(), name="import-list"),
+    path("imports/<uuid:job_uuid>/", imports.ImportDetailApi.as_view(), name="import-detail"),
 ]

@@ -23,6 +23,7 @@ from annotation.models import (
     Image,
     ImageClass,
     ImageFlag,
+    ImportJob,
     PacsPull,
     ReviewItem,
     Role,
@@ -109,6 +110,19 @@ def draw(request, image_id: int):
             for c in selectors.item_candidates(item)
         ]
     saved_url = reverse("draw-saved", args=[image.pk])
+    starting = None
+    if item is None and selectors.starting_mask_refusal(image) is None:
+        # A first drawing: the newest network's mask to start from, once there is one.
+        mv = selectors.starting_model()
+        if mv is None:
+            starting = {"reason": selectors.NO_STARTING_MODEL}
+        else:
+            rnd = mv.run.round
+            starting = {
+                "url": reverse("inference:api-starting-mask", args=[image.pk]),
+                "model": f"{mv.arch} · {mv.encoder} of round {rnd.number} "
+                f"({rnd.get_stage_display()})",
+            }
     return render(
         request,
         "annotation/draw.html",
@@ -117,6 +131,7 @@ def draw(request, image_id: int):
             "display_url": reverse("api:image-display", args=[image.pk]),
             "save_url": reverse("api:image-masks", args=[image.pk]),
             "start_masks": start_masks,
+            "starting": starting,
             "purpose": "redraw" if item is not None else "draw",
             # After a save the page opens one of these; each says "Saved" and moves on.
             "next_url": saved_url,
@@ -415,5 +430,26 @@ def pacs(request):
             "active": any(
                 p.status in (PacsPull.Status.QUEUED, PacsPull.Status.RUNNING) for p in pulls
             ),
+        },
+    )
+
+
+@role_required(Role.ADMIN)
+def imports(request, job_uuid=None):
+    """The web import: upload a zipped folder or several files (the page posts them to the
+    import API with a progress bar), follow the import, and read each import's report."""
+    job = None
+    if job_uuid is not None:
+        job = get_object_or_404(ImportJob.objects.select_related("requested_by"), uuid=job_uuid)
+    return render(
+        request,
+        "annotation/imports.html",
+        {
+            "job": job,
+            "report": selectors.import_report(job) if job is not None else None,
+            "jobs": ImportJob.objects.select_related("requested_by")[:20],
+            "classes": ImageClass.choices,
+            "list_api": reverse("api:import-list"),
+            "limits": selectors.import_limits_text(),
         },
     )

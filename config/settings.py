@@ -324,3 +324,11 @@ LOGGING = {
     # dicomweb-client logs each request at INFO: a PACS pull (annotation.dicomweb) would drown.
     "loggers": {"dicomweb_client": {"level": "WARNING"}},
 }
+
+# The web import (annotation/importing.py): the largest upload, and what its zip may unpack to,
+# checked from the zip's directory before anything is extracted (zip bombs).
+MASKLOOP_IMPORT_MAX_UPLOAD_BYTES = env.int("MASKLOOP_IMPORT_MAX_UPLOAD_BYTES", default=2 * 1024**3)
+MASKLOOP_IMPORT_MAX_FILES = env.int("MASKLOOP_IMPORT_MAX_FILES", default=20_000)
+MASKLOOP_IMPORT_MAX_UNPACKED_BYTES = env.int(
+    "MASKLOOP_IMPORT_MAX_UNPACKED_BYTES", default=8 * 1024**3
+)

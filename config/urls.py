@@ -20,6 +20,8 @@ urlpatterns = [
     path("screening/", views.screening, name="screening"),
     path("pacs/", views.pacs, name="pacs"),
     path("images/<int:image_id>/history/", views.image_history, name="image-history"),
+    path("imports/", views.imports, name="imports"),
+    path("imports/<uuid:job_uuid>/", views.imports, name="import-detail"),
     path("", include("inference.urls")),
     path("api/", include("annotation.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),

@@ -40,6 +40,7 @@ __all__ = [
     "upload_limits",
     "final_ensemble",
     "image_analyse",
+    "image_starting_mask",
     "model_cache_clear",
     "png_data_url",
 ]
@@ -356,3 +357,18 @@ def analysis_payload(result: Analysis, *, max_side: int | None = None) -> dict[s
         "models": models,
         "classifier": model_dict(result.classifier) if result.classifier is not None else None,
     }
+
+
+def image_starting_mask(image: Image, mv: ModelVersion) -> np.ndarray:
+    """One network's binary mask of a stored image at the image's own size: the paper's
+    threshold (0.5) on its probability, resized back as the round's predictions are
+    (training.nets.predict.predicted_mask). A starting point for an MD's first drawing."""
+    from training.nets.data import load_gray, preprocess
+    from training.nets.detection import THRESHOLD
+    from training.nets.predict import predicted_mask
+
+    gray = load_gray(storage.local_copy(image.display.name))
+    with _NETWORKS_LOCK:
+        model, size = _segmentation_model(mv)
+        prob = model(preprocess(gray, size)[None], training=False).numpy()[0, ..., 0]
+    return predicted_mask(prob, image.height, image.width, THRESHOLD)

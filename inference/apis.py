@@ -6,6 +6,8 @@ browser can lay the infection map exactly over the CXR. Nothing uploaded is stor
 
 from __future__ import annotations
 
+import base64
+
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -16,10 +18,10 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation import imaging, selectors
-from annotation.errors import DomainError
+from annotation import imaging, selectors, services, storage
+from annotation.errors import Conflict, DomainError
 from annotation.models import Image
-from annotation.permissions import IsAnyRole
+from annotation.permissions import IsAnyRole, IsMD
 from inference import analysis
 
 
@@ -154,3 +156,51 @@ class ImageMapApi(APIView):
             raise PermissionDenied(selectors.UNDER_REVIEW_REASON)
         result = analysis.image_analyse(image)
         return Response(analysis.analysis_payload(result, max_side=max_side))
+
+
+class StartingMaskApi(APIView):
+    """A machine mask to start an MD's first drawing from: the newest finished round's network
+    predicts the image (at once, as the demo does; the tiny model takes well under a second),
+    and the mask is kept as a machine mask version (source predicted, provenance its model
+    version, in no round) that the drawing then records as its `based_on`.
+
+    Refused (409, in a sentence) before any model exists, and for an image that is not waiting
+    for a first drawing or has an item under review: an MD never sees a machine mask there."""
+
+    permission_classes = [IsMD]
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField(help_text="The mask: send it as based_on when saving.")
+        version = serializers.IntegerField()
+        area = serializers.IntegerField(help_text="Foreground pixels.")
+        model = serializers.CharField(help_text="The network that made it, in words.")
+        png = serializers.CharField(help_text="The binary mask as a PNG data URL.")
+
+        class Meta:
+            ref_name = "StartingMaskOutput"
+
+    @extend_schema(request=None, responses={200: OutputSerializer, 409: None})
+    def post(self, request, image_id: int):
+        image = get_object_or_404(Image, pk=image_id)
+        reason = selectors.starting_mask_refusal(image)
+        if reason is not None:
+            raise Conflict(reason)
+        mv = selectors.starting_model()
+        if mv is None:
+            raise Conflict(selectors.NO_STARTING_MODEL)
+        mask = selectors.starting_mask_of(image, mv)
+        if mask is None:
+            pixels = analysis.image_starting_mask(image, mv)
+            mask = services.starting_mask_save(image=image, mask=pixels, model_version=mv)
+        rnd = mv.run.round
+        png = base64.b64encode(storage.read(mask.file.name)).decode("ascii")
+        return Response(
+            {
+                "id": mask.pk,
+                "version": mask.version,
+                "area": mask.area,
+                "model": f"{mv.arch} · {mv.encoder} of round {rnd.number} "
+                f"({rnd.get_stage_display()})",
+                "png": f"data:image/png;base64,{png}",
+            }
+        )

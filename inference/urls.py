@@ -16,4 +16,9 @@ urlpatterns = [
         apis.ImageMapApi.as_view(),
         name="api-image-map",
     ),
+    path(
+        "api/images/<int:image_id>/starting-mask/",
+        apis.StartingMaskApi.as_view(),
+        name="api-starting-mask",
+    ),
 ]

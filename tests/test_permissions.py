@@ -18,7 +18,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
 from annotation import services, storage
-from annotation.models import Export, ReviewItem
+from annotation.models import Export, ImportJob, ReviewItem
 
 pytestmark = pytest.mark.django_db
 
@@ -97,6 +97,14 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("GET", "/api/images/{image}/infection-map/", ANY_ROLE),
     # ---------------------------------------------------------------- API: schema
     ("GET", "/api/schema/", SIGNED_IN),
+    # ---------------------------------------------------------------- web import (helper import)
+    ("GET", "/imports/", only(ADMIN)),
+    ("GET", "/imports/{import_job}/", only(ADMIN)),
+    ("GET", "/api/imports/", only(ADMIN)),
+    ("POST", "/api/imports/", only(ADMIN)),
+    ("GET", "/api/imports/{import_job}/", only(ADMIN)),
+    # ---------------------------------------------------------------- draw: machine starting mask
+    ("POST", "/api/images/{image}/starting-mask/", only(MD)),
 ]
 
 
@@ -151,6 +159,12 @@ class World(dict):
             progress=1.0,
         )
         return export.uuid
+
+    def _new_import_job(self):
+        job = ImportJob.objects.create(
+            requested_by=self._data_user, name="phantoms.zip", source="phantoms"
+        )
+        return job.uuid
 
 
 @pytest.fixture(autouse=True)
@@ -222,6 +236,7 @@ def test_the_table_covers_every_route():
         if not r.startswith(("django-admin/", "accounts/"))
     }
     placeholders = {"image": 1, "mask": 1, "round": 1, "item": uuid.uuid4(), "export": uuid.uuid4()}
+    placeholders["import_job"] = uuid.uuid4()
     covered = {resolve(url.format(**placeholders)).route for _, url, _ in POLICY}
     assert every - covered == set(), "routes missing from POLICY"
 

@@ -189,7 +189,8 @@ class ImageMasksApi(APIView):
             min_value=1,
             max_value=2**63 - 1,
             help_text="the mask a redraw started from: one of the candidates of the image's "
-            "item waiting for a redraw",
+            "item waiting for a redraw; or the machine starting mask a first drawing started "
+            "from (POST /api/images/{id}/starting-mask/)",
         )
         based_on_candidate = serializers.RegexField(
             r"^[A-Z]{1,2}$",
@@ -238,7 +239,8 @@ class ImageMasksApi(APIView):
 
 
 def _start_mask(image: Image, *, mask_id: int | None, label: str | None) -> Mask | None:
-    """The candidate mask a redraw started from, or None. One answer, 400, for every mask that is
+    """The candidate mask a redraw started from (or the machine mask a first drawing started
+    from, by id), or None. One answer, 400, for every mask that is
     not one of this image's redraw candidates, whether or not it exists: no existence oracle."""
     if mask_id is None and label is None:
         return None
@@ -255,7 +257,12 @@ def _start_mask(image: Image, *, mask_id: int | None, label: str | None) -> Mask
     for candidate in allowed.values():
         if candidate.mask_id == mask_id:
             return candidate.mask
-    raise DomainError("based_on must be one of the candidate masks of this image's redraw")
+    if mask_id is not None and (start := selectors.starting_mask_for_save(image, mask_id)):
+        return start  # the machine starting mask of a first drawing
+    raise DomainError(
+        "based_on must be one of the candidate masks of this image's redraw, or the machine "
+        "starting mask of its first drawing"
+    )
 
 
 class MaskFileApi(APIView):

@@ -12,9 +12,14 @@ from annotation.selectors.accounts import (
     user_roles,
 )
 from annotation.selectors.drawing import (
+    NO_STARTING_MODEL,
     draw_closed_reason,
     latest_drawing_by,
     next_image_to_draw,
+    starting_mask_for_save,
+    starting_mask_of,
+    starting_mask_refusal,
+    starting_model,
 )
 from annotation.selectors.exports import (
     EXPORT_CHUNK,
@@ -32,6 +37,7 @@ from annotation.selectors.history import (
     images_notes_summary,
     recently_noted_images,
 )
+from annotation.selectors.imports import import_limits_text, import_report
 from annotation.selectors.review import (
     PROVENANCE_SEALED_REASON,
     UNDER_REVIEW,
@@ -77,6 +83,13 @@ from annotation.selectors.screening import screening_counts, screening_flagged
 from annotation.selectors.team import TeamReport, round_team
 
 __all__ = [
+    "NO_STARTING_MODEL",
+    "starting_mask_for_save",
+    "starting_mask_of",
+    "starting_mask_refusal",
+    "starting_model",
+    "import_limits_text",
+    "import_report",
     "review_context",
     "BULK_TASKS",
     "EXPORT_CHUNK",

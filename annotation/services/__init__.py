@@ -21,7 +21,9 @@ from annotation.services.images import (
     latest_manual_mask,
     mask_create,
     mask_draw,
+    starting_mask_save,
 )
+from annotation.services.imports import import_fail, import_job_create, import_run
 from annotation.services.leases import (
     item_claim,
     item_skip,
@@ -42,6 +44,7 @@ from annotation.services.rounds import (
 from annotation.services.screening import screening_decide
 
 __all__ = [
+    "starting_mask_save",
     "DRAWABLE",
     "DuplicateImage",
     "candidate_add",
@@ -54,6 +57,9 @@ __all__ = [
     "export_request",
     "image_comment_add",
     "image_create",
+    "import_fail",
+    "import_job_create",
+    "import_run",
     "image_flags_set",
     "image_refresh_status",
     "images_refresh_status",

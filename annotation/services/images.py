@@ -284,6 +284,31 @@ def mask_draw(*, image: Image, author: Any, data: bytes, based_on: Mask | None =
     return mask
 
 
+@transaction.atomic
+def starting_mask_save(*, image: Image, mask: np.ndarray, model_version: Any) -> Mask:
+    """Keeps a network's prediction for `image` as a machine mask an MD can start a first
+    drawing from (source predicted, provenance the model version, in no round).
+
+    One per image and network: a second request returns the first mask, so pressing the button
+    twice stores nothing new.
+
+    Raises:
+        Conflict: the image is not open to a first drawing, or is under review.
+    """
+    from annotation import selectors
+
+    image = Image.objects.select_for_update().get(pk=image.pk)
+    reason = selectors.starting_mask_refusal(image)
+    if reason is not None:
+        raise Conflict(reason)
+    existing = selectors.starting_mask_of(image, model_version)
+    if existing is not None:
+        return existing
+    return mask_create(
+        image=image, mask=mask, source=Mask.Source.PREDICTED, model_version=model_version
+    )
+
+
 def image_refresh_status(*, image: Image) -> Image:
     """Recomputes an image's workflow status from its masks, items and ground truth."""
     items = image.review_items.exclude(status=ReviewItem.Status.CANCELLED)

@@ -18,6 +18,8 @@ attempt, and fails it with its reason in words once it was lost MASKLOOP_MAX_ATT
 - a round's bulk step (opening or withdrawing its items in batches) whose last batch ended
   longer ago than the stale limit while nothing waits in the `default` queue: the chain of
   batch tasks was lost, and the next batch is sent;
+- a web import still running longer than the `default` queue's time limit: its worker was
+  killed (a lost queued import's message waits in the outbox like any other);
 - an outbox message still unsent MASKLOOP_OUTBOX_GRACE_SECONDS after it was written (the broker
   was down when its transaction committed): it is published now (config/outbox.py).
 
@@ -42,6 +44,7 @@ from annotation.models import Export, Round
 from annotation.selectors import round_bulk_steps
 from annotation.services import runs
 from annotation.services.exports import export_fail
+from annotation.services.imports import imports_lost
 from config.celery import queue_size, send
 from config.outbox import outbox_flush
 from training.models import TrainingRun
@@ -71,6 +74,7 @@ def reconcile() -> dict[str, Any]:
             "exports_resent",
             "exports_failed",
             "round_steps_resent",
+            "imports_failed",
         )
     }
     for run_id, status, worker, stage in _silent_runs(stale):
@@ -101,6 +105,8 @@ def reconcile() -> dict[str, Any]:
         for task_name, round_id in round_bulk_steps(silent_since=stale):
             send(task_name, round_id)
             done["round_steps_resent"].append(round_id)
+    # A web import gives its progress but no heartbeat: past the time limit it is dead.
+    done["imports_failed"] = imports_lost(started_before=_longer(now, stale, "default"))
     done["outbox"] = outbox
     if any(done[key] for key in done if key != "outbox") or done["outbox"]["sent"]:
         log.info("reconciled: %s", done)

@@ -1027,10 +1027,15 @@ function runFillHoles() {
 // Start masks
 
 let startedFrom = null; // the label of the candidate this drawing started from, if any
+let startedFromMask = null; // the id of the machine starting mask it started from, if any
 
-async function loadStartMask(index) {
+function loadStartMask(index) {
+  return loadStart(index >= 0 ? startMasks[index] : null);
+}
+
+// Replaces the mask with `entry` ({label, url, candidate?, mask?}) or, given null, a blank one.
+async function loadStart(entry) {
   if (drag) return;
-  const entry = index >= 0 ? startMasks[index] : null;
   let next = null;
   if (entry) {
     setStatus(`Loading ${entry.label}…`);
@@ -1056,6 +1061,7 @@ async function loadStartMask(index) {
   }
   // What the saved mask is recorded as based on: the candidate last loaded (none after a clear).
   startedFrom = entry && entry.candidate ? entry.candidate : null;
+  startedFromMask = entry && entry.mask ? entry.mask : null;
   beginOp(entry ? `load ${entry.label}` : "clear mask");
   for (let i = 0; i < mask.length; i++) setPixel(i, next ? next[i] : 0);
   const changed = currentOp.log.n;
@@ -1068,6 +1074,29 @@ async function loadStartMask(index) {
       ? `Started from ${entry ? entry.label : "a blank mask"} (Ctrl+Z undoes this).`
       : `The mask already equals ${entry ? entry.label : "a blank mask"}.`,
   );
+}
+
+// The machine starting mask of a first drawing: the server predicts the image with the newest
+// finished round's network (or returns the mask it made before) and keeps it as a mask version.
+async function loadStartingMask(button) {
+  if (drag || button.disabled) return;
+  button.disabled = true;
+  setStatus("The model is predicting this image…");
+  try {
+    const response = await fetch(button.dataset.url, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
+      credentials: "same-origin",
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    const body = await response.json();
+    await loadStart({ label: "the model's mask", url: body.png, mask: body.id });
+  } catch (err) {
+    const message = err instanceof TypeError ? "Could not reach the server." : err.message;
+    setStatus(`No starting mask: ${message}`, "error");
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1097,6 +1126,7 @@ async function save(andNext = false) {
     const form = new FormData();
     form.append("mask", await encodeMaskPng(), "mask.png");
     if (startedFrom) form.append("based_on_candidate", startedFrom);
+    else if (startedFromMask) form.append("based_on", String(startedFromMask));
     const response = await fetch(config.saveUrl, {
       method: "POST",
       body: form,
@@ -1235,6 +1265,9 @@ function bindControls() {
     controls.start.blur();
     if (value !== "") loadStartMask(Number(value));
   });
+
+  const startingButton = document.getElementById("starting-mask");
+  if (startingButton) startingButton.addEventListener("click", () => loadStartingMask(startingButton));
 
   uiLayer.addEventListener("pointerdown", onPointerDown);
   uiLayer.addEventListener("pointermove", onPointerMove);
