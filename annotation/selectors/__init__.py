@@ -67,12 +67,14 @@ from annotation.selectors.rounds import (
     BULK_TASKS,
     final_round,
     predicted_image_ids,
+    pretrainings_recent,
     round_bulk_steps,
     round_statistics,
 )
 from annotation.selectors.screening import screening_counts, screening_flagged
 
 __all__ = [
+    "pretrainings_recent",
     "review_context",
     "BULK_TASKS",
     "EXPORT_CHUNK",
