@@ -82,6 +82,7 @@ def test_fields_left_empty_take_the_declared_defaults():
         "seed": 0,
         "freeze_encoder": False,
         "test_fraction": 0.2,
+        "lung_filter": False,
     }
 
 
