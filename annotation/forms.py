@@ -325,6 +325,15 @@ class PretrainForm(forms.Form):
 
     encoder = forms.ChoiceField(choices=[(e, ENCODER_LABELS[e]) for e in ENCODERS])
     preset = forms.ChoiceField(
-        choices=[(name, name) for name in PRETRAIN_PRESETS],
-        help_text="tiny: 32 px, 10 epochs (minutes on a CPU); paper: 224 px, 100 epochs (a GPU).",
+        choices=[
+            (name, f"{name} — {c.input_size} px, batch {c.batch_size}, {c.epochs} epochs")
+            for name, c in sorted(PRETRAIN_PRESETS.items(), key=lambda kv: kv[1].input_size)
+        ],
+        help_text="tiny runs in minutes on a CPU; paper (SimMIM's setting at 224 px) wants a GPU.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The rounds' default preset where pretraining has one of that name (tiny, small, paper).
+        if settings.MASKLOOP_DEFAULT_PRESET in PRETRAIN_PRESETS:
+            self.fields["preset"].initial = settings.MASKLOOP_DEFAULT_PRESET

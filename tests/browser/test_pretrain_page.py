@@ -23,8 +23,9 @@ def _keep(path: Path, name: str) -> None:
 
 
 def test_an_admin_pretrains_and_starts_a_round_from_the_encoder(
-    page, sign_in, url, shot, admin_user, make_image, drawer
+    page, sign_in, url, shot, admin_user, make_image, drawer, settings
 ):
+    settings.MASKLOOP_DEFAULT_PRESET = "tiny"
     for i in range(4):
         make_image(covid=True, manual_by=drawer, patient=f"B{i}")
     done = PretrainedEncoder.objects.create(
@@ -51,6 +52,7 @@ def test_an_admin_pretrains_and_starts_a_round_from_the_encoder(
     assert (queued.encoder, queued.status, queued.started_by) == ("resnet50", "queued", admin_user)
     table = page.locator("[data-testid=pretrainings]").inner_text()
     assert "resnet50" in table and "Queued" in table and "0.1234" in table
+    assert queued.preset == "tiny"  # the rounds' default preset (MASKLOOP_DEFAULT_PRESET)
     _keep(shot(page, "pretrain-queued", full_page=True), "rounds-pretrain-queued.png")
 
     page.click("#advanced-start summary")
