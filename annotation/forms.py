@@ -23,6 +23,8 @@ from training.services import (
     ENCODER_LABELS,
     ENCODERS,
     PRESETS,
+    PRETRAIN_PRESETS,
+    pretrained_encoders_done,
 )
 
 # How the Rounds page describes each stage.
@@ -109,6 +111,33 @@ class RoundStartInput(serializers.Serializer):
         "machine masks disagree most (1 − mean pairwise Dice) first; items with fewer than "
         "two machine masks last.",
     )
+    pretrained_encoder = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        label="Start from a pretrained encoder",
+        help_text="The id of a finished self-supervised pretraining; networks on its encoder "
+        "start from it, the others from scratch.",
+    )
+    weights_file = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        label="Start from a local weights file",
+        help_text="A path on the training workers: an ImageNet “notop” or CheXNet .h5 file, "
+        "or a whole model of the same kind.",
+    )
+    lung_filter = serializers.BooleanField(
+        default=False,
+        label="Lung filter: no candidate pixel outside the dilated lung mask",
+        help_text="Images without a lung mask keep their candidates unchanged.",
+    )
+    lung_margin = serializers.FloatField(
+        min_value=0,
+        max_value=25,
+        required=False,
+        help_text="The lung mask's dilation, in % of the image's longer side (default 2).",
+    )
 
     class Meta:
         ref_name = "RoundStartInput"
@@ -150,6 +179,10 @@ def round_start_arguments(data: Mapping[str, Any]) -> dict[str, Any]:
         "seed": data["seed"],
         "test_fraction": data["test_fraction"],
         "order": data.get("order", ReviewOrder.CREATED),
+        "pretrained_encoder": data.get("pretrained_encoder"),
+        "weights_file": data.get("weights_file") or None,
+        "lung_filter": data.get("lung_filter", False),
+        "lung_margin": data.get("lung_margin"),
     }
 
 
@@ -170,6 +203,9 @@ class RoundStartForm(forms.Form):
         "freeze_encoder",
         "reviewers_per_item",
         "order",
+        "pretrained_encoder",
+        "weights_file",
+        "lung_filter",
     )
 
     def __init__(self, data=None):
@@ -185,6 +221,22 @@ class RoundStartForm(forms.Form):
         self.fields["networks"].label = "Networks"
         self.fields["networks"].help_text = "Used when “Choose networks” is picked above."
         self.fields["folds"].help_text = "Stage I only: its cross-validation folds, by patient."
+        self.fields["pretrained_encoder"] = forms.TypedChoiceField(
+            choices=[("", "No: from scratch (or the weights file below)")]
+            + [
+                (
+                    e.pk,
+                    f"#{e.pk} {ENCODER_LABELS.get(e.encoder, e.encoder)} — {e.preset}, "
+                    f"{len(e.image_ids)} images, {e.finished_at:%Y-%m-%d %H:%M}",
+                )
+                for e in pretrained_encoders_done()
+            ],
+            coerce=int,
+            empty_value=None,
+            required=False,
+            label=declared["pretrained_encoder"].label,
+            help_text=declared["pretrained_encoder"].help_text or "",
+        )
 
     def clean(self) -> dict[str, Any]:
         if self.errors:  # e.g. a number that is not one: RoundStartInput would only repeat it
@@ -232,6 +284,8 @@ def _form_field(field: serializers.Field) -> forms.Field:
         return forms.BooleanField(**options)
     if isinstance(field, serializers.ChoiceField):
         return forms.ChoiceField(choices=list(field.choices.items()), **options)
+    if isinstance(field, serializers.CharField):
+        return forms.CharField(max_length=field.max_length, **options)
     if isinstance(field, serializers.IntegerField):
         return forms.IntegerField(min_value=field.min_value, max_value=field.max_value, **options)
     if field.field_name == "networks":
@@ -309,3 +363,22 @@ class PacsPullForm(forms.Form):
     limit = forms.IntegerField(
         required=False, min_value=1, help_text="Fetch at most this many new instances."
     )
+
+
+class PretrainForm(forms.Form):
+    """The Rounds page's "Pretrain an encoder" form."""
+
+    encoder = forms.ChoiceField(choices=[(e, ENCODER_LABELS[e]) for e in ENCODERS])
+    preset = forms.ChoiceField(
+        choices=[
+            (name, f"{name} — {c.input_size} px, batch {c.batch_size}, {c.epochs} epochs")
+            for name, c in sorted(PRETRAIN_PRESETS.items(), key=lambda kv: kv[1].input_size)
+        ],
+        help_text="tiny runs in minutes on a CPU; paper (SimMIM's setting at 224 px) wants a GPU.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The rounds' default preset where pretraining has one of that name (tiny, small, paper).
+        if settings.MASKLOOP_DEFAULT_PRESET in PRETRAIN_PRESETS:
+            self.fields["preset"].initial = settings.MASKLOOP_DEFAULT_PRESET

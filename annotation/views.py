@@ -15,6 +15,7 @@ from annotation.forms import (
     STAGE_NETWORK_SET,
     ExportForm,
     PacsPullForm,
+    PretrainForm,
     RoundStartForm,
     round_start_arguments,
 )
@@ -276,6 +277,8 @@ def rounds(request):
         request,
         "annotation/rounds.html",
         {
+            "pretrain_form": PretrainForm(),
+            "pretrainings": selectors.pretrainings_recent(),
             "form": form,
             "rounds": selectors.rounds_with_shown_status(),
             "image_counts": counts,
@@ -453,3 +456,29 @@ def imports(request, job_uuid=None):
             "limits": selectors.import_limits_text(),
         },
     )
+
+
+@role_required(Role.ADMIN)
+def encoder_pretrain(request):
+    """Starts a self-supervised pretraining of an encoder (the Rounds page's button)."""
+    if request.method != "POST":
+        return redirect("rounds")
+    form = PretrainForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The pretraining did not start: choose an encoder and a preset.")
+        return redirect("rounds")
+    try:
+        row = services.encoder_pretrain_start(
+            encoder=form.cleaned_data["encoder"],
+            preset=form.cleaned_data["preset"],
+            started_by=request.user,
+        )
+    except DomainError as exc:
+        messages.error(request, f"The pretraining did not start. {_sentence(str(exc))}")
+    else:
+        messages.success(
+            request,
+            f"Pretraining #{row.pk} of {row.encoder} queued on {len(row.image_ids)} images; "
+            "once done, a round can start from it (Advanced: starting weights).",
+        )
+    return redirect("rounds")

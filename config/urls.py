@@ -16,6 +16,7 @@ urlpatterns = [
     path("review/<uuid:item_uuid>/", views.review, name="review"),
     path("rounds/", views.rounds, name="rounds"),
     path("rounds/<int:number>/", views.round_detail, name="round-detail"),
+    path("rounds/pretrain/", views.encoder_pretrain, name="encoder-pretrain"),
     path("exports/", views.exports, name="exports"),
     path("screening/", views.screening, name="screening"),
     path("pacs/", views.pacs, name="pacs"),

@@ -83,6 +83,7 @@ def run_predict(*, run_id: int, image_ids: Sequence[int] | None = None) -> str:
     whichever shard sends it.
     """
     from annotation.selectors import predicted_image_ids
+    from training.nets.lungs import lung_filter
     from training.nets.predict import dice, mask_png, predict_pipelined, predicted_mask
 
     run = TrainingRun.objects.get(pk=run_id)
@@ -100,9 +101,19 @@ def run_predict(*, run_id: int, image_ids: Sequence[int] | None = None) -> str:
     member = _member(mv)
     config = member.config
     images, references = run.inputs["images"], run.inputs["references"]
+    lungs_filter = run.inputs.get("lung_filter")
 
     def finish(image_id: int, gray: np.ndarray, prob: np.ndarray) -> dict:
         mask = predicted_mask(prob, gray.shape[0], gray.shape[1], THRESHOLD)
+        filtered: dict[str, Any] = {}
+        if lungs_filter is not None:
+            # No infection outside the (dilated) lungs; without a lung mask, unchanged.
+            lung_name = lungs_filter["lungs"].get(str(image_id))
+            kept, what = lung_filter(
+                mask, _mask(lung_name) if lung_name else None, lungs_filter["margin_percent"]
+            )
+            filtered = {"lung_filter": what, "outside_lungs": int(mask.sum() - kept.sum())}
+            mask = kept.astype(mask.dtype)
         data = mask_png(mask)
         reference = references.get(str(image_id))
         return {
@@ -111,6 +122,7 @@ def run_predict(*, run_id: int, image_ids: Sequence[int] | None = None) -> str:
             "sha256": imaging.sha256_bytes(data),
             "area": int(mask.sum()),
             "dice": dice(mask, _mask(reference)) if reference else None,
+            **filtered,
         }
 
     predictions = predict_pipelined(

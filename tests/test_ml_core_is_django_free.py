@@ -21,6 +21,8 @@ TRAINING_CORE = [
     "training.nets.checkpoints",
     "training.nets.fit",
     "training.nets.predict",
+    "training.nets.pretrain",
+    "training.nets.lungs",
     "training.cli",
     "training.cli.common",
     "training.cli.evaluate",

@@ -47,6 +47,8 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("POST", "/rounds/", only(ADMIN)),
     ("GET", "/rounds/{round}/", only(ADMIN)),
     ("POST", "/rounds/{round}/", only(ADMIN)),
+    ("GET", "/rounds/pretrain/", only(ADMIN)),
+    ("POST", "/rounds/pretrain/", only(ADMIN)),
     ("GET", "/exports/", only(DATA)),
     ("POST", "/exports/", only(DATA)),
     ("GET", "/screening/", only(ADMIN)),

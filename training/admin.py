@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from config.readonly_admin import ReadOnlyAdmin
-from training.models import ModelVersion, TrainingRun
+from training.models import ModelVersion, PretrainedEncoder, TrainingRun
 
 
 @admin.register(TrainingRun)
@@ -18,3 +18,11 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     """Read-only: a model version is the provenance of every mask it predicted."""
 
     list_display = ["id", "run", "arch", "encoder", "created_at"]
+
+
+@admin.register(PretrainedEncoder)
+class PretrainedEncoderAdmin(ReadOnlyAdmin):
+    """Read-only: rounds name the encoder files they started from."""
+
+    list_display = ["id", "encoder", "preset", "status", "epoch", "loss", "created_at"]
+    list_filter = ["status", "encoder"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -113,3 +114,56 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"model v{self.pk} {self.arch or 'classifier'}/{self.encoder}"
+
+
+class PretrainedEncoder(models.Model):
+    """An encoder pretrained without labels on the platform's CXRs (masked-image modelling,
+    training.nets.pretrain): the job on the `training` queue and, once it succeeded, the
+    encoder weights file that a round may start its networks from."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        TRAINING = "training", "Training"
+        SUCCEEDED = "succeeded", "Done"
+        FAILED = "failed", "Failed"
+
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED)
+
+    encoder = models.CharField(max_length=20)
+    config = models.JSONField(default=dict, help_text="training.nets.pretrain.PretrainConfig.")
+    preset = models.CharField(max_length=20, blank=True)
+    image_ids = models.JSONField(default=list)
+    inputs = models.JSONField(default=dict, help_text="Stored file names by image id.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    epoch = models.PositiveIntegerField(default=0)
+    epochs = models.PositiveIntegerField(default=0)
+    step = models.PositiveIntegerField(default=0)
+    steps = models.PositiveIntegerField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    loss_history = models.JSONField(default=list)
+    failure_reason = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    weights = models.FileField(upload_to="encoders/", max_length=255, blank=True)
+    metrics = models.JSONField(default=dict)
+    data_version = models.CharField(max_length=100, blank=True)
+    code_version = models.CharField(max_length=64, blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"pretrained encoder #{self.pk} {self.encoder} ({self.status})"
+
+    @property
+    def progress(self) -> float:
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        total = max(self.epochs * max(self.steps, 1), 1)
+        return min((max(self.epoch - 1, 0) * max(self.steps, 1) + self.step) / total, 1.0)

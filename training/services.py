@@ -26,17 +26,25 @@ from django.utils import timezone
 
 from config import storage
 from config.celery import send
-from training.models import ModelVersion, TrainingRun
+from training.models import ModelVersion, PretrainedEncoder, TrainingRun
 from training.nets import config as nets_config
 from training.nets.config import ARCHITECTURE_LABELS as ARCHITECTURE_LABELS  # how pages name them
 from training.nets.config import ARCHITECTURES as ARCHITECTURES  # the choices the apps offer
+from training.nets.config import (
+    BACKBONE_OF_ENCODER,
+    PretrainConfig,
+    TrainConfig,
+    preset,
+    pretrain_preset,
+)
 from training.nets.config import ENCODER_LABELS as ENCODER_LABELS
 from training.nets.config import ENCODERS as ENCODERS
 from training.nets.config import PRESETS as PRESETS
-from training.nets.config import TrainConfig, preset
+from training.nets.config import PRETRAIN_PRESETS as PRETRAIN_PRESETS
 from training.nets.folds import grouped_stratified_folds as grouped_stratified_folds
 from training.nets.folds import grouped_train_test_split as grouped_train_test_split
 from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
+from training.nets.lungs import DEFAULT_MARGIN_PERCENT as LUNG_MARGIN_PERCENT  # noqa: F401
 from training.nets.matching import CONTROL_DIR_NAMES as CONTROL_DIR_NAMES  # and places DICOM
 from training.nets.matching import QATA_MASK_DIR_NAMES as QATA_MASK_DIR_NAMES  # files by these
 from training.nets.matching import index_masks as index_masks
@@ -177,7 +185,7 @@ def _fit(run: TrainingRun, images: list[str], masks: list[str], out_dir: Path, o
 
     covid = set(run.inputs["covid"])
     flags = [image_id in covid for image_id, _ in run.train_image_ids]
-    config = TrainConfig.from_dict(run.config)
+    config = resolved_config(run)
     extra = {
         "data_version": data_version(images, masks),
         "code_version": code_version(),
@@ -329,6 +337,8 @@ def _train(run: TrainingRun, attempt: int, me: str) -> str:
                 # Epochs the last attempt found checkpointed (an earlier attempt's work).
                 "resumed_at_epoch": result.initial_epoch,
                 "attempt": attempt,
+                # How a pretrained encoder file filled the encoder (layers matched by name).
+                "start_weights": result.start_weights,
             },
         )
         with open(result.weights_path, "rb") as fh:
@@ -348,3 +358,218 @@ def _train(run: TrainingRun, attempt: int, me: str) -> str:
 def weights_path(model_version: ModelVersion) -> Path:
     """A local copy of a model version's weights file, for Keras to load."""
     return storage.local_copy(model_version.weights.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-supervised pretraining of an encoder (training.nets.pretrain)
+# ---------------------------------------------------------------------------------------------
+
+P = PretrainedEncoder.Status
+
+
+class PretrainError(ValueError):
+    """A pretraining or a start from pretrained weights that cannot be done (in a sentence)."""
+
+
+def pretrain_create(
+    *,
+    encoder: str,
+    preset: str,
+    images: dict[int, str],
+    started_by: Any = None,
+    overrides: dict[str, Any] | None = None,
+) -> PretrainedEncoder:
+    """Plans the pretraining of `encoder` on stored images and enqueues it once committed.
+
+    Args:
+        images: stored file names by image id (labelled or not).
+        overrides: PretrainConfig fields over the preset (epochs, input_size, seed, ...).
+
+    Raises:
+        PretrainError: unknown encoder, preset or option, or no images.
+    """
+    if encoder not in ENCODERS:
+        raise PretrainError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+    if not images:
+        raise PretrainError("there are no images to pretrain on; import some first")
+    config = _pretrain_config(preset, encoder=encoder, **(overrides or {}))
+    row = PretrainedEncoder.objects.create(
+        encoder=encoder,
+        preset=preset,
+        config=config,
+        image_ids=sorted(images),
+        inputs={"images": {str(k): v for k, v in images.items()}},
+        epochs=config["epochs"],
+        started_by=started_by,
+    )
+    send("training.tasks.pretrain", row.pk)
+    return row
+
+
+def _pretrain_config(preset: str, **overrides: Any) -> dict[str, Any]:
+    try:
+        return pretrain_preset(preset, **overrides).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise PretrainError(str(exc)) from None
+
+
+def _pretrain_move(row_id: int, status: str, **fields: Any) -> bool:
+    """The one place a pretraining's status changes: queued → training → succeeded | failed
+    (a failed or interrupted one may be sent again: failed / training → training).
+
+    Returns:
+        Whether the row moved.
+    """
+    allowed: tuple[str, ...] = {
+        P.TRAINING: (P.QUEUED, P.TRAINING, P.FAILED),
+        P.SUCCEEDED: (P.TRAINING,),
+        P.FAILED: (P.QUEUED, P.TRAINING),
+    }[P(status)]
+    moved = PretrainedEncoder.objects.filter(pk=row_id, status__in=allowed).update(
+        status=status, **fields
+    )
+    return moved == 1
+
+
+def pretrain_fail(*, pretrain_id: int, reason: str) -> None:
+    """Records why a pretraining failed."""
+    _pretrain_move(pretrain_id, P.FAILED, failure_reason=reason[:2000], finished_at=timezone.now())
+
+
+def pretrain_execute(*, pretrain_id: int) -> str:
+    """Runs one pretraining through the Django-free core and stores the encoder file.
+
+    Idempotent: a finished row is left alone; a row another live worker holds (heartbeat newer
+    than MASKLOOP_HEARTBEAT_STALE_SECONDS) is left to it. Progress and a heartbeat are written
+    at most once a second.
+
+    Returns:
+        What happened, for the task's log.
+    """
+    from training.nets.pretrain import PretrainingStopped, pretrain
+
+    row = PretrainedEncoder.objects.get(pk=pretrain_id)
+    if row.status == P.SUCCEEDED:
+        return f"pretraining {pretrain_id} is done; nothing to do"
+    me = worker_id()
+    stale = timezone.now() - timedelta(seconds=settings.MASKLOOP_HEARTBEAT_STALE_SECONDS)
+    free = Q(worker="") | Q(worker=me) | Q(heartbeat_at__lt=stale) | Q(heartbeat_at=None)
+    claimed = (
+        PretrainedEncoder.objects.filter(free, pk=pretrain_id)
+        .exclude(status=P.SUCCEEDED)
+        .update(worker=me, heartbeat_at=timezone.now())
+    )
+    if not claimed or not _pretrain_move(
+        pretrain_id, P.TRAINING, started_at=timezone.now(), failure_reason=""
+    ):
+        return f"pretraining {pretrain_id} is held by another worker; this delivery does nothing"
+    row.refresh_from_db()
+    config = PretrainConfig.from_dict(row.config)
+    names = [row.inputs["images"][str(i)] for i in row.image_ids]
+    paths = [str(storage.local_copy(name)) for name in names]
+    history: list[float] = []
+    last = 0.0
+    mine = PretrainedEncoder.objects.filter(pk=pretrain_id, worker=me, status=P.TRAINING)
+
+    def on_progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> bool:
+        nonlocal last
+        if step == steps:
+            history.append(loss)
+        now = time.monotonic()
+        if now - last < 1.0 and step < steps:
+            return True
+        last = now
+        return bool(
+            mine.update(
+                epoch=epoch,
+                epochs=epochs,
+                step=step,
+                steps=steps,
+                loss=loss,
+                heartbeat_at=timezone.now(),
+            )
+        )
+
+    work = storage.work_dir("pretrain", str(pretrain_id))
+    versions = {"data_version": data_version(paths, None), "code_version": code_version()}
+    try:
+        result = pretrain(config, paths, out_dir=work, on_progress=on_progress, extra=versions)
+    except PretrainingStopped:
+        shutil.rmtree(work, ignore_errors=True)
+        return f"pretraining {pretrain_id} lost its worker; stopped"
+    with transaction.atomic():
+        row = PretrainedEncoder.objects.select_for_update().get(pk=pretrain_id)
+        if row.status != P.TRAINING or row.worker != me:
+            shutil.rmtree(work, ignore_errors=True)
+            return f"pretraining {pretrain_id} is {row.status}; weights discarded"
+        with open(result.encoder_path, "rb") as fh:
+            name = f"{storage.unique_name(f'pretrain-{pretrain_id}-{row.encoder}')}.h5"
+            row.weights.save(name, File(fh), save=False)
+        row.loss_history = result.loss_history
+        row.loss = result.loss_history[-1]
+        row.metrics = {
+            "method": "simmim",
+            "loss_history": result.loss_history,
+            "first_step_loss": result.step_losses[0],
+            "last_step_loss": result.step_losses[-1],
+            "seconds": result.seconds,
+            "layers": result.layers,
+            "images": len(names),
+        }
+        row.data_version = versions["data_version"]
+        row.code_version = versions["code_version"]
+        row.save()
+        _pretrain_move(pretrain_id, P.SUCCEEDED, finished_at=timezone.now())
+    shutil.rmtree(work, ignore_errors=True)
+    return f"pretraining {pretrain_id} done: {result.layers} encoder layers stored"
+
+
+def pretrained_encoder_start(*, pretrain_id: int, encoders: Sequence[str]) -> dict[str, Any]:
+    """What a round starting from pretrained encoder `pretrain_id` records: the stored file,
+    its backbone, and which of the round's encoders share that backbone (only their networks
+    start from it; the others start from scratch, and the round's config says so).
+
+    Raises:
+        PretrainError: no such pretraining, not finished, or no network of the round uses its
+            encoder.
+    """
+    row = PretrainedEncoder.objects.filter(pk=pretrain_id).first()
+    if row is None:
+        raise PretrainError(f"there is no pretrained encoder #{pretrain_id}")
+    if row.status != P.SUCCEEDED or not row.weights:
+        raise PretrainError(
+            f"pretrained encoder #{pretrain_id} is {row.get_status_display().lower()}, "
+            "not done: wait for it, or start from scratch"
+        )
+    backbone = BACKBONE_OF_ENCODER[row.encoder]
+    fits = sorted({e for e in encoders if BACKBONE_OF_ENCODER[e] == backbone})
+    if not fits:
+        raise PretrainError(
+            f"pretrained encoder #{pretrain_id} is a {backbone} encoder, and none of the "
+            f"round's networks uses one ({', '.join(sorted(set(encoders)))}): choose networks "
+            f"on {backbone}, or another encoder"
+        )
+    return {
+        "pretrained": row.pk,
+        "file": row.weights.name,
+        "backbone": backbone,
+        "encoders": fits,
+    }
+
+
+def pretrained_encoders_done() -> QuerySet[PretrainedEncoder]:
+    """The encoders a round may start from, newest first."""
+    return PretrainedEncoder.objects.filter(status=P.SUCCEEDED).exclude(weights="")
+
+
+def pretrained_encoders_recent(limit: int = 10) -> list[PretrainedEncoder]:
+    return list(PretrainedEncoder.objects.all()[:limit])
+
+
+def resolved_config(run: TrainingRun) -> TrainConfig:
+    """The run's config as this host trains it: a pretrained encoder file (a stored name in
+    the run's config) becomes this host's local copy of it."""
+    config = dict(run.config)
+    if config.get("encoder_weights"):
+        config["encoder_weights"] = str(storage.local_copy(config["encoder_weights"]))
+    return TrainConfig.from_dict(config)

@@ -30,3 +30,27 @@ def train(self, run_id: int, attempt: int | None = None) -> str:
         reason = f"{type(exc).__name__}: {exc}"
     send("annotation.tasks.run_failed", run_id, reason, attempt)
     return f"run {run_id} failed: {reason}"
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=5,
+    max_retries=3,
+)
+def pretrain(self, pretrain_id: int) -> str:
+    """Self-supervised pretraining of an encoder (training.nets.pretrain)."""
+    try:
+        return services.pretrain_execute(pretrain_id=pretrain_id)
+    except OperationalError:
+        raise
+    except SoftTimeLimitExceeded:
+        hours = settings.MASKLOOP_TIME_LIMITS["training"] / 3600
+        reason = (
+            f"pretraining ran past its time limit of {hours:g} h (MASKLOOP_TRAINING_TIME_LIMIT)"
+        )
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    services.pretrain_fail(pretrain_id=pretrain_id, reason=reason)
+    return f"pretraining {pretrain_id} failed: {reason}"

@@ -76,6 +76,7 @@ from annotation.selectors.rounds import (
     BULK_TASKS,
     final_round,
     predicted_image_ids,
+    pretrainings_recent,
     round_bulk_steps,
     round_statistics,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "starting_model",
     "import_limits_text",
     "import_report",
+    "pretrainings_recent",
     "review_context",
     "BULK_TASKS",
     "EXPORT_CHUNK",

@@ -136,3 +136,10 @@ def final_round() -> Round | None:
         .order_by("-number")
         .first()
     )
+
+
+def pretrainings_recent(limit: int = 10) -> list[Any]:
+    """The latest self-supervised pretrainings (PretrainedEncoder rows), newest first."""
+    from training.models import PretrainedEncoder
+
+    return list(PretrainedEncoder.objects.select_related("started_by")[:limit])

@@ -32,6 +32,7 @@ from annotation.services.leases import (
     lease_take,
 )
 from annotation.services.notes import image_comment_add, image_flags_set
+from annotation.services.pretrain import encoder_pretrain_start
 from annotation.services.review import decision_adjudicate, decision_create, decision_undo
 from annotation.services.rounds import (
     candidate_add,
@@ -51,6 +52,7 @@ __all__ = [
     "decision_adjudicate",
     "decision_create",
     "decision_undo",
+    "encoder_pretrain_start",
     "export_build",
     "export_fail",
     "export_filters_clean",

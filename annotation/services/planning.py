@@ -149,15 +149,31 @@ def check_networks(networks: Iterable[Sequence[str]]) -> list[tuple[str, str]]:
     return checked
 
 
-def work_inputs(split: Split) -> dict[str, Any]:
-    """The stored files a worker reads for one split, so it needs no annotation rows."""
+def work_inputs(split: Split, lung_filter: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stored files a worker reads for one split, so it needs no annotation rows.
+
+    Args:
+        lung_filter: the round's lung filter ({"margin_percent": ...}); the inputs then name
+            the lung mask of every target that has one.
+    """
     image_ids = {i for i, _ in split.train} | set(split.targets)
     mask_ids = {m for _, m in split.train} | set(split.references.values())
-    images = Image.objects.filter(pk__in=image_ids).only("display", "image_class")
+    images = Image.objects.filter(pk__in=image_ids).only("display", "image_class", "lung_mask")
     masks = dict(Mask.objects.filter(pk__in=mask_ids).values_list("pk", "file"))
-    return {
+    inputs: dict[str, Any] = {
         "images": {str(img.pk): img.display.name for img in images},
         "masks": {str(pk): name for pk, name in masks.items()},
         "covid": sorted(img.pk for img in images if img.image_class == ImageClass.COVID),
         "references": {str(i): masks[m] for i, m in split.references.items()},
     }
+    if lung_filter is not None:
+        targets = set(split.targets)
+        inputs["lung_filter"] = {
+            **lung_filter,
+            "lungs": {
+                str(img.pk): img.lung_mask.name
+                for img in images
+                if img.pk in targets and img.lung_mask
+            },
+        }
+    return inputs

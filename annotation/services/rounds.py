@@ -62,6 +62,10 @@ def round_start(
     seed: int = 0,
     test_fraction: float = 0.2,
     order: str = ReviewOrder.CREATED,
+    pretrained_encoder: int | None = None,
+    weights_file: str | None = None,
+    lung_filter: bool = False,
+    lung_margin: float | None = None,
 ) -> Round:
     """Starts a round: plans its training runs and enqueues them once committed.
 
@@ -76,6 +80,13 @@ def round_start(
         order: the order its review items are handed out in (ReviewOrder): "created" (the
             order the items were made), or "disagreement" (highest ensemble disagreement
             first, computed as each item opens; see annotation/agreement.py).
+        pretrained_encoder: start the networks whose encoder it fits from this pretrained
+            encoder (a PretrainedEncoder id); the others start from scratch.
+        weights_file: start every network from this local weights file on the training
+            workers (an ImageNet "notop" or CheXNet file, or a whole model).
+        lung_filter: Stage I / II: remove every candidate pixel outside the image's lung
+            mask, dilated by `lung_margin` percent of the image's longer side; images without
+            a lung mask keep their candidates, and the model version records which.
     """
     if Round.objects.select_for_update().filter(status__in=Round.ACTIVE).exists():
         raise Conflict("another round is still training or in review; finish or cancel it first")
@@ -94,6 +105,18 @@ def round_start(
     except (TypeError, ValueError) as exc:
         raise DomainError(str(exc)) from None
 
+    start = _start_weights(pretrained_encoder, weights_file, nets)
+    if weights_file:
+        config = {**config, "weights": weights_file}
+    lungs = None
+    if lung_filter:
+        if stage == Round.Stage.FINAL:
+            raise DomainError("the lung filter applies to candidates: Stage I or II rounds only")
+        margin = training_services.LUNG_MARGIN_PERCENT if lung_margin is None else lung_margin
+        if not 0 <= margin <= 25:
+            raise DomainError(f"the lung margin is a percentage from 0 to 25, not {margin}")
+        lungs = {"margin_percent": float(margin)}
+
     plan = plan_round(stage=stage, folds=folds, seed=seed, test_fraction=test_fraction)
     rnd = Round.objects.create(
         number=_next_round_number(),
@@ -109,6 +132,8 @@ def round_start(
             "seed": seed,
             "train": config,
             "order": order,
+            "start_weights": start,
+            "lung_filter": lungs,
         },
     )
     for img in plan.review:
@@ -117,14 +142,22 @@ def round_start(
         if manual is not None:
             Candidate.objects.create(item=item, mask=manual)
         image_refresh_status(image=img)
+    # A pretrained encoder goes to the networks of its backbone; a weights file is in `config`.
+    fits = (start or {}).get("encoders", ())
+    pretrained_file = (start or {}).get("file")
     for split in plan.splits:
-        inputs = work_inputs(split)
+        inputs = work_inputs(split, lung_filter=lungs)
         jobs = [
             (
                 TrainingRun.Kind.SEGMENTATION,
                 arch,
                 encoder,
-                {**config, "arch": arch, "encoder": encoder},
+                {
+                    **config,
+                    "arch": arch,
+                    "encoder": encoder,
+                    "encoder_weights": pretrained_file if encoder in fits else None,
+                },
             )
             for arch, encoder in nets
         ]
@@ -151,6 +184,31 @@ def round_start(
                 inputs=inputs,
             )
     return rnd
+
+
+def _start_weights(
+    pretrained_encoder: int | None, weights_file: str | None, nets: Sequence[tuple[str, str]]
+) -> dict[str, Any] | None:
+    """The round's starting weights as its config records them (None: from scratch)."""
+    if pretrained_encoder is not None and weights_file:
+        raise DomainError(
+            "start from a pretrained encoder or from a weights file, not both: the file would "
+            "be overwritten in every encoder layer the pretrained one fills"
+        )
+    if weights_file:
+        if not weights_file.endswith(".h5"):
+            raise DomainError(
+                f"the weights file must be a Keras HDF5 file (.h5 or .weights.h5): {weights_file}"
+            )
+        return {"file": weights_file, "local": True}
+    if pretrained_encoder is None:
+        return None
+    try:
+        return training_services.pretrained_encoder_start(
+            pretrain_id=pretrained_encoder, encoders=[e for _, e in nets]
+        )
+    except training_services.PretrainError as exc:
+        raise DomainError(str(exc)) from None
 
 
 def candidate_add(*, round: Round, image_id: int, mask: Mask) -> Candidate:

@@ -141,6 +141,7 @@ def run_predictions_add(*, run_id: int, predictions: Sequence[dict[str, Any]]) -
         Mask.objects.filter(model_version=mv, round=run.round).values_list("image_id", flat=True)
     )
     added, dice = 0, dict(mv.metrics.get("held_out_dice_by_image", {}))
+    lungs = dict(mv.metrics.get("lung_filter_by_image", {}))
     for p in sorted(predictions, key=lambda p: p["image"]):
         if p["image"] in existing:
             storage.delete_quietly([p["file"]])
@@ -160,10 +161,15 @@ def run_predictions_add(*, run_id: int, predictions: Sequence[dict[str, Any]]) -
         existing.add(p["image"])
         if p.get("dice") is not None:
             dice[str(p["image"])] = p["dice"]
+        if "lung_filter" in p:  # what the round's lung filter did to this candidate
+            lungs[str(p["image"])] = {"filter": p["lung_filter"], "removed": p["outside_lungs"]}
         added += 1
     run.predicted = len(existing)
     run.heartbeat_at = timezone.now()  # a sign of life for the reconciler
     run.save(update_fields=["predicted", "heartbeat_at"])
+    if lungs:
+        mv.metrics = {**mv.metrics, "lung_filter_by_image": lungs}
+        mv.save(update_fields=["metrics"])
     if dice:
         mv.metrics = {
             **mv.metrics,

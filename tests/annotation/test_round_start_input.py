@@ -83,6 +83,7 @@ def test_fields_left_empty_take_the_declared_defaults():
         "freeze_encoder": False,
         "test_fraction": 0.2,
         "order": "created",
+        "lung_filter": False,
     }
 
 

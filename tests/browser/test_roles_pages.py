@@ -65,7 +65,11 @@ def test_an_md_sees_only_their_menu_and_cannot_open_admin_or_data_pages(
 @pytest.mark.parametrize(
     "who, start, entries",
     [
-        ("admin_user", "/rounds/", ["Rounds", "Screening", "Import", "PACS", "Infection maps", "Demo"]),
+        (
+            "admin_user",
+            "/rounds/",
+            ["Rounds", "Screening", "Import", "PACS", "Infection maps", "Demo"],
+        ),
         ("data_user", "/exports/", ["Exports", "Infection maps", "Demo"]),
     ],
 )

@@ -28,15 +28,7 @@ import h5py
 import segmentation_models as sm
 import tensorflow as tf
 
-from training.nets.config import ARCHITECTURES, ENCODERS
-
-# CheXNet is DenseNet-121 fine-tuned on ChestX-ray14: same graph, its own weights file.
-BACKBONE_OF_ENCODER: dict[str, str] = {
-    "densenet121": "densenet121",
-    "chexnet": "densenet121",
-    "inceptionv3": "inceptionv3",
-    "resnet50": "resnet50",
-}
+from training.nets.config import ARCHITECTURES, BACKBONE_OF_ENCODER, ENCODERS
 
 # Decoder width per grid level (0 = full resolution ... 4 = 1/16). These are the widths of the
 # UNet++ authors' Keras builders (Xnet: dense skips; Nestnet: previous node only) with decoder
@@ -260,7 +252,7 @@ def _freeze(backbone: tf.keras.Model) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _encoder_of(model: tf.keras.Model) -> tf.keras.Model:
+def encoder_of(model: tf.keras.Model) -> tf.keras.Model:
     """The encoder sub-graph of a built model, sharing its layers.
 
     A model from the input to the bottleneck lists its layers in the same order as a
@@ -320,7 +312,7 @@ def _load_weights_file(model: tf.keras.Model, path: str, arch: str, encoder: str
     """
     if not h5py.is_hdf5(path):
         raise ValueError(f"weights file {path} is not an HDF5 (.h5 / .weights.h5) weights file")
-    encoder_model = _encoder_of(model)
+    encoder_model = encoder_of(model)
     fit_error = (
         f"weights file {path} fits neither a {arch}/{encoder} model "
         f"nor its {BACKBONE_OF_ENCODER[encoder]} encoder"

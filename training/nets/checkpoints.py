@@ -26,10 +26,13 @@ STATE_FILE = "state.json"
 def _resumable_config(config: TrainConfig) -> dict[str, Any]:
     """The options that must not change between an interrupted run and its resumption.
 
-    The number of epochs may grow (training a finished run for longer is a resume too).
+    The number of epochs may grow (training a finished run for longer is a resume too). The
+    starting encoder file does not count: a resumed run starts from its checkpoint, and the
+    file's local path differs from host to host.
     """
     data = config.to_dict()
     data.pop("epochs")
+    data.pop("encoder_weights", None)
     return data
 
 

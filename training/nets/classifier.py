@@ -21,8 +21,8 @@ import numpy as np
 import segmentation_models as sm
 import tensorflow as tf
 
-from training.nets.builders import BACKBONE_OF_ENCODER, WeightsUnavailableError
-from training.nets.config import ENCODERS, TrainConfig
+from training.nets.builders import WeightsUnavailableError
+from training.nets.config import BACKBONE_OF_ENCODER, ENCODERS, TrainConfig
 from training.nets.data import make_dataset
 
 _MIN_INCEPTION_SIZE = 96

@@ -70,6 +70,8 @@ class FitResult:
         seconds: wall time of this call's training (not of earlier, interrupted calls).
         run_path: run.json beside the weights.
         initial_epoch: epochs already completed when this call started (0 unless resumed).
+        start_weights: how a pretrained encoder file (config.encoder_weights) filled the
+            encoder, as `EncoderLoad.to_dict()`; None without one.
     """
 
     weights_path: Path
@@ -78,6 +80,7 @@ class FitResult:
     seconds: float = 0.0
     run_path: Path | None = None
     initial_epoch: int = 0
+    start_weights: dict | None = None
 
 
 class _Progress(tf.keras.callbacks.Callback):
@@ -150,27 +153,47 @@ def _dataset(
     )
 
 
-def _compiled_model(config: TrainConfig, mixed: bool) -> tf.keras.Model:
-    """The network of `config`, compiled with its task's loss and an Adam optimizer."""
+def initial_model(config: TrainConfig) -> tuple[tf.keras.Model, dict | None]:
+    """A segmentation network of `config` as training starts: built with its `weights`, then
+    its encoder filled by layer name from `encoder_weights` when there is one.
+
+    Returns:
+        (the uncompiled network, the encoder file's `EncoderLoad.to_dict()` or None)
+
+    Raises:
+        ValueError: the encoder file matches none of the encoder's layers (another encoder).
+    """
+    from training.nets.pretrain import load_encoder_weights
+
+    model = build_model(
+        config.arch,
+        config.encoder,
+        freeze_encoder=config.freeze_encoder,
+        input_size=config.input_size,
+        weights=config.weights,
+    )
+    if not config.encoder_weights:
+        return model, None
+    return model, load_encoder_weights(model, config.encoder_weights).to_dict()
+
+
+def _compiled_model(config: TrainConfig, mixed: bool) -> tuple[tf.keras.Model, dict | None]:
+    """The network of `config`, compiled with its task's loss and an Adam optimizer, and how
+    its pretrained encoder file (if any) was loaded."""
     metrics: list[str | Callable[..., object]]
+    start = None
     if config.is_classifier:
         # The classifier's softmax already computes in float32 (see build_classifier).
         model = build_classifier(config.encoder, config.input_size, config.weights)
         loss, metrics = tf.keras.losses.CategoricalCrossentropy(), ["accuracy"]
     else:
-        model = build_model(
-            config.arch,
-            config.encoder,
-            freeze_encoder=config.freeze_encoder,
-            input_size=config.input_size,
-            weights=config.weights,
-        )
+        model, start = initial_model(config)
         if mixed:
             model = _float32_output(model)
         loss, metrics = hybrid_loss, [dice_coefficient]
     optimizer = tf.keras.optimizers.Adam(config.learning_rate, beta_1=0.9, beta_2=0.999)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    return model
+    return model, start
 
 
 def _check_inputs(
@@ -291,7 +314,7 @@ def fit(
         tf.config.optimizer.set_jit("autoclustering")
     try:
         with strategy.scope():
-            model = _compiled_model(config, use_mixed)
+            model, start_weights = _compiled_model(config, use_mixed)
             # Slot variables must exist before a restore can fill them.
             model.optimizer.build(model.trainable_variables)
             epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -352,9 +375,12 @@ def fit(
         "mixed_precision": {"requested": bool(mixed_precision), "applied": use_mixed},
         "xla": bool(xla),
         "initial_epoch": initial_epoch,
+        "start_weights": start_weights,
         "loss_history": losses,
         "seconds": seconds,
         "weights": WEIGHTS_FILE,
     }
     write_json_atomic(run_path, run)
-    return FitResult(weights_path, config_path, losses, seconds, run_path, initial_epoch)
+    return FitResult(
+        weights_path, config_path, losses, seconds, run_path, initial_epoch, start_weights
+    )
