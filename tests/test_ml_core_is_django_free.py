@@ -42,6 +42,8 @@ CORE = [
     "annotation.phantoms",
     "annotation.exporting",
     "annotation.screening",
+    "annotation.replay.sim",
+    "annotation.replay.plots",
 ]
 APP_MODULES = ("models", "services", "selectors", "tasks", "views", "apis", "forms", "admin")
 
