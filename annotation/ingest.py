@@ -72,7 +72,11 @@ class IngestReport:
 
 
 def ingest_folder(
-    root: str | Path, *, source: str | None = None, image_class: str | None = None
+    root: str | Path,
+    *,
+    source: str | None = None,
+    image_class: str | None = None,
+    hide_masks: bool = False,
 ) -> IngestReport:
     """Imports every image of a folder and reports what happened to each.
 
@@ -82,6 +86,8 @@ def ingest_folder(
         image_class: the class of DICOM files the layout does not list (a platform class,
             ImageClass); without it they are rejected, and a folder of DICOM files alone is
             refused.
+        hide_masks: import no infection mask (lung masks still are): a replay keeps the known
+            masks aside (annotation/replay/) and has its simulated MDs draw them.
 
     Returns:
         What was imported, skipped as a duplicate, or rejected (with the reason), by file path
@@ -125,7 +131,7 @@ def ingest_folder(
             inside,
             sample.key,
             sample.image,
-            sample.mask,
+            None if hide_masks else sample.mask,
             sample.lung,
             source=source,
             image_class=IMAGE_CLASSES[sample.image_class],

@@ -37,6 +37,7 @@ from training.nets.config import TrainConfig, preset
 from training.nets.folds import grouped_stratified_folds as grouped_stratified_folds
 from training.nets.folds import grouped_train_test_split as grouped_train_test_split
 from training.nets.layouts import read_dataset as read_dataset  # annotation.ingest reads here
+from training.nets.metrics import wilson_interval as wilson_interval  # the replay's shares
 from training.nets.provenance import code_version, data_version
 
 log = logging.getLogger(__name__)
