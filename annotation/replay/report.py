@@ -77,6 +77,12 @@ def replay_report(*, run: ReplayRun) -> dict[str, Any]:
         seconds = sum(d.seconds for d in picks) + sum(d.seconds for d in adjudications)
         seconds += drawings * config.seconds_per_drawing
         dices = [mask_dice(gt.image_id, gt.mask) for gt in gts]
+        best_machine: dict[int, float] = {}  # image → its best network candidate's Dice
+        for c in Candidate.objects.filter(
+            item__round=rnd, mask__source=Mask.Source.PREDICTED
+        ).select_related("mask", "item"):
+            value = mask_dice(c.item.image_id, c.mask)
+            best_machine[c.item.image_id] = max(value, best_machine.get(c.item.image_id, 0.0))
         decided = len(accepted) + len(redrawn)
         for gt, value in zip(gts, dices, strict=True):
             images[gt.image_id] = {
@@ -100,6 +106,7 @@ def replay_report(*, run: ReplayRun) -> dict[str, Any]:
                 "drawings": drawings,
                 "dice_accepted": sim.mean_ci(dices),
                 "dice_manual": sim.mean_ci([manual[gt.image_id] for gt in gts]),
+                "dice_best_machine": sim.mean_ci(list(best_machine.values())),
                 "md_minutes": seconds / 60,
             }
         )
@@ -155,6 +162,8 @@ def replay_report(*, run: ReplayRun) -> dict[str, Any]:
         "notes": [
             "Dice means carry a normal-approximation 95 % interval; shares a Wilson 95 % "
             "interval (training/nets/metrics.py).",
+            "best network Dice: per image, the best of the networks' candidates (what an MD "
+            "who always picked a machine mask could get).",
             "dice_manual: the simulated MDs' drawings of the same images (the known masks "
             "degraded as configured), i.e. what drawing every image by hand would give.",
             "md_minutes: picks and adjudications at seconds_per_pick, drawings (Stage I and "
@@ -186,9 +195,11 @@ def replay_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Replay of {report['dataset']}",
         "",
-        f"Seed {report['seed']}, preset {c['preset']} {c['overrides'] or ''}, {c['mds']} simulated "
-        f"MDs, {c['reviewers_per_item']} reviewers per item, pick noise {c['pick_noise']}, "
-        f"'none' below Dice {c['none_below']}; drawings: boundary ±{c['boundary_px']} px, "
+        f"Seed {report['seed']}, preset {c['preset']}"
+        + (f" {c['overrides']}" if c["overrides"] else "")
+        + f", {c['mds']} simulated MDs, {c['reviewers_per_item']} reviewers per item, "
+        f"pick noise {c['pick_noise']}, 'none' below Dice {c['none_below']}; "
+        f"drawings: boundary ±{c['boundary_px']} px, "
         f"simplify {c['simplify_px']} px, regions under {c['min_component_px']} px dropped.",
         "",
         "## Total",
@@ -209,8 +220,8 @@ def replay_markdown(report: dict[str, Any]) -> str:
         "## Rounds",
         "",
         "| round | stage | items | picks | adjud. | accepted | machine-preferred | redraws | "
-        "picks/image | drawings | Dice accepted | Dice drawings | MD min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "picks/image | drawings | Dice accepted | Dice drawings | best network Dice | MD min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rounds"]:
         lines.append(
@@ -218,7 +229,7 @@ def replay_markdown(report: dict[str, Any]) -> str:
             f"{r['adjudications']} | {r['accepted']} | {fmt_share(r['machine_preferred'])} | "
             f"{fmt_share(r['redraws'])} | {fmt_number(r['picks_per_image'])} | {r['drawings']} | "
             f"{fmt_mean(r['dice_accepted'])} | {fmt_mean(r['dice_manual'])} | "
-            f"{r['md_minutes']:.1f} |"
+            f"{fmt_mean(r['dice_best_machine'])} | {r['md_minutes']:.1f} |"
         )
     lines += ["", "## Final networks (held out)", ""]
     if not report["final_networks"]:

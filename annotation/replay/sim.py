@@ -162,9 +162,11 @@ def md_pick(
     return Pick(choice=choice, best_label=best, dice=true, perceived=seen)
 
 
-def mean_ci(values: Sequence[float], *, z: float = Z_95) -> dict[str, float | int | None]:
-    """Mean with a normal-approximation 95 % interval (t would be wider at n < 30; the report
-    says n). Empty: None."""
+def mean_ci(
+    values: Sequence[float], *, z: float = Z_95, bounds: tuple[float, float] = (0.0, 1.0)
+) -> dict[str, float | int | None]:
+    """Mean with a normal-approximation 95 % interval, clipped to `bounds` (a Dice lies in
+    [0, 1]); t would be wider at n < 30, and the report says n. Empty: None."""
     n = len(values)
     if n == 0:
         return {"mean": None, "low": None, "high": None, "n": 0}
@@ -172,4 +174,5 @@ def mean_ci(values: Sequence[float], *, z: float = Z_95) -> dict[str, float | in
     if n == 1:
         return {"mean": mean, "low": None, "high": None, "n": 1}
     half = z * float(np.std(values, ddof=1)) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+    low, high = max(bounds[0], mean - half), min(bounds[1], mean + half)
+    return {"mean": mean, "low": low, "high": high, "n": n}

@@ -75,6 +75,7 @@ def _round_row(r: dict) -> dict:
         "per_image": fmt_number(r["picks_per_image"]),
         "dice": fmt_mean(r["dice_accepted"]),
         "dice_manual": fmt_mean(r["dice_manual"]),
+        "dice_machine": fmt_mean(r.get("dice_best_machine", {})),
     }
 
 

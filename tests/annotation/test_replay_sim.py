@@ -115,3 +115,5 @@ def test_mean_ci():
     ci = sim.mean_ci([0.2, 0.4, 0.6])
     assert ci["mean"] == pytest.approx(0.4)
     assert ci["low"] == pytest.approx(0.4 - 1.96 * 0.2 / 3**0.5, abs=1e-3)
+    near_one = sim.mean_ci([0.99, 0.9, 1.0])
+    assert near_one["high"] == 1.0 and near_one["low"] < near_one["mean"]
