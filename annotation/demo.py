@@ -45,20 +45,30 @@ def demo_cases(*, n_covid: int, n_control: int) -> list[DemoCase]:
 
 
 def demo_dataset_write(
-    folder: Path, *, n_covid: int = 24, n_control: int = 6, size: int = 256
+    folder: Path, *, n_covid: int = 24, n_control: int = 6, size: int = 256, masks: bool = False
 ) -> list[DemoCase]:
-    """Writes phantoms as plain PNGs plus a CSV of file, class, patient (idempotent)."""
+    """Writes phantoms as plain PNGs plus a CSV of file, class, patient (idempotent); with
+    `masks`, each COVID-19 phantom's infection mask too (masks/<file>, the CSV's mask column),
+    e.g. for `manage.py replay`."""
     folder.mkdir(parents=True, exist_ok=True)
+    if masks:
+        (folder / "masks").mkdir(exist_ok=True)
     cases = demo_cases(n_covid=n_covid, n_control=n_control)
     with (folder / "labels.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", "class", "patient"])
+        writer.writerow(["file", "class", "patient", *(["mask"] if masks else [])])
         for case in cases:
             path = folder / case.file
-            if not path.exists():
+            mask = folder / "masks" / case.file
+            if not path.exists() or (masks and case.covid and not mask.exists()):
                 phantom = make_phantom(case.seed, size=size, covid=case.covid)
                 path.write_bytes(imaging.encode_png(phantom.image))
-            writer.writerow([case.file, "COVID-19" if case.covid else "Normal", case.patient])
+                if masks and case.covid:
+                    mask.write_bytes(imaging.encode_mask(phantom.infection))
+            row = [case.file, "COVID-19" if case.covid else "Normal", case.patient]
+            if masks:
+                row.append(f"masks/{case.file}" if case.covid else "")
+            writer.writerow(row)
     return cases
 
 

@@ -96,6 +96,7 @@ def ingest_folder(
     source: str | None = None,
     image_class: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    hide_masks: bool = False,
 ) -> IngestReport:
     """Imports every image of a folder and reports what happened to each.
 
@@ -107,6 +108,8 @@ def ingest_folder(
             refused.
         progress: called with (files done, files in all) after each file (the web import's
             progress bar).
+        hide_masks: import no infection mask (lung masks still are): a replay keeps the known
+            masks aside (annotation/replay/) and has its simulated MDs draw them.
 
     Returns:
         What was imported, skipped as a duplicate, or rejected (with the reason), by file path
@@ -161,7 +164,7 @@ def ingest_folder(
             inside,
             sample.key,
             sample.image,
-            sample.mask,
+            None if hide_masks else sample.mask,
             sample.lung,
             source=source,
             image_class=IMAGE_CLASSES[sample.image_class],

@@ -579,3 +579,53 @@ class ImportJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+
+class ReplayRun(models.Model):
+    """One replay: a data set with known masks run through the real loop with simulated MDs.
+
+    Its `config` (with the seed) is everything needed to run it again; `progress` is what the
+    admin page shows while it runs; `report` holds the figures once it is done (the files:
+    `folder` in the media storage, report.json, report.md and the plots).
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    dataset = models.CharField(max_length=500)
+    seed = models.IntegerField(default=0)
+    config = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    progress = models.JSONField(default=dict)
+    report = models.JSONField(default=dict)
+    folder = models.CharField(max_length=255, blank=True)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"replay {self.pk} of {self.dataset} ({self.status})"
+
+
+class ReplayTruth(models.Model):
+    """An image's known mask in a replay, kept aside: never a Mask, so the loop never sees it."""
+
+    run = models.ForeignKey(ReplayRun, on_delete=models.CASCADE, related_name="truths")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="+")
+    file = models.CharField(max_length=255)
+    area = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["run_id", "image_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "image"], name="replay_truth_once_per_image")
+        ]
+
+    def __str__(self) -> str:
+        return f"known mask of {self.image_id} in replay {self.run_id}"

@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from annotation import views
 from annotation.apis.schema import SchemaView
+from annotation.replay import views as replay_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -23,6 +24,9 @@ urlpatterns = [
     path("images/<int:image_id>/history/", views.image_history, name="image-history"),
     path("imports/", views.imports, name="imports"),
     path("imports/<uuid:job_uuid>/", views.imports, name="import-detail"),
+    path("replay/", replay_views.replays, name="replays"),
+    path("replay/<uuid:run_uuid>/", replay_views.replay_detail, name="replay-detail"),
+    path("replay/<uuid:run_uuid>/<str:name>", replay_views.replay_download, name="replay-file"),
     path("", include("inference.urls")),
     path("api/", include("annotation.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),

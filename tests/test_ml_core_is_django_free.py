@@ -45,6 +45,8 @@ CORE = [
     "annotation.exporting",
     "annotation.screening",
     "annotation.agreement",
+    "annotation.replay.sim",
+    "annotation.replay.plots",
 ]
 APP_MODULES = ("models", "services", "selectors", "tasks", "views", "apis", "forms", "admin")
 

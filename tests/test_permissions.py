@@ -18,7 +18,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
 from annotation import services, storage
-from annotation.models import Export, ImportJob, ReviewItem
+from annotation.models import Export, ImportJob, ReplayRun, ReviewItem
 
 pytestmark = pytest.mark.django_db
 
@@ -35,6 +35,7 @@ def only(*roles: str) -> frozenset[str]:
 # {image} an image that needs a first mask      {mask}   a mask (drawn by an MD)
 # {round} a round in blind review               {item}   an open review item of that round
 # {export} a finished export
+# {replay} a replay run with its report written
 POLICY: list[tuple[str, str, frozenset[str]]] = [
     # ---------------------------------------------------------------- pages
     ("GET", "/", ANY_ROLE),
@@ -56,6 +57,9 @@ POLICY: list[tuple[str, str, frozenset[str]]] = [
     ("GET", "/pacs/", only(ADMIN)),
     ("POST", "/pacs/", only(ADMIN)),
     ("GET", "/images/{image}/history/", only(ADMIN, DATA)),  # provenance
+    ("GET", "/replay/", only(ADMIN)),
+    ("GET", "/replay/{replay}/", only(ADMIN)),
+    ("GET", "/replay/{replay}/report.md", only(ADMIN)),
     # ---------------------------------------------------------------- API: images and masks
     ("GET", "/api/images/", ANY_ROLE),
     ("POST", "/api/images/upload/", only(ADMIN)),
@@ -168,6 +172,15 @@ class World(dict):
         )
         return job.uuid
 
+    def _new_replay(self):
+        name = storage.store("replay/test/report.md", b"# Replay\n")
+        run = ReplayRun.objects.create(
+            dataset="phantoms",
+            status=ReplayRun.Status.DONE,
+            progress={"files": {"report.md": name}},
+        )
+        return run.uuid
+
 
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
@@ -239,6 +252,7 @@ def test_the_table_covers_every_route():
     }
     placeholders = {"image": 1, "mask": 1, "round": 1, "item": uuid.uuid4(), "export": uuid.uuid4()}
     placeholders["import_job"] = uuid.uuid4()
+    placeholders["replay"] = uuid.uuid4()
     covered = {resolve(url.format(**placeholders)).route for _, url, _ in POLICY}
     assert every - covered == set(), "routes missing from POLICY"
 

@@ -49,6 +49,7 @@ from training.nets.matching import CONTROL_DIR_NAMES as CONTROL_DIR_NAMES  # and
 from training.nets.matching import QATA_MASK_DIR_NAMES as QATA_MASK_DIR_NAMES  # files by these
 from training.nets.matching import index_masks as index_masks
 from training.nets.matching import sibling as sibling
+from training.nets.metrics import wilson_interval as wilson_interval  # the replay's shares
 from training.nets.provenance import code_version, data_version
 
 log = logging.getLogger(__name__)

@@ -230,7 +230,7 @@ def _import(n: int, *, lungs: bool):
 def test_the_lung_filter_clears_candidates_outside_the_lungs_and_records_it(
     admin_user, everywhere_weights, eager_tasks, django_capture_on_commit_callbacks
 ) -> None:
-    from scipy import ndimage  # type: ignore[import-untyped]
+    from scipy import ndimage
 
     for n in range(2):  # ground truth to train Stage II on
         image, phantom = _import(n, lungs=False)

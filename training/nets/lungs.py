@@ -9,7 +9,7 @@ An image without a usable lung mask keeps its candidate unchanged, and says why.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage  # type: ignore[import-untyped]
+from scipy import ndimage
 
 APPLIED = "applied"
 NO_LUNG_MASK = "no lung mask"
