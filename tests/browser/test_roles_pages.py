@@ -68,7 +68,7 @@ def test_an_md_sees_only_their_menu_and_cannot_open_admin_or_data_pages(
         (
             "admin_user",
             "/rounds/",
-            ["Rounds", "Screening", "Import", "PACS", "Infection maps", "Demo"],
+            ["Rounds", "Screening", "Import", "PACS", "Replays", "Infection maps", "Demo"],
         ),
         ("data_user", "/exports/", ["Exports", "Infection maps", "Demo"]),
     ],
