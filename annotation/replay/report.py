@@ -27,7 +27,7 @@ from annotation.replay import plots, sim
 from annotation.replay.services import ReplayConfig, Simulation
 from training import services as training_services
 from training import validation
-from training.models import TrainingRun
+from training.models import ModelVersion, PretrainedEncoder, TrainingRun
 
 FILES = ("report.json", "report.md", *plots.NAMES)
 
@@ -149,6 +149,7 @@ def replay_report(*, run: ReplayRun) -> dict[str, Any]:
     ]
     return {
         "replay": str(run.uuid),
+        "options": _options(run, config, rounds),
         "dataset": run.dataset,
         "seed": run.seed,
         "config": run.config,
@@ -170,6 +171,109 @@ def replay_report(*, run: ReplayRun) -> dict[str, Any]:
             "redraws) at seconds_per_drawing.",
         ],
     }
+
+
+def _options(run: ReplayRun, config: ReplayConfig, rounds: list[Round]) -> dict[str, Any]:
+    """What the review order, the starting weights and the lung filter did, from the rounds'
+    configs and their model versions' metrics."""
+    versions = list(
+        ModelVersion.objects.filter(run__round__in=rounds)
+        .select_related("run__round")
+        .order_by("run__round__number", "run_id")
+    )
+    order = {str(r.number): r.config.get("order") for r in rounds}
+    start: dict[str, Any] = {"setting": config.start_weights or "scratch", "runs": []}
+    pretrained = run.progress.get("pretrained")
+    if pretrained is not None:
+        row = PretrainedEncoder.objects.filter(pk=pretrained).first()
+        if row is not None:
+            start["pretraining"] = {
+                "id": row.pk,
+                "encoder": row.encoder,
+                "preset": row.preset,
+                "images": len(row.image_ids),
+                "epochs": row.epochs,
+                "loss_first": row.loss_history[0] if row.loss_history else None,
+                "loss_last": row.loss,
+                "status": row.status,
+            }
+    for mv in versions:
+        applied = mv.metrics.get("start_weights")
+        start["runs"].append(
+            {
+                "round": mv.run.round.number,
+                "network": f"{mv.arch or 'classifier'}:{mv.encoder}",
+                "fold": mv.run.fold,
+                "matched": (applied or {}).get("matched"),
+                "layers": (applied or {}).get("layers"),
+                "from": (mv.run.round.config.get("start_weights") or {}).get("file"),
+            }
+        )
+    lungs: dict[str, Any] = {
+        "setting": config.lung_filter,
+        "margin_percent": None,
+        "images_with_lung_mask": Image.objects.exclude(lung_mask="").count(),
+        "images": Image.objects.count(),
+        "rounds": [],
+    }
+    for rnd in rounds:
+        if not (rnd.config.get("lung_filter") or {}):
+            continue
+        lungs["margin_percent"] = rnd.config["lung_filter"].get("margin_percent")
+        counts: dict[str, int] = {}
+        removed = 0
+        for mv in versions:
+            if mv.run.round_id != rnd.pk:
+                continue
+            for what in mv.metrics.get("lung_filter_by_image", {}).values():
+                counts[what["filter"]] = counts.get(what["filter"], 0) + 1
+                removed += int(what.get("removed") or 0)
+        lungs["rounds"].append(
+            {"round": rnd.number, "candidates": counts, "pixels_removed": removed}
+        )
+    return {"order": order, "start_weights": start, "lung_filter": lungs}
+
+
+def _options_markdown(options: dict[str, Any]) -> list[str]:
+    if not options:
+        return []
+    start, lungs = options["start_weights"], options["lung_filter"]
+    orders = ", ".join(f"round {n}: {o}" for n, o in options["order"].items() if o)
+    lines = ["## Options", "", f"- Review order: {orders or '–'}"]
+    text = f"- Starting weights: {start['setting']}"
+    p = start.get("pretraining")
+    if p:
+        text += (
+            f" — pretraining #{p['id']} of {p['encoder']} ({p['preset']}, {p['epochs']} "
+            f"epochs, {p['images']} images, loss {fmt_number(p['loss_first'])} → "
+            f"{fmt_number(p['loss_last'])})"
+        )
+    lines.append(text)
+    for r in start["runs"]:
+        if r["layers"] is not None:
+            lines.append(
+                f"  - round {r['round']} {r['network']} fold {r['fold']}: "
+                f"{r['matched']} of {r['layers']} layers matched"
+            )
+        elif start["setting"] != "scratch":
+            lines.append(
+                f"  - round {r['round']} {r['network']} fold {r['fold']}: "
+                + ("from the weights file" if r["from"] else "from scratch (no matching encoder)")
+            )
+    if not lungs["setting"]:
+        lines.append("- Lung filter: off")
+    else:
+        lines.append(
+            f"- Lung filter: margin {lungs['margin_percent']} %; "
+            f"{lungs['images_with_lung_mask']} of {lungs['images']} images have a lung mask"
+        )
+        for r in lungs["rounds"]:
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(r["candidates"].items()))
+            lines.append(
+                f"  - round {r['round']}: candidates {counts or 'none'}; "
+                f"{r['pixels_removed']} pixels removed"
+            )
+    return [*lines, ""]
 
 
 def fmt_mean(ci: dict[str, Any], key: str = "mean") -> str:
@@ -231,7 +335,8 @@ def replay_markdown(report: dict[str, Any]) -> str:
             f"{fmt_mean(r['dice_accepted'])} | {fmt_mean(r['dice_manual'])} | "
             f"{fmt_mean(r['dice_best_machine'])} | {r['md_minutes']:.1f} |"
         )
-    lines += ["", "## Final networks (held out)", ""]
+    lines += ["", *_options_markdown(report.get("options", {}))]
+    lines += ["## Final networks (held out)", ""]
     if not report["final_networks"]:
         lines.append("No final networks were trained.")
     for card in report["final_networks"]:

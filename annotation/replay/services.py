@@ -38,17 +38,21 @@ from annotation.models import (
     ReplayRun,
     ReplayTruth,
     ReviewItem,
+    ReviewOrder,
     Role,
     Round,
     Screening,
 )
 from annotation.replay import sim
+from training import services as training_services
+from training.models import PretrainedEncoder
 from training.services import read_dataset
 
 log = logging.getLogger(__name__)
 
-# The issue's points 2 and 3 plug in here; only these values run now.
-ORDERS = ("queue",)  # "disagreement" (active ordering) will join
+# The review order of the Stage I / II rounds: the replay's name → round_start's ReviewOrder.
+ORDERS = {"queue": ReviewOrder.CREATED, "disagreement": ReviewOrder.DISAGREEMENT}
+PRETRAIN = "pretrain"  # start_weights: pretrain an encoder on the replay's images first
 NETWORK = list[str]
 
 
@@ -73,8 +77,15 @@ class ReplayConfig:
         none_below: an MD rejects every candidate when the best looks below this Dice.
         pick_noise: the standard deviation of an MD's misjudgement of Dice (disagreement).
         seconds_per_pick, seconds_per_drawing: the MD time the estimate counts.
-        order, start_weights, lung_filter: hooks for active ordering, pretrained starting
-            weights and the lung prior; only the defaults are implemented.
+        order: the Stage I / II rounds' review order: "queue" (the order the items were
+            made) or "disagreement" (highest ensemble disagreement first).
+        start_weights: every round's starting weights: "" (from scratch), "pretrain" (an
+            encoder pretrained first, through the training queue, on every imported image,
+            labelled or not, at the pretraining preset named like `preset`, for the encoder of
+            the first Stage I network), or a local weights file (.h5) on the workers.
+        pretrain_epochs: the pretraining's epochs instead of its preset's (None: the preset's).
+        lung_filter, lung_margin: the Stage I / II rounds remove candidate pixels outside the
+            images' imported lung masks, dilated by lung_margin % (None: the default).
     """
 
     seed: int = 0
@@ -104,6 +115,8 @@ class ReplayConfig:
     order: str = "queue"
     start_weights: str = ""
     lung_filter: bool = False
+    lung_margin: float | None = None
+    pretrain_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.stage1_fraction <= 1:
@@ -125,9 +138,30 @@ class ReplayConfig:
         if self.seconds_per_pick < 0 or self.seconds_per_drawing < 0:
             raise DomainError("seconds per pick and per drawing are 0 or more")
         if self.order not in ORDERS:
-            raise DomainError(f"review order {self.order!r} is not available; choose {ORDERS}")
-        if self.start_weights or self.lung_filter:
-            raise DomainError("starting weights and the lung filter are not available yet")
+            raise DomainError(
+                f"review order {self.order!r} is not available; choose {', '.join(ORDERS)}"
+            )
+        if self.start_weights == PRETRAIN:
+            if self.preset not in training_services.PRETRAIN_PRESETS:
+                raise DomainError(
+                    f"there is no pretraining preset {self.preset!r} to pretrain with; choose "
+                    f"the preset {' or '.join(training_services.PRETRAIN_PRESETS)}"
+                )
+        elif self.start_weights and not self.start_weights.endswith(".h5"):
+            raise DomainError(
+                f"starting weights are {PRETRAIN!r} or a Keras weights file (.h5) on the "
+                f"workers, not {self.start_weights!r}"
+            )
+        if self.pretrain_epochs is not None and (
+            self.start_weights != PRETRAIN or self.pretrain_epochs < 1
+        ):
+            raise DomainError("pretraining epochs are 1 or more, with start_weights 'pretrain'")
+        if self.lung_margin is not None and not 0 <= self.lung_margin <= 25:
+            raise DomainError(
+                f"the lung margin is a percentage from 0 to 25, not {self.lung_margin}"
+            )
+        if self.lung_margin is not None and not self.lung_filter:
+            raise DomainError("a lung margin needs the lung filter")
         try:
             self.degradation  # noqa: B018 - validates the amounts
         except ValueError as exc:
@@ -308,6 +342,8 @@ def replay_execute(
     config = ReplayConfig.from_dict(run.config)
     runner = _Runner(run, config, on_step or (lambda _: None), poll_s)
     try:
+        if config.start_weights == PRETRAIN:
+            runner.pretrain()
         runner.stage_one()
         for _ in range(config.max_stage2_rounds):
             if not runner.stage_two():
@@ -348,6 +384,7 @@ class _Runner:
         self.mds = _simulated_mds(config.mds)
         self.admin = _admin()
         self.drawn = 0
+        self.pretrained: int | None = run.progress.get("pretrained")
 
     def say(self, text: str, **fields: Any) -> None:
         _note(self.run, text, **fields)
@@ -367,6 +404,55 @@ class _Runner:
         self.run.refresh_from_db(fields=["progress"])
         return list(self.run.progress.get("rounds", []))
 
+    def _options(self, stage: str) -> dict[str, Any]:
+        """round_start's options for the replay's order, starting weights and lung filter."""
+        c = self.config
+        options: dict[str, Any] = {}
+        if stage != Round.Stage.FINAL:  # a final round has no review and no candidates
+            options["order"] = ORDERS[c.order]
+            if c.lung_filter:
+                options["lung_filter"] = True
+                options["lung_margin"] = c.lung_margin
+        if c.start_weights == PRETRAIN:
+            options["pretrained_encoder"] = self.pretrained
+        elif c.start_weights:
+            options["weights_file"] = c.start_weights
+        return options
+
+    def pretrain(self) -> None:
+        """Pretrains the encoder of the first Stage I network on every imported image
+        (through the real service and the training worker), before Stage I."""
+        encoder = self.config.stage1_networks[0][1]
+        row = services.encoder_pretrain_start(
+            encoder=encoder,
+            preset=self.config.preset,
+            started_by=self.admin,
+            overrides={
+                "seed": self.config.seed,
+                **({"epochs": self.config.pretrain_epochs} if self.config.pretrain_epochs else {}),
+            },
+        )
+        self.say(
+            f"pretraining #{row.pk}: {encoder} on {len(row.image_ids)} images "
+            f"({self.config.preset}, {row.epochs} epochs)",
+            step="pretraining",
+            pretrained=row.pk,
+        )
+        deadline = time.monotonic() + self.config.round_timeout_s
+        while time.monotonic() < deadline:
+            row.refresh_from_db()
+            if row.status == PretrainedEncoder.Status.SUCCEEDED:
+                self.pretrained = row.pk
+                self.say(f"pretraining #{row.pk} done: loss {row.loss}")
+                return
+            if row.status == PretrainedEncoder.Status.FAILED:
+                raise ReplayFailed(f"pretraining #{row.pk} failed: {row.failure_reason}")
+            time.sleep(self.poll_s)
+        raise ReplayFailed(
+            f"pretraining #{row.pk} still {row.status} after {self.config.round_timeout_s:.0f} s "
+            "(are the Celery workers running?)"
+        )
+
     def _start(self, stage: str, networks: list[NETWORK]) -> Round | None:
         try:
             rnd = services.round_start(
@@ -378,6 +464,7 @@ class _Runner:
                 overrides=self.config.overrides,
                 reviewers_per_item=self.config.reviewers_per_item,
                 seed=self.config.seed,
+                **self._options(stage),
             )
         except DomainError as exc:
             if stage == Round.Stage.STAGE_II:

@@ -8,9 +8,9 @@ from annotation import storage
 from annotation.demo import demo_dataset_write
 from annotation.errors import DomainError
 from annotation.ingest import ingest_folder
-from annotation.models import Image, ImageClass, Mask, ReplayRun, ReplayTruth
+from annotation.models import Image, ImageClass, Mask, ReplayRun, ReplayTruth, Round
 from annotation.replay import sim
-from annotation.replay.services import ReplayConfig, Simulation, replay_prepare
+from annotation.replay.services import ReplayConfig, Simulation, _Runner, replay_prepare
 
 pytestmark = pytest.mark.django_db
 
@@ -69,8 +69,12 @@ def test_prepare_refuses_covid_images_without_masks(tmp_path):
         ({"stage1_fraction": 0}, "Stage I fraction"),
         ({"none_below": 1.5}, "none threshold"),
         ({"boundary_px": -1}, "0 or more"),
-        ({"order": "disagreement"}, "not available"),
-        ({"lung_filter": True}, "not available yet"),
+        ({"order": "random"}, "not available; choose queue, disagreement"),
+        ({"start_weights": "imagenet"}, "Keras weights file"),
+        ({"start_weights": "pretrain", "preset": "paper-ish"}, "no pretraining preset"),
+        ({"lung_filter": True, "lung_margin": 30}, "from 0 to 25"),
+        ({"lung_margin": 3}, "needs the lung filter"),
+        ({"pretrain_epochs": 2}, "with start_weights 'pretrain'"),
     ],
 )
 def test_config_refuses_bad_settings_in_words(changes, message):
@@ -117,3 +121,43 @@ def test_the_replay_page_shows_a_report(api, admin_user):
     assert "0.610 [0.500, 0.700] (n=4)" in page
     listing = api(admin_user).get("/replay/").content.decode()
     assert f"/replay/{run.uuid}/" in listing and "2 / 4" in listing
+
+
+def test_the_options_reach_every_round_through_round_start(phantoms):
+    """--order, --start-weights FILE and --lung-filter become the rounds' own settings: the
+    review order and lung filter in Stage I / II, the weights file in every round."""
+    config = ReplayConfig(
+        seed=3,
+        order="disagreement",
+        start_weights="/hospital/chexnet.h5",
+        lung_filter=True,
+        lung_margin=3.0,
+        stage1_fraction=0.5,
+    )
+    assert ReplayConfig.from_dict(config.to_dict()) == config
+    run = replay_prepare(dataset=phantoms, config=config)
+    runner = _Runner(run, config, lambda _: None, 0.0)
+    for image in Image.objects.filter(image_class=ImageClass.COVID).order_by("pk")[:2]:
+        runner._draw(image)
+    stage1 = runner._start(Round.Stage.STAGE_I, config.stage1_networks)
+    assert stage1 is not None
+    assert stage1.config["order"] == "disagreement"
+    assert stage1.config["lung_filter"] == {"margin_percent": 3.0}
+    assert stage1.config["start_weights"] == {"file": "/hospital/chexnet.h5", "local": True}
+    assert stage1.config["train"]["weights"] == "/hospital/chexnet.h5"
+    run.refresh_from_db()
+    assert run.progress["rounds"] == [stage1.pk]
+    options = runner._options(Round.Stage.FINAL)
+    assert options == {"weights_file": "/hospital/chexnet.h5"}  # no order or filter in a final
+
+
+def test_the_defaults_start_rounds_as_before(phantoms):
+    config = ReplayConfig(seed=3, stage1_fraction=0.5)
+    run = replay_prepare(dataset=phantoms, config=config)
+    runner = _Runner(run, config, lambda _: None, 0.0)
+    for image in Image.objects.filter(image_class=ImageClass.COVID).order_by("pk")[:2]:
+        runner._draw(image)
+    rnd = runner._start(Round.Stage.STAGE_I, config.stage1_networks)
+    assert rnd is not None
+    assert rnd.config["order"] == "created"
+    assert rnd.config["lung_filter"] is None and rnd.config["start_weights"] is None

@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 
 from annotation.demo import demo_dataset_write
 from annotation.models import (
+    Candidate,
     Decision,
     GroundTruth,
     Image,
@@ -19,11 +20,13 @@ from annotation.models import (
     ReplayRun,
     ReplayTruth,
     ReviewItem,
+    Round,
 )
 from annotation.replay.report import replay_file
 from annotation.replay.services import ReplayConfig, replay_execute, replay_prepare
 from config import storage
 from tests.workers import celery_workers
+from training.models import ModelVersion, PretrainedEncoder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -52,6 +55,12 @@ def test_tiny_replay_on_phantoms(media_root, tmp_path):
         pick_noise=0.1,
         none_below=0.3,
         max_stage2_rounds=2,
+        # The three options, through the real services and workers (phantoms have no lung
+        # masks: the filter leaves every candidate unchanged and says so).
+        order="disagreement",
+        start_weights="pretrain",
+        pretrain_epochs=2,
+        lung_filter=True,
     )
     run = replay_prepare(dataset=tmp_path / "cxr", config=config)
     # The known masks are kept aside: the loop sees no imported mask.
@@ -108,6 +117,27 @@ def test_tiny_replay_on_phantoms(media_root, tmp_path):
     assert stages[0] == "I" and "II" in stages
     assert report["seed"] == 5 and report["config"]["reviewers_per_item"] == 2
     assert report["final_networks"] == []
+
+    # The options: a pretraining on every imported image ran first, and every network started
+    # from it; the rounds handed items out by disagreement; the lung filter ran on each
+    # candidate and found no lung mask.
+    rounds = Round.objects.filter(pk__in=run.progress["rounds"]).order_by("number")
+    pretrained = PretrainedEncoder.objects.get()
+    assert pretrained.status == "succeeded" and len(pretrained.image_ids) == 11
+    assert pretrained.epochs == 2 and pretrained.config["seed"] == 5
+    options = report["options"]
+    assert options["start_weights"]["pretraining"]["id"] == pretrained.pk
+    assert options["order"] == {str(r.number): "disagreement" for r in rounds}
+    versions = ModelVersion.objects.filter(run__round__in=rounds)
+    assert len(options["start_weights"]["runs"]) == versions.count() > 0
+    for r in rounds:
+        assert r.config["start_weights"]["pretrained"] == pretrained.pk
+    for entry in options["start_weights"]["runs"]:
+        assert entry["matched"] == entry["layers"] == pretrained.metrics["layers"]
+    candidates = Candidate.objects.filter(item__round__in=rounds, mask__source="predicted")
+    lungs = options["lung_filter"]
+    assert lungs["images_with_lung_mask"] == 0
+    assert sum(r["candidates"]["no lung mask"] for r in lungs["rounds"]) == candidates.count()
     md = replay_file(run=run, name="report.md").decode()
     assert "Hand-drawn share" in md
     png = replay_file(run=run, name="dice_by_round.png")

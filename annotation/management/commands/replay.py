@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.errors import DomainError
 from annotation.replay.report import FILES, replay_file
 from annotation.replay.services import (
+    ORDERS,
     ReplayConfig,
     ReplayFailed,
     replay_execute,
@@ -124,6 +125,35 @@ class Command(BaseCommand):
             default=d.round_timeout_s,
             help="seconds a round may take (default 4 h)",
         )
+        parser.add_argument(
+            "--order",
+            choices=list(ORDERS),
+            default=d.order,
+            help="Stage I / II review order: queue (as made) or disagreement (highest "
+            f"ensemble disagreement first); default {d.order}",
+        )
+        parser.add_argument(
+            "--start-weights",
+            default=d.start_weights,
+            help="every round's starting weights: 'pretrain' (pretrain the first Stage I "
+            "network's encoder on the imported images first, at the pretraining preset of "
+            "--preset) or a local .h5 weights file on the workers; default from scratch",
+        )
+        parser.add_argument(
+            "--pretrain-epochs",
+            type=int,
+            help="with --start-weights pretrain: epochs instead of the pretraining preset's",
+        )
+        parser.add_argument(
+            "--lung-filter",
+            action="store_true",
+            help="Stage I / II: remove candidate pixels outside the imported lung masks",
+        )
+        parser.add_argument(
+            "--lung-margin",
+            type=float,
+            help="the lung filter's dilation, %% of the image's longer side (default 2)",
+        )
         parser.add_argument("--out", help="also copy the report files into this folder")
 
     def handle(self, dataset, **o):
@@ -150,6 +180,11 @@ class Command(BaseCommand):
                 seconds_per_pick=o["seconds_per_pick"],
                 seconds_per_drawing=o["seconds_per_drawing"],
                 round_timeout_s=o["round_timeout"],
+                order=o["order"],
+                start_weights=o["start_weights"],
+                lung_filter=o["lung_filter"],
+                lung_margin=o["lung_margin"],
+                pretrain_epochs=o["pretrain_epochs"],
             )
             run = replay_prepare(dataset=dataset, config=config)
         except DomainError as exc:
