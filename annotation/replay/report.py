@@ -206,7 +206,9 @@ def _options(run: ReplayRun, config: ReplayConfig, rounds: list[Round]) -> dict[
                 "fold": mv.run.fold,
                 "matched": (applied or {}).get("matched"),
                 "layers": (applied or {}).get("layers"),
-                "from": (mv.run.round.config.get("start_weights") or {}).get("file"),
+                # The file this network's own config started it from (a final round's
+                # classifier takes no pretrained encoder): None, from scratch.
+                "from": mv.config.get("encoder_weights") or mv.config.get("weights") or None,
             }
         )
     lungs: dict[str, Any] = {
@@ -252,13 +254,17 @@ def _options_markdown(options: dict[str, Any]) -> list[str]:
     for r in start["runs"]:
         if r["layers"] is not None:
             lines.append(
-                f"  - round {r['round']} {r['network']} fold {r['fold']}: "
+                f"  - round {r['round']} {r['network']}"
+                + ("" if r["fold"] is None else f" fold {r['fold']}")
+                + ": "
                 f"{r['matched']} of {r['layers']} layers matched"
             )
         elif start["setting"] != "scratch":
             lines.append(
-                f"  - round {r['round']} {r['network']} fold {r['fold']}: "
-                + ("from the weights file" if r["from"] else "from scratch (no matching encoder)")
+                f"  - round {r['round']} {r['network']}"
+                + ("" if r["fold"] is None else f" fold {r['fold']}")
+                + ": "
+                + (f"from {r['from']}" if r["from"] else "from scratch")
             )
     if not lungs["setting"]:
         lines.append("- Lung filter: off")
