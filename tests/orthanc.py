@@ -12,6 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,19 @@ def orthanc_start(folder: Path) -> Orthanc:
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CR = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 CT = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+
+
+@contextmanager
+def orthanc_loaded(folder: Path, instances: Iterable[dict], *, size: int = 64) -> Iterator[Orthanc]:
+    """An Orthanc started in `folder` holding one generated CXR per entry of `instances` (the
+    entry's position seeds its pixels), stopped on exit."""
+    server = orthanc_start(folder)
+    try:
+        for seed, instance in enumerate(instances):
+            server.upload(cxr_instance(seed=seed, size=size, **instance))
+        yield server
+    finally:
+        server.stop()
 
 
 def cxr_instance(

@@ -20,7 +20,7 @@ from annotation import services
 from annotation.dicomweb import PacsFilters, PacsServer
 from annotation.ingest import ingest_dicomweb
 from annotation.models import Image, ImageClass, PacsPull
-from tests.orthanc import Orthanc, _free_port, cxr_instance, orthanc_start
+from tests.orthanc import Orthanc, _free_port, cxr_instance, orthanc_loaded
 
 pytestmark = pytest.mark.django_db
 
@@ -61,13 +61,8 @@ CXRS = [i for i in catalogue() if i["modality"] != "CT"]
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
-    server = orthanc_start(tmp_path_factory.mktemp("orthanc"))
-    try:
-        for seed, instance in enumerate(catalogue()):
-            server.upload(cxr_instance(seed=seed, **instance))
+    with orthanc_loaded(tmp_path_factory.mktemp("orthanc"), catalogue()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Fetches:

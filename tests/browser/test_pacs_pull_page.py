@@ -8,20 +8,17 @@ import pytest
 from annotation.models import Image, PacsPull
 from tests.annotation.test_dicomweb_pull import CXRS, catalogue
 from tests.browser.helpers import BROWSER
-from tests.orthanc import cxr_instance, orthanc_start
+from tests.orthanc import orthanc_loaded
 
 pytestmark = BROWSER
 
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    server = orthanc_start(tmp_path_factory.mktemp("orthanc-browser"))
-    try:
-        for seed, instance in enumerate(catalogue()):
-            server.upload(cxr_instance(seed=seed, size=256, **instance))
+    with orthanc_loaded(
+        tmp_path_factory.mktemp("orthanc-browser"), catalogue(), size=256
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_an_admin_pulls_from_a_pacs_and_watches_it_finish(

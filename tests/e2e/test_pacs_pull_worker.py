@@ -12,7 +12,7 @@ from django.test import Client
 from annotation.models import Image, ImageClass, PacsPull, Role
 from tests.annotation.test_dicomweb_pull import CXRS, catalogue
 from tests.conftest import make_user
-from tests.orthanc import cxr_instance, orthanc_start
+from tests.orthanc import orthanc_loaded
 from tests.workers import celery_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -22,13 +22,8 @@ TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    server = orthanc_start(tmp_path_factory.mktemp("orthanc-e2e"))
-    try:
-        for seed, instance in enumerate(catalogue()):
-            server.upload(cxr_instance(seed=seed, size=256, **instance))
+    with orthanc_loaded(tmp_path_factory.mktemp("orthanc-e2e"), catalogue(), size=256) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
