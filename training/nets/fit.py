@@ -5,6 +5,9 @@ hybrid focal + dice loss on CXR/mask pairs; "classifier" trains the encoder's CO
 classifier (`training.nets.classifier`) with categorical cross-entropy on the CXRs' classes.
 Everything else (seeding, COVID-19 oversampling, checkpoints, resumption, provenance) is shared.
 
+Training ends by recomputing the BatchNorm statistics on the training data with the final
+weights (`training.nets.batchnorm`): a short training's moving averages are far from them.
+
 Every completed epoch is checkpointed (weights, optimizer state, epoch number) under
 ``out_dir/checkpoint/`` (`training.nets.checkpoints`), so an interrupted run continues with
 ``fit(..., resume=True)`` from its last completed epoch instead of starting over. A finished run
@@ -12,7 +15,8 @@ leaves, side by side:
 
 - ``model.weights.h5``: the trained weights (what ``predict.load_model`` reads, for either task);
 - ``run.json``: everything needed to say what produced them (full config, seed, data version,
-  code version, library versions, devices, precision, loss per epoch, timing);
+  code version, library versions, devices, precision, loss per epoch, timing, the BatchNorm
+  recalibration);
 - ``config.json``: the config and losses (the platform's older, smaller record).
 """
 
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from training.nets.batchnorm import recalibrate
 from training.nets.builders import build_model
 from training.nets.checkpoints import (
     CHECKPOINT_DIR,
@@ -337,6 +342,8 @@ def fit(
                 callbacks=callbacks,
                 verbose=0,
             )
+        # The moving averages of a short training are far from the final weights' statistics.
+        batchnorm = recalibrate(model, (x for x, _ in dataset))
         seconds = time.monotonic() - started
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
@@ -376,6 +383,7 @@ def fit(
         "xla": bool(xla),
         "initial_epoch": initial_epoch,
         "start_weights": start_weights,
+        "batchnorm": batchnorm.to_dict(),
         "loss_history": losses,
         "seconds": seconds,
         "weights": WEIGHTS_FILE,

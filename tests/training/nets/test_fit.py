@@ -123,6 +123,9 @@ def test_run_json_records_config_seed_data_and_code_versions(interrupted_then_re
     assert run["initial_epoch"] == 1
     assert run["loss_history"] == r["result"].loss_history
     assert run["mixed_precision"]["applied"] is False
+    # The BatchNorm statistics were recomputed on the one batch of 4 training images.
+    assert run["batchnorm"]["layers"] > 100  # DenseNet-121's and the decoder's
+    assert run["batchnorm"]["batches"] == 1 and run["batchnorm"]["samples"] == 4
     assert r["result"].run_path.parent == r["result"].weights_path.parent
 
 
