@@ -312,10 +312,18 @@ class StowReport:
             f"already on the server (not sent): {len(self.already)}",
             f"time: {self.seconds:.1f} s",
         ]
-        if self.stopped:
-            lines.append(f"stopped: {self.stopped}")
-            lines.append("run the same push again to resume: stored instances are skipped")
-        return "\n".join(lines)
+        return "\n".join(lines + stopped_lines(self.stopped, "push", "stored"))
+
+
+def stopped_lines(stopped: str, job: str, kept: str) -> list[str]:
+    """The end of a pull's or a push's report (`job`) that stopped early: why, and that the
+    same job run again resumes, skipping the instances it `kept` (imported, stored)."""
+    if not stopped:
+        return []
+    return [
+        f"stopped: {stopped}",
+        f"run the same {job} again to resume: {kept} instances are skipped",
+    ]
 
 
 def stow_export(

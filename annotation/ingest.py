@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import IntegrityError
 
 from annotation import dicom, services
-from annotation.dicomweb import PacsError, PacsFilters, PacsInstance, PacsServer
+from annotation.dicomweb import PacsError, PacsFilters, PacsInstance, PacsServer, stopped_lines
 from annotation.errors import DomainError
 from annotation.imaging import InvalidImageError
 from annotation.models import Image, ImageClass
@@ -346,10 +346,7 @@ class PullReport(IngestReport):
             f"({self.fetch_seconds:.1f} s fetching, the rest importing)",
             super().summary(),
         ]
-        if self.stopped:
-            lines.append(f"stopped: {self.stopped}")
-            lines.append("run the same pull again to resume: imported instances are skipped")
-        return "\n".join(lines)
+        return "\n".join(lines + stopped_lines(self.stopped, "pull", "imported"))
 
 
 def ingest_dicomweb(

@@ -509,6 +509,12 @@ class PacsPull(models.Model):
     failure_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A lost pull is sent again by the reconciler (annotation/services/reconcile.py) as its
+    # next attempt; only the attempt that claimed it (pacs_pull_run) writes to it.
+    attempts = models.PositiveSmallIntegerField(default=1, help_text="Times the pull was sent.")
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of its attempt.")
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="Its attempt was sent.")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="A worker took it.")
 
     class Meta:
         ordering = ["-id"]

@@ -5,6 +5,7 @@ from typing import Any, TypedDict
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 
 from annotation import services
 from annotation.models import Export
@@ -88,15 +89,25 @@ def round_warm_display_copies(item_ids: list[int]) -> None:
 
 
 @shared_task(acks_late=True)
-def pacs_pull(pull_id: int) -> dict[str, Any]:
-    """A pull from a PACS; idempotent (imported instances are skipped), so a redelivery after
-    a lost worker resumes it."""
+def pacs_pull(pull_id: int, attempt: int | None = None) -> dict[str, Any]:
+    """A pull from a PACS as delivery `attempt`; idempotent (imported instances are skipped),
+    so the reconciler's next attempt after a lost worker resumes it."""
     from annotation.services import pacs
 
     try:
-        pull = pacs.pacs_pull_run(pull_id=pull_id)
+        pull = pacs.pacs_pull_run(pull_id=pull_id, attempt=attempt)
+    except SoftTimeLimitExceeded:
+        hours = settings.MASKLOOP_TIME_LIMITS["default"] / 3600
+        pacs.pacs_pull_fail(
+            pull_id=pull_id,
+            reason=f"the pull ran past its time limit of {hours:g} h "
+            "(MASKLOOP_DEFAULT_TIME_LIMIT); start the same pull again to resume: imported "
+            "instances are skipped",
+            attempt=attempt,
+        )
+        raise
     except Exception as exc:
-        pacs.pacs_pull_fail(pull_id=pull_id, reason=f"{type(exc).__name__}: {exc}")
+        pacs.pacs_pull_fail(pull_id=pull_id, reason=f"{type(exc).__name__}: {exc}", attempt=attempt)
         raise
     return {"status": pull.status, **pull.result}
 

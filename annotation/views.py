@@ -433,6 +433,7 @@ def pacs(request):
             "active": any(
                 p.status in (PacsPull.Status.QUEUED, PacsPull.Status.RUNNING) for p in pulls
             ),
+            "max_attempts": settings.MASKLOOP_MAX_ATTEMPTS,
         },
     )
 

@@ -154,6 +154,9 @@ class PretrainedEncoder(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A pretraining whose worker died is sent again by the reconciler as its next attempt;
+    # only the attempt that claimed it (pretrain_execute) writes to it.
+    attempts = models.PositiveSmallIntegerField(default=1, help_text="Times it was sent.")
 
     class Meta:
         ordering = ["-id"]

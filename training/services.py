@@ -139,17 +139,22 @@ def _holds(run_id: int, attempt: int, worker: str) -> QuerySet[TrainingRun]:
 
 
 class _Heartbeat:
-    """Beats for a held run every MASKLOOP_HEARTBEAT_SECONDS from a thread of its own, so that a
-    live attempt never looks lost, whatever it is doing (copying files, building the network,
-    compiling it, a long epoch). It dies with the process, which is what the reconciler sees.
+    """Beats for a held row (a training run, a pretraining) every MASKLOOP_HEARTBEAT_SECONDS
+    from a thread of its own, so that a live attempt never looks lost, whatever it is doing
+    (copying files, building the network, compiling it, a long epoch). It dies with the
+    process, which is what the reconciler sees.
 
-    The thread only writes; the attempt learns that it lost the run from its progress writes.
+    The thread only writes; the attempt learns that it lost the row from its progress writes.
+
+    Args:
+        holds: the row while this attempt holds it (its id, attempt and worker).
+        name: what the logs call the thread.
     """
 
-    def __init__(self, run_id: int, attempt: int, worker: str):
-        self.holds = _holds(run_id, attempt, worker)
+    def __init__(self, holds: QuerySet[Any], name: str):
+        self.holds = holds
         self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"heartbeat-run-{run_id}")
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{name}")
 
     def _run(self) -> None:
         from django.db import connection
@@ -243,7 +248,7 @@ def training_run_execute(*, run_id: int, attempt: int | None = None) -> str:
             f"{run.worker or 'nobody yet'}; this delivery (attempt {attempt}) does nothing"
         )
     try:
-        with _Heartbeat(run_id, attempt, me):
+        with _Heartbeat(_holds(run_id, attempt, me), f"run-{run_id}"):
             send("annotation.tasks.run_started", run_id, attempt)
             outcome = _train(run, attempt, me)
     except OperationalError:
@@ -403,7 +408,7 @@ def pretrain_create(
         epochs=config["epochs"],
         started_by=started_by,
     )
-    send("training.tasks.pretrain", row.pk)
+    send("training.tasks.pretrain", row.pk, row.attempts)
     return row
 
 
@@ -432,45 +437,90 @@ def _pretrain_move(row_id: int, status: str, **fields: Any) -> bool:
     return moved == 1
 
 
-def pretrain_fail(*, pretrain_id: int, reason: str) -> None:
-    """Records why a pretraining failed."""
-    _pretrain_move(pretrain_id, P.FAILED, failure_reason=reason[:2000], finished_at=timezone.now())
+def pretrain_fail(*, pretrain_id: int, reason: str, attempt: int | None = None) -> bool:
+    """Records why a pretraining failed; a superseded attempt's failure (`attempt` no longer
+    the row's) is dropped.
+
+    Returns:
+        Whether the row failed now.
+    """
+    if (
+        attempt is not None
+        and not PretrainedEncoder.objects.filter(pk=pretrain_id, attempts=attempt).exists()
+    ):
+        return False
+    return _pretrain_move(
+        pretrain_id, P.FAILED, failure_reason=reason[:2000], finished_at=timezone.now()
+    )
 
 
-def pretrain_execute(*, pretrain_id: int) -> str:
+def pretrain_resend(*, row: PretrainedEncoder) -> None:
+    """Sends a lost pretraining (locked by the caller, the reconciler) again as its next
+    attempt, which starts it over; the superseded attempt, if it still runs, stops at its next
+    progress write."""
+    row.attempts += 1
+    row.worker = ""
+    row.heartbeat_at = timezone.now()  # the new attempt has its stale period to start
+    row.save(update_fields=["attempts", "worker", "heartbeat_at"])
+    send("training.tasks.pretrain", row.pk, row.attempts)
+
+
+def pretrain_execute(*, pretrain_id: int, attempt: int | None = None) -> str:
     """Runs one pretraining through the Django-free core and stores the encoder file.
 
-    Idempotent: a finished row is left alone; a row another live worker holds (heartbeat newer
-    than MASKLOOP_HEARTBEAT_STALE_SECONDS) is left to it. Progress and a heartbeat are written
-    at most once a second.
+    Idempotent: a finished or failed row is left alone; a row another live worker holds
+    (heartbeat newer than MASKLOOP_HEARTBEAT_STALE_SECONDS) is left to it, and so is one the
+    reconciler sent again as a newer attempt. A thread beats every MASKLOOP_HEARTBEAT_SECONDS
+    while the attempt holds the row; progress is written at most once a second, and an attempt
+    that finds the row no longer its own stops.
+
+    Args:
+        attempt: the row's attempt this delivery was sent as; None (a message from before
+            attempts) stands for the row's current one.
 
     Returns:
         What happened, for the task's log.
     """
-    from training.nets.pretrain import PretrainingStopped, pretrain
+    from training.nets.pretrain import PretrainingStopped
 
     row = PretrainedEncoder.objects.get(pk=pretrain_id)
     if row.status == P.SUCCEEDED:
         return f"pretraining {pretrain_id} is done; nothing to do"
+    attempt = row.attempts if attempt is None else attempt
     me = worker_id()
     stale = timezone.now() - timedelta(seconds=settings.MASKLOOP_HEARTBEAT_STALE_SECONDS)
     free = Q(worker="") | Q(worker=me) | Q(heartbeat_at__lt=stale) | Q(heartbeat_at=None)
     claimed = (
-        PretrainedEncoder.objects.filter(free, pk=pretrain_id)
-        .exclude(status=P.SUCCEEDED)
+        PretrainedEncoder.objects.filter(free, pk=pretrain_id, attempts=attempt)
+        .filter(status__in=[P.QUEUED, P.TRAINING])
         .update(worker=me, heartbeat_at=timezone.now())
     )
     if not claimed or not _pretrain_move(
         pretrain_id, P.TRAINING, started_at=timezone.now(), failure_reason=""
     ):
-        return f"pretraining {pretrain_id} is held by another worker; this delivery does nothing"
-    row.refresh_from_db()
+        return (
+            f"pretraining {pretrain_id} is held by another worker or at another attempt than "
+            f"{attempt}; this delivery does nothing"
+        )
+    mine = PretrainedEncoder.objects.filter(
+        pk=pretrain_id, attempts=attempt, worker=me, status=P.TRAINING
+    )
+    try:
+        with _Heartbeat(mine, f"pretrain-{pretrain_id}"):
+            return _pretrain(pretrain_id, attempt, mine)
+    except PretrainingStopped:
+        return f"pretraining {pretrain_id}: attempt {attempt} lost its row; stopped"
+
+
+def _pretrain(pretrain_id: int, attempt: int, mine: QuerySet[PretrainedEncoder]) -> str:
+    from training.nets.pretrain import PretrainingStopped, pretrain
+
+    row = PretrainedEncoder.objects.get(pk=pretrain_id)
     config = PretrainConfig.from_dict(row.config)
     names = [row.inputs["images"][str(i)] for i in row.image_ids]
     paths = [str(storage.local_copy(name)) for name in names]
     history: list[float] = []
     last = 0.0
-    mine = PretrainedEncoder.objects.filter(pk=pretrain_id, worker=me, status=P.TRAINING)
 
     def on_progress(epoch: int, epochs: int, step: int, steps: int, loss: float) -> bool:
         nonlocal last
@@ -491,16 +541,17 @@ def pretrain_execute(*, pretrain_id: int) -> str:
             )
         )
 
-    work = storage.work_dir("pretrain", str(pretrain_id))
+    # A folder per attempt: a superseded attempt still running never shares the new one's.
+    work = storage.work_dir("pretrain", str(pretrain_id), f"attempt-{attempt}")
     versions = {"data_version": data_version(paths, None), "code_version": code_version()}
     try:
         result = pretrain(config, paths, out_dir=work, on_progress=on_progress, extra=versions)
     except PretrainingStopped:
         shutil.rmtree(work, ignore_errors=True)
-        return f"pretraining {pretrain_id} lost its worker; stopped"
+        raise
     with transaction.atomic():
         row = PretrainedEncoder.objects.select_for_update().get(pk=pretrain_id)
-        if row.status != P.TRAINING or row.worker != me:
+        if not mine.filter(pk=row.pk).exists():
             shutil.rmtree(work, ignore_errors=True)
             return f"pretraining {pretrain_id} is {row.status}; weights discarded"
         with open(result.encoder_path, "rb") as fh:

@@ -39,10 +39,11 @@ def train(self, run_id: int, attempt: int | None = None) -> str:
     retry_backoff=5,
     max_retries=3,
 )
-def pretrain(self, pretrain_id: int) -> str:
-    """Self-supervised pretraining of an encoder (training.nets.pretrain)."""
+def pretrain(self, pretrain_id: int, attempt: int | None = None) -> str:
+    """Self-supervised pretraining of an encoder (training.nets.pretrain) as delivery
+    `attempt`; a superseded attempt does nothing, and its failure is dropped."""
     try:
-        return services.pretrain_execute(pretrain_id=pretrain_id)
+        return services.pretrain_execute(pretrain_id=pretrain_id, attempt=attempt)
     except OperationalError:
         raise
     except SoftTimeLimitExceeded:
@@ -52,5 +53,5 @@ def pretrain(self, pretrain_id: int) -> str:
         )
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-    services.pretrain_fail(pretrain_id=pretrain_id, reason=reason)
+    services.pretrain_fail(pretrain_id=pretrain_id, reason=reason, attempt=attempt)
     return f"pretraining {pretrain_id} failed: {reason}"

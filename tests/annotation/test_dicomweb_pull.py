@@ -180,6 +180,40 @@ def test_an_interrupted_pull_resumes_and_ends_with_each_instance_once(orthanc, m
     )
 
 
+def test_a_superseded_pull_attempt_stops_and_the_next_attempt_resumes_it(
+    orthanc, monkeypatch, admin_user
+):
+    from annotation.services.pacs import pacs_pull_request, pacs_pull_run
+
+    row = pacs_pull_request(
+        requested_by=admin_user, server=orthanc.dicomweb_url, image_class=ImageClass.COVID
+    )
+    fetched: list[str] = []
+    real = DICOMwebClient.retrieve_instance
+
+    def retrieve(client, *args, **kwargs):
+        fetched.append(kwargs.get("sop_instance_uid", ""))
+        if len(fetched) == 4:  # meanwhile the reconciler took it for lost: attempt 2 was sent
+            PacsPull.objects.filter(pk=row.pk).update(
+                attempts=2, status=PacsPull.Status.QUEUED, worker=""
+            )
+        return real(client, *args, **kwargs)
+
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", retrieve)
+    first = pacs_pull_run(pull_id=row.pk, attempt=1)
+    assert (first.status, first.attempts, first.report) == (PacsPull.Status.QUEUED, 2, "")
+    assert len(fetched) == 4 and Image.objects.count() == 4  # each import complete, then stopped
+
+    second = pacs_pull_run(pull_id=row.pk, attempt=2)
+    assert second.status == PacsPull.Status.DONE, second.failure_reason
+    assert second.result["skipped"] == 4 and second.result["fetched"] == len(CXRS) - 4
+    assert len(fetched) == len(CXRS)  # nothing fetched twice
+    assert sorted(Image.objects.values_list("sop_instance_uid", flat=True)) == sorted(
+        i["sop_uid"] for i in CXRS
+    )
+    assert pacs_pull_run(pull_id=row.pk, attempt=2).status == PacsPull.Status.DONE  # done stays
+
+
 def test_a_limit_stops_the_pull_and_the_next_run_continues(orthanc):
     out = pull(orthanc, "--limit", "2")
     assert "stopped: the limit of 2 new instances was reached" in out

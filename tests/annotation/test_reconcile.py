@@ -14,13 +14,14 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from annotation import services
-from annotation.models import Export, ReviewItem, Round
+from annotation.models import Export, ImageClass, PacsPull, ReviewItem, Round
 from annotation.services import runs
+from annotation.services.pacs import pacs_pull_claim, pacs_pull_fail, pacs_pull_run
 from annotation.services.reconcile import reconcile
 from config.celery import publish, send
 from config.models import OutboxMessage
-from training.models import TrainingRun
-from training.services import training_run_claim
+from training.models import PretrainedEncoder, TrainingRun
+from training.services import pretrain_execute, pretrain_fail, training_run_claim
 
 pytestmark = pytest.mark.django_db
 
@@ -223,7 +224,11 @@ def test_a_lost_export_is_sent_again_then_failed(data_user, broker):
     assert OutboxMessage.objects.filter(
         task_name="annotation.tasks.export_build", args=[export.pk]
     ).exists()
+    export.refresh_from_db()
+    assert export.attempts == 1  # made by hand, never sent: the resend was its first attempt
     Export.objects.filter(pk=export.pk).update(heartbeat_at=timezone.now() - LONG_AGO, attempts=2)
+    assert reconcile()["exports_resent"] == [export.pk]  # its third attempt and last
+    Export.objects.filter(pk=export.pk).update(heartbeat_at=timezone.now() - LONG_AGO)
     assert reconcile()["exports_failed"] == [export.pk]
     export.refresh_from_db()
     assert export.status == Export.Status.FAILED
@@ -247,3 +252,175 @@ def test_a_silent_chain_of_round_batches_is_sent_again_a_live_one_is_left_alone(
     round_.save()
     assert reconcile()["round_steps_resent"] == [round_.pk]
     assert queued(broker, "default") == [("annotation.tasks.round_open_batch", f"({round_.pk},)")]
+
+
+# ---------------------------------------------------------------------------------------------
+# PACS pulls and pretrainings
+# ---------------------------------------------------------------------------------------------
+
+
+def past_time_limit() -> timedelta:
+    """Longer ago than a task of the default queue can still run."""
+    return timedelta(seconds=django_settings.MASKLOOP_TIME_LIMITS["default"]) + LONG_AGO
+
+
+@pytest.fixture
+def pull(admin_user):
+    return PacsPull.objects.create(
+        requested_by=admin_user,
+        server="dicomweb://pacs.example:8042/dicom-web",
+        image_class=ImageClass.COVID,
+        sent_at=timezone.now(),
+    )
+
+
+def dead_pull(pull: PacsPull, worker: str) -> PacsPull:
+    """Makes the pull look taken by `worker` longer ago than the default queue's time limit."""
+    PacsPull.objects.filter(pk=pull.pk).update(
+        status=PacsPull.Status.RUNNING, worker=worker, started_at=timezone.now() - past_time_limit()
+    )
+    pull.refresh_from_db()
+    return pull
+
+
+def test_a_dead_pacs_pull_is_sent_again_then_failed_in_words_on_its_page(
+    pull, broker, admin_user, api, django_capture_on_commit_callbacks
+):
+    assert pacs_pull_claim(pull_id=pull.pk, attempt=1, worker="host-a:11")
+    PacsPull.objects.filter(pk=pull.pk).update(started_at=timezone.now() - LONG_AGO)
+    assert reconcile()["pulls_resent"] == []  # 30 minutes in: still within its time limit
+
+    dead_pull(pull, "host-a:11")
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = reconcile()
+    assert summary["pulls_resent"] == [pull.pk] and not summary["pulls_failed"]
+    pull.refresh_from_db()
+    assert (pull.attempts, pull.status, pull.worker) == (2, PacsPull.Status.QUEUED, "")
+    assert queued(broker, "default") == [("annotation.tasks.pacs_pull", repr((pull.pk, 2)))]
+    page = api(admin_user).get("/pacs/").content.decode()
+    assert "attempt 2 of 3" in page
+    assert reconcile()["pulls_resent"] == []  # the new attempt's message waits its turn
+
+    # The superseded attempt, delivered again, neither runs nor fails the pull.
+    assert pacs_pull_run(pull_id=pull.pk, attempt=1).status == PacsPull.Status.QUEUED
+    assert not pacs_pull_fail(pull_id=pull.pk, reason="killed by a stale copy", attempt=1)
+    assert pacs_pull_claim(pull_id=pull.pk, attempt=2, worker="host-b:22")
+    assert not pacs_pull_claim(pull_id=pull.pk, attempt=2, worker="host-c:33")  # b is alive
+    pull.refresh_from_db()
+    assert (pull.status, pull.worker, pull.failure_reason) == (
+        PacsPull.Status.RUNNING,
+        "host-b:22",
+        "",
+    )
+
+    dead_pull(pull, "host-b:22")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile()["pulls_resent"] == [pull.pk]
+    dead_pull(pull, "host-c:33")
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = reconcile()
+    assert summary["pulls_failed"] == [pull.pk] and not summary["pulls_resent"]
+    pull.refresh_from_db()
+    assert pull.status == PacsPull.Status.FAILED and pull.attempts == 3
+    assert pull.failure_reason.startswith("the pull's worker stopped 3 times before the end")
+    assert "on host host-c:33" in pull.failure_reason
+    assert "start the same pull again to resume it" in pull.failure_reason
+    page = api(admin_user).get("/pacs/").content.decode()
+    assert "the pull&#x27;s worker stopped 3 times before the end" in page
+    assert "attempt 3 of 3" in page
+    assert reconcile()["pulls_failed"] == []  # failed stays failed
+
+
+def test_a_queued_pull_whose_message_was_lost_is_sent_again_once_the_queue_is_idle(
+    pull, broker, django_capture_on_commit_callbacks
+):
+    PacsPull.objects.filter(pk=pull.pk).update(sent_at=timezone.now() - LONG_AGO)
+    publish("annotation.tasks.export_build", [999])  # the default queue still moves
+    assert reconcile()["pulls_resent"] == []
+    broker.flushdb()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile()["pulls_resent"] == [pull.pk]
+    assert queued(broker, "default") == [("annotation.tasks.pacs_pull", repr((pull.pk, 2)))]
+    for _ in range(2):
+        PacsPull.objects.filter(pk=pull.pk).update(sent_at=timezone.now() - LONG_AGO)
+        broker.flushdb()
+        with django_capture_on_commit_callbacks(execute=True):
+            summary = reconcile()
+    assert summary["pulls_failed"] == [pull.pk]
+    pull.refresh_from_db()
+    assert pull.failure_reason.startswith(
+        "the pull was lost 3 times before a worker took it; last sent"
+    )
+
+
+@pytest.fixture
+def pretraining(admin_user):
+    return PretrainedEncoder.objects.create(
+        encoder="densenet121",
+        preset="tiny",
+        image_ids=[1],
+        inputs={"images": {"1": "images/missing.png"}},
+        started_by=admin_user,
+    )
+
+
+def silent_pretraining(row: PretrainedEncoder, **fields) -> PretrainedEncoder:
+    """Makes a pretraining look as if nothing was heard of it for half an hour."""
+    ago = timezone.now() - LONG_AGO
+    PretrainedEncoder.objects.filter(pk=row.pk).update(heartbeat_at=ago, created_at=ago, **fields)
+    row.refresh_from_db()
+    return row
+
+
+P = PretrainedEncoder.Status
+
+
+def test_a_dead_pretraining_is_sent_again_then_failed_in_words(
+    pretraining, broker, django_capture_on_commit_callbacks
+):
+    row = silent_pretraining(pretraining, status=P.TRAINING, worker="host-a:11")
+    PretrainedEncoder.objects.filter(pk=row.pk).update(heartbeat_at=timezone.now())
+    assert reconcile()["pretrainings_resent"] == []  # heard from just now
+    silent_pretraining(row)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = reconcile()
+    assert summary["pretrainings_resent"] == [row.pk] and not summary["pretrainings_failed"]
+    row.refresh_from_db()
+    assert (row.attempts, row.worker, row.status) == (2, "", P.TRAINING)
+    assert timezone.now() - row.heartbeat_at < timedelta(seconds=30)
+    assert queued(broker, "training") == [("training.tasks.pretrain", repr((row.pk, 2)))]
+    assert reconcile()["pretrainings_resent"] == []  # the new attempt has its stale period
+
+    # The superseded attempt, delivered again, neither trains nor fails the row.
+    assert "does nothing" in pretrain_execute(pretrain_id=row.pk, attempt=1)
+    assert not pretrain_fail(pretrain_id=row.pk, reason="killed by a stale copy", attempt=1)
+    row.refresh_from_db()
+    assert (row.status, row.worker, row.failure_reason) == (P.TRAINING, "", "")
+
+    silent_pretraining(row, worker="host-b:22")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile()["pretrainings_resent"] == [row.pk]
+    silent_pretraining(row, worker="host-c:33")
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = reconcile()
+    assert summary["pretrainings_failed"] == [row.pk] and not summary["pretrainings_resent"]
+    row.refresh_from_db()
+    assert row.status == P.FAILED and row.attempts == 3
+    assert "the pretraining worker stopped answering 3 times" in row.failure_reason
+    assert "on host host-c:33" in row.failure_reason
+    assert "does nothing" in pretrain_execute(pretrain_id=row.pk, attempt=3)  # failed stays
+
+
+def test_a_never_claimed_pretraining_waits_its_turn_until_the_training_queue_is_idle(
+    pretraining, broker, django_capture_on_commit_callbacks
+):
+    row = silent_pretraining(pretraining)  # queued half an hour ago, no worker took it
+    publish("training.tasks.pretrain", [999, 1])
+    assert reconcile()["pretrainings_resent"] == []
+    broker.flushdb()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reconcile()["pretrainings_resent"] == [row.pk]
+    row.refresh_from_db()
+    assert (row.attempts, row.status) == (2, P.QUEUED)
+    assert queued(broker, "training") == [("training.tasks.pretrain", repr((row.pk, 2)))]
