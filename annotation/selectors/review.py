@@ -200,7 +200,12 @@ def review_order(rnd: Round) -> str:
 
 
 def claimable_items(
-    user: Any, *, rnd: Round, now: datetime, only: QueueFilter | None = None
+    user: Any,
+    *,
+    rnd: Round,
+    now: datetime,
+    only: QueueFilter | None = None,
+    skipped: bool = False,
 ) -> QuerySet[ReviewItem]:
     """Open items of `rnd` that this MD may be handed now, in hand-out order: not decided by
     them, not already leased by them, holding no mask they drew (`authored_by`), and with a
@@ -211,13 +216,22 @@ def claimable_items(
     highest ensemble disagreement first (items without a score, fewer than two machine
     candidates, after every scored one); then creation order (id).
 
+    The items the MD skipped are a query of their own (`skipped=True`; by default, every other
+    item): the hand-out asks for them only when none of the others is free. Each query is
+    ordered as an index of the open items is (migration 0014), so that PostgreSQL walks it and
+    stops at the first free item instead of testing and sorting every open item of the round.
+
     Read under READ COMMITTED, this is a snapshot: the service that hands an item out locks it
     and checks its slots again (`item_slots`) before leasing it."""
-    items = (
-        ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN)
-        .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
-        .exclude(authored_by(user))
+    items = ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN)
+    # Items this MD skipped come back to them only once the others run out.
+    marked = ReviewLease.objects.filter(
+        item=OuterRef("pk"), reviewer=user, skipped_at__isnull=False
     )
+    items = items.filter(Exists(marked)) if skipped else items.exclude(Exists(marked))
+    items = items.exclude(
+        Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user))
+    ).exclude(authored_by(user))
     if only:
         items = only.apply(items, user)
     mine = ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
@@ -230,14 +244,9 @@ def claimable_items(
         items = items.annotate(
             taken=_count(decided) + _count(_live_leases_of_others(user, now))
         ).filter(taken__lt=rnd.reviewers_per_item)
-    # Items this MD skipped come back to them only once the others run out.
-    skipped = ReviewLease.objects.filter(
-        item=OuterRef("pk"), reviewer=user, skipped_at__isnull=False
-    )
-    order: list[Any] = ["skipped", "id"]
     if review_order(rnd) == ReviewOrder.DISAGREEMENT:
-        order = ["skipped", F("disagreement").desc(nulls_last=True), "id"]
-    return items.annotate(skipped=Exists(skipped)).order_by(*order)
+        return items.order_by(F("disagreement").desc(nulls_last=True), "id")
+    return items.order_by("id")
 
 
 # An image with an item in one of these is still being judged: machine maps of it would steer
