@@ -227,7 +227,8 @@ def lease_release(*, item: ReviewItem, reviewer: Any) -> None:
 def item_skip(*, item: ReviewItem, reviewer: Any) -> None:
     """The MD passes on this item for now: their lease ends at once (its slot goes back to the
     pool) and is kept as a mark, so that the item is handed to them again only after every
-    other item they may review (selectors.claimable_items orders skipped items last)."""
+    other item they may review (`_claim_in_round` asks for skipped items only when none of the
+    others is free)."""
     now = timezone.now()
     ReviewLease.objects.bulk_create(
         [ReviewLease(item=item, reviewer=reviewer, expires_at=now, skipped_at=now)],
