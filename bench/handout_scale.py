@@ -20,6 +20,12 @@ Then, for reviewers per item 1 and 2, order "created" and "disagreement", and no
 a class+round filter and a flag filter, it times `--calls` hand-outs to md01 (each lease given
 back at once, so every call sees the same state) and prints p50 / p95, and once the EXPLAIN
 ANALYZE of the hand-out query (largest N, 2 per item, by disagreement).
+
+Then it times the whole `GET /api/review-items/next/` request (Django's test Client, md01
+logged in: the hand-out, the blind item and its `review_context`, "item n of N") and
+`review_context` alone, for 1 and 2 readers per item, and prints the EXPLAIN ANALYZE of the
+context's counts (the MD's decisions in the round, their items left). `--next-only` skips the
+hand-out timings.
 """
 
 from __future__ import annotations
@@ -154,7 +160,7 @@ def seed(*, items: int, mds: int, skipped: int, decided: float, seed: int = 0) -
             batch_size=BATCH,
         )
     with connection.cursor() as cur:
-        cur.execute("ANALYZE")
+        cur.execute("VACUUM ANALYZE")  # as autovacuum leaves a settled table: index-only scans
     return {"round": rnd, "md": md, "decided": len(decisions), "leases": len(leases)}
 
 
@@ -190,6 +196,66 @@ def _time(md: Any, only: Any, calls: int) -> tuple[float, float, int]:
     return statistics.median(times) * 1000, p95 * 1000, int(handed or 0)
 
 
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return statistics.median(times) * 1000, p95 * 1000
+
+
+def _time_next(md: Any, calls: int) -> tuple[float, float, dict[str, Any]]:
+    """`calls` requests of `GET /api/review-items/next/` by md01, each lease given back."""
+    from django.test import Client
+
+    from annotation import services
+    from annotation.models import ReviewItem
+
+    client = Client(SERVER_NAME="localhost")
+    client.force_login(md)
+    times, context = [], {}
+    for _ in range(calls):
+        start = time.perf_counter()
+        response = client.get("/api/review-items/next/")
+        times.append(time.perf_counter() - start)
+        if response.status_code != 200:
+            raise SystemExit(f"next/ answered {response.status_code}: {response.content[:200]!r}")
+        body = response.json()
+        context = body["context"]
+        services.lease_release(item=ReviewItem.objects.get(uuid=body["id"]), reviewer=md)
+    return *_percentiles(times), context
+
+
+def _time_context(rnd: Any, md: Any, calls: int) -> tuple[float, float]:
+    from annotation import selectors
+
+    item = rnd.items.select_related("round", "image").filter(status="open").first()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        selectors.review_context(item, md)
+        times.append(time.perf_counter() - start)
+    return _percentiles(times)
+
+
+def _explain_context(rnd: Any, md: Any) -> str:
+    """EXPLAIN ANALYZE of every count `review_context` sends, as it sends them."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from annotation import selectors
+
+    item = rnd.items.select_related("round", "image").filter(status="open").first()
+    with CaptureQueriesContext(connection) as sent:
+        selectors.review_context(item, md)
+    plans = []
+    with connection.cursor() as cur:
+        for query in sent.captured_queries:
+            if "COUNT(" not in query["sql"]:
+                continue
+            cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query['sql']}")
+            plans.append(query["sql"] + "\n" + "\n".join(row[0] for row in cur.fetchall()))
+    return "\n\n".join(plans)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="+", default=[20_000, 100_000])
@@ -198,6 +264,7 @@ def main() -> None:
     parser.add_argument("--decided", type=float, default=0.2, help="share decided by md01")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--explain", action="store_true", help="print every EXPLAIN ANALYZE")
+    parser.add_argument("--next-only", action="store_true", help="time only next/ and its context")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (it is erased first)")
@@ -221,6 +288,23 @@ def main() -> None:
             "flag": selectors.QueueFilter(flag="uncertain"),
         }
         for per_item in (1, 2):
+            rnd.reviewers_per_item = per_item
+            rnd.config = {**rnd.config, "order": "created"}
+            rnd.save(update_fields=["reviewers_per_item", "config"])
+            if per_item == 2:
+                print(f"--- EXPLAIN ANALYZE of review_context's counts ({n} items, 2/item)")
+                print(_explain_context(rnd, md))
+            p50, p95, ctx = _time_next(md, args.calls)
+            print(
+                f"  {n:>7} items  {per_item}/item  GET next/        p50 {p50:7.1f} ms  "
+                f"p95 {p95:7.1f} ms  (item {ctx['position']} of {ctx['total']})"
+            )
+            p50, p95 = _time_context(rnd, md, args.calls)
+            print(
+                f"  {n:>7} items  {per_item}/item  review_context   p50 {p50:7.1f} ms  "
+                f"p95 {p95:7.1f} ms"
+            )
+        for per_item in (1, 2) if not args.next_only else ():
             for order in ("created", "disagreement"):
                 rnd.reviewers_per_item = per_item
                 rnd.config = {**rnd.config, "order": order}
