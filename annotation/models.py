@@ -10,7 +10,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 
 class Role(models.TextChoices):
@@ -243,7 +243,21 @@ class ReviewItem(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["round", "image"], name="item_one_per_image_round"),
         ]
-        indexes = [models.Index(fields=["round", "status"], name="item_round_status")]
+        indexes = [
+            models.Index(fields=["round", "status"], name="item_round_status"),
+            # The hand-out's two orders (selectors.claimable_items), over open items only: the
+            # query walks one and stops at the first free item.
+            models.Index(
+                fields=["round", "id"], name="item_open_created", condition=Q(status="open")
+            ),
+            models.Index(
+                "round",
+                F("disagreement").desc(nulls_last=True),
+                "id",
+                name="item_open_disagreement",
+                condition=Q(status="open"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.round}: {self.image}"

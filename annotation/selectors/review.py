@@ -17,6 +17,7 @@ from django.db.models import (
     F,
     IntegerField,
     OuterRef,
+    Q,
     QuerySet,
     Subquery,
 )
@@ -200,7 +201,12 @@ def review_order(rnd: Round) -> str:
 
 
 def claimable_items(
-    user: Any, *, rnd: Round, now: datetime, only: QueueFilter | None = None
+    user: Any,
+    *,
+    rnd: Round,
+    now: datetime,
+    only: QueueFilter | None = None,
+    skipped: bool = False,
 ) -> QuerySet[ReviewItem]:
     """Open items of `rnd` that this MD may be handed now, in hand-out order: not decided by
     them, not already leased by them, holding no mask they drew (`authored_by`), and with a
@@ -211,13 +217,22 @@ def claimable_items(
     highest ensemble disagreement first (items without a score, fewer than two machine
     candidates, after every scored one); then creation order (id).
 
+    The items the MD skipped are a query of their own (`skipped=True`; by default, every other
+    item): the hand-out asks for them only when none of the others is free. Each query is
+    ordered as an index of the open items is (migration 0014), so that PostgreSQL walks it and
+    stops at the first free item instead of testing and sorting every open item of the round.
+
     Read under READ COMMITTED, this is a snapshot: the service that hands an item out locks it
     and checks its slots again (`item_slots`) before leasing it."""
-    items = (
-        ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN)
-        .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
-        .exclude(authored_by(user))
+    items = ReviewItem.objects.filter(round=rnd, status=ReviewItem.Status.OPEN)
+    # Items this MD skipped come back to them only once the others run out.
+    marked = ReviewLease.objects.filter(
+        item=OuterRef("pk"), reviewer=user, skipped_at__isnull=False
     )
+    items = items.filter(Exists(marked)) if skipped else items.exclude(Exists(marked))
+    items = items.exclude(
+        Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user))
+    ).exclude(authored_by(user))
     if only:
         items = only.apply(items, user)
     mine = ReviewLease.objects.filter(item=OuterRef("pk"), reviewer=user, expires_at__gt=now)
@@ -230,14 +245,9 @@ def claimable_items(
         items = items.annotate(
             taken=_count(decided) + _count(_live_leases_of_others(user, now))
         ).filter(taken__lt=rnd.reviewers_per_item)
-    # Items this MD skipped come back to them only once the others run out.
-    skipped = ReviewLease.objects.filter(
-        item=OuterRef("pk"), reviewer=user, skipped_at__isnull=False
-    )
-    order: list[Any] = ["skipped", "id"]
     if review_order(rnd) == ReviewOrder.DISAGREEMENT:
-        order = ["skipped", F("disagreement").desc(nulls_last=True), "id"]
-    return items.annotate(skipped=Exists(skipped)).order_by(*order)
+        return items.order_by(F("disagreement").desc(nulls_last=True), "id")
+    return items.order_by("id")
 
 
 # An image with an item in one of these is still being judged: machine maps of it would steer
@@ -416,6 +426,35 @@ def _blind_text(text: str, *, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _round_progress(user: Any, *, round_id: int) -> tuple[int, int]:
+    """This MD's decisions in the round (adjudications aside), and how many of its items they
+    could still review: `open_items_for(user).filter(round_id=round_id).count()`, counted
+    without testing every open item of the round against their decisions and masks.
+
+    The round's open items are counted from the partial index of open items (migration 0014,
+    no table row read); the items the MD may not review are then taken away: those they
+    decided (one pass over their decisions in the round, which also counts `in_round`) and
+    those, not decided by them, holding a mask they drew. Three small statements instead of
+    an anti-join over 100,000 open items."""
+    opened = ReviewItem.objects.filter(
+        round_id=round_id, status=ReviewItem.Status.OPEN, round__status=Round.Status.REVIEWING
+    ).count()
+    mine = Decision.objects.filter(reviewer=user, item__round_id=round_id).aggregate(
+        in_round=Count("pk", filter=Q(is_adjudication=False)),
+        # Any standing decision, a tie broken included, keeps an item from the MD.
+        open=Count("pk", filter=Q(item__status=ReviewItem.Status.OPEN)),
+    )
+    if not opened:
+        return mine["in_round"], 0
+    drawn = (
+        ReviewItem.objects.filter(round_id=round_id, status=ReviewItem.Status.OPEN)
+        .filter(authored_by(user))
+        .exclude(Exists(Decision.objects.filter(item=OuterRef("pk"), reviewer=user)))
+        .count()
+    )
+    return mine["in_round"], opened - mine["open"] - drawn
+
+
 def review_context(item: ReviewItem, user: Any) -> dict[str, Any]:
     """What the review page says about the item beside its images, safe for a blind review:
     the image's name, class and patient (each withheld if it names a mask's provenance), the
@@ -425,10 +464,9 @@ def review_context(item: ReviewItem, user: Any) -> dict[str, Any]:
     An admin breaking a tie gets neither the name nor the patient: admins can look an image
     up by name (its history, the admin lists) and so reach its masks' sources."""
     reviewer = user_has_role(user, Role.MD)
-    decided = Decision.objects.filter(reviewer=user, is_adjudication=False)
-    in_round = decided.filter(item__round_id=item.round_id).count()
+    in_round, left = _round_progress(user, round_id=item.round_id)
     today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    left = open_items_for(user).filter(round_id=item.round_id).count()
+    decided = Decision.objects.filter(reviewer=user, is_adjudication=False)
     return {
         "image_name": _blind_text(item.image.name) if reviewer else WITHHELD,
         "image_class": ImageClass(item.image.image_class).label,

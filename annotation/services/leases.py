@@ -96,20 +96,29 @@ def _claim_in_round(
     after: ReviewItem | None,
     only: selectors.QueueFilter | None = None,
 ) -> ReviewItem | None:
-    skipped = [after.pk] if after is not None else []
+    passed = [after.pk] if after is not None else []
     for _ in range(MAX_TRIES):
         with transaction.atomic():
             now = timezone.now()
-            candidates = selectors.claimable_items(reviewer, rnd=rnd, now=now, only=only).exclude(
-                pk__in=skipped
-            )
-            item = (
-                candidates.select_related("round", "image")
-                .select_for_update(skip_locked=True, of=("self",))
-                .first()
-            )
+            # The items this MD skipped are asked for only when none of the others is free:
+            # two queries, each stopping at its first free item (selectors.claimable_items).
+            queues = [
+                selectors.claimable_items(
+                    reviewer, rnd=rnd, now=now, only=only, skipped=skipped
+                ).exclude(pk__in=passed)
+                for skipped in (False, True)
+            ]
+            item = None
+            for candidates in queues:
+                item = (
+                    candidates.select_related("round", "image")
+                    .select_for_update(skip_locked=True, of=("self",))
+                    .first()
+                )
+                if item is not None:
+                    break
             if item is None:
-                if candidates.exists():
+                if any(queue.exists() for queue in queues):
                     # Every free item is locked by other MDs' hand-outs at this instant: one
                     # of them may keep a slot free (reviewers per item > 1), so look again.
                     time.sleep(RETRY_PAUSE)
@@ -124,7 +133,7 @@ def _claim_in_round(
             ):
                 _lease_save(item=item, reviewer=reviewer, now=now)
                 return item
-            skipped.append(item.pk)
+            passed.append(item.pk)
     return None
 
 
@@ -218,7 +227,8 @@ def lease_release(*, item: ReviewItem, reviewer: Any) -> None:
 def item_skip(*, item: ReviewItem, reviewer: Any) -> None:
     """The MD passes on this item for now: their lease ends at once (its slot goes back to the
     pool) and is kept as a mark, so that the item is handed to them again only after every
-    other item they may review (selectors.claimable_items orders skipped items last)."""
+    other item they may review (`_claim_in_round` asks for skipped items only when none of the
+    others is free)."""
     now = timezone.now()
     ReviewLease.objects.bulk_create(
         [ReviewLease(item=item, reviewer=reviewer, expires_at=now, skipped_at=now)],

@@ -63,6 +63,49 @@ def test_a_skipped_item_still_comes_last_in_disagreement_order():
     assert [i.pk for i in hand_out_all(md)] == [world.items[k].pk for k in (2, 0, 1)]
 
 
+def _by_disagreement(world, scores) -> None:
+    world.round.config = {"order": "disagreement"}
+    world.round.save(update_fields=["config"])
+    for item, score in zip(world.items, scores, strict=True):
+        ReviewItem.objects.filter(pk=item.pk).update(disagreement=score)
+
+
+def test_with_two_readers_a_skipped_item_comes_after_the_unscored_ones():
+    world = open_round(items=4, mds=1, reviewers=2)
+    _by_disagreement(world, [0.2, 0.8, None, 0.5])
+    md = world.mds[0]
+    top = services.item_claim(reviewer=md)
+    assert top.pk == world.items[1].pk
+    services.item_skip(item=top, reviewer=md)
+    # 0.5, 0.2, the unscored one, then the skipped 0.8.
+    assert [i.pk for i in hand_out_all(md)] == [world.items[k].pk for k in (3, 0, 2, 1)]
+
+
+def test_with_two_readers_a_skipped_item_comes_back_once_no_other_has_a_free_slot():
+    world = open_round(items=4, mds=3, reviewers=2)
+    _by_disagreement(world, [0.2, 0.8, None, 0.5])
+    md, other, third = world.mds
+    top = services.item_claim(reviewer=md)
+    assert top.pk == world.items[1].pk
+    services.item_skip(item=top, reviewer=md)
+    nxt = services.item_claim(reviewer=md)
+    assert nxt.pk == world.items[3].pk  # not the skipped one: others are free
+    services.lease_release(item=nxt, reviewer=md)
+    # The other two MDs take every slot but the skipped item's: they decide the 0.5 item and
+    # hold the 0.2 and the unscored one.
+    for reviewer in (other, third):
+        services.lease_take(item=world.items[3], reviewer=reviewer)
+        services.decision_create(item=world.items[3], reviewer=reviewer, choice="A", seconds=1)
+        services.lease_take(item=world.items[0], reviewer=reviewer)
+        services.lease_take(item=world.items[2], reviewer=reviewer)
+    assert ReviewItem.objects.get(pk=world.items[3].pk).status != ReviewItem.Status.OPEN
+    back = services.item_claim(reviewer=md)
+    assert back is not None and back.pk == world.items[1].pk
+    assert ReviewLease.objects.get(item=back, reviewer=md).skipped_at is None
+    # Held by md now, the skipped item was the last: the prefetch finds nothing more.
+    assert services.item_claim(reviewer=md, after=back) is None
+
+
 SHIFTS = [0, 5, 10, 20]  # the second network's mask, moved right: Dice (20 − s) / 20
 
 

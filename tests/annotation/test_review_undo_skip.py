@@ -176,6 +176,41 @@ def test_the_context_counts_the_md_s_items_and_progress(reviewing_round, md, api
     )
 
 
+def test_the_items_left_are_the_open_items_the_md_may_still_review(
+    reviewing_round, md, md2, drawer
+):
+    """review_context counts the round's open items and takes away the MD's own (decided,
+    drawn): the same figure as counting open_items_for, item by item, in every state."""
+    rnd = reviewing_round(images=5, reviewers=2)
+    a, b, c, d, e = rnd.items.select_related("round", "image").order_by("id")
+    pick(a, md)  # decided by md, still open: waiting for a second reader
+    pick(b, md2)  # decided by md2 only: still md's to review
+    pick(c, md)
+    pick(c, md2, choice="B")  # decided by both: closed (accepted or tied)
+    pick(d, md)
+    services.decision_undo(item=d, reviewer=md)  # undone: counted nowhere, md's again
+    assert not ReviewItem.objects.filter(pk=c.pk, status=ReviewItem.Status.OPEN).exists()
+
+    def figures(user):
+        ctx = selectors.review_context(e, user)
+        return ctx["decided_in_round"], ctx["total"] - ctx["decided_in_round"]
+
+    def counted(user):
+        left = selectors.open_items_for(user).filter(round_id=rnd.pk).count()
+        return Decision.objects.filter(reviewer=user, item__round=rnd).count(), max(left, 1)
+
+    # md: decided a and c; b, d and e are left. md2: decided b and c; a, d and e are left.
+    assert figures(md) == counted(md) == (2, 3)
+    assert figures(md2) == counted(md2) == (2, 3)
+    # The drawer drew a mask on every item: none is theirs to review (the page says 1 of 1).
+    assert figures(drawer) == counted(drawer) == (0, 1)
+    assert selectors.open_items_for(drawer).filter(round_id=rnd.pk).count() == 0
+    # A round no longer under review leaves nobody anything.
+    rnd.status = rnd.Status.CANCELLED
+    rnd.save(update_fields=["status"])
+    assert figures(md2) == counted(md2) == (2, 1)
+
+
 @pytest.mark.parametrize(
     ("name", "patient", "shown_name", "shown_patient"),
     [
