@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotation", "0013_replay_runs"),
+        ("annotation", "0014_jobs_pacs_pull_attempts"),
     ]
 
     operations = [
