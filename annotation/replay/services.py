@@ -89,7 +89,7 @@ class ReplayConfig:
     """
 
     seed: int = 0
-    preset: str = "tiny"
+    preset: str = "small"
     overrides: dict[str, Any] = field(default_factory=dict)
     stage1_networks: list[NETWORK] = field(
         default_factory=lambda: [["unet", "densenet121"], ["unetpp", "densenet121"]]

@@ -44,6 +44,7 @@ def test_tiny_replay_on_phantoms(media_root, tmp_path):
     demo_dataset_write(tmp_path / "cxr", n_covid=8, n_control=3, size=64, masks=True)
     config = ReplayConfig(
         seed=5,
+        preset="tiny",
         overrides={"epochs": 2},
         stage1_networks=[["unet", "densenet121"]],
         stage2_networks=[["unet", "densenet121"]],
