@@ -91,6 +91,7 @@ def replay_report(*, run: ReplayRun) -> dict[str, Any]:
                 "how": "redrawn" if gt.decision_id is None else "picked",
                 "dice_accepted": value,
                 "dice_manual": manual[gt.image_id],
+                "dice_best_machine": best_machine.get(gt.image_id),
             }
         per_round.append(
             {

@@ -113,6 +113,15 @@ def test_tiny_replay_on_phantoms(media_root, tmp_path):
         assert 0 < value < 1.0
         assert report["images"][str(mask.image_id)]["dice_manual"] == pytest.approx(value)
 
+    # Each image's best network Dice: its best machine candidate in the round that settled it.
+    for pk, gt in newest.items():
+        machine = [
+            _dice(_pixels(c.mask.file.name), truths[pk])
+            for c in Candidate.objects.filter(item=gt.item, mask__source=Mask.Source.PREDICTED)
+        ]
+        best = report["images"][str(pk)]["dice_best_machine"]
+        assert best == (pytest.approx(max(machine)) if machine else None)
+
     # Stage I and at least one Stage II round, as configured.
     stages = [r["stage"] for r in report["rounds"]]
     assert stages[0] == "I" and "II" in stages
