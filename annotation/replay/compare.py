@@ -141,7 +141,8 @@ def _interval(d: dict[str, Any], *, pct: bool = False) -> str:
 def compare_markdown(c: dict[str, Any]) -> str:
     """The comparison as a Markdown table."""
     lines = [
-        f"# Replays A − replays B ({len(c['a'])} pairs, {c['images']} images in both)",
+        f"# Replays A − replays B ({len(c['a'])} pair{'s' * (len(c['a']) != 1)}, "
+        f"{c['images']} images in both)",
         "",
         *[
             f"- A: {a['replay']} (seed {a['seed']}; {a['options']}) · "
