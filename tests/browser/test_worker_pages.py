@@ -92,11 +92,13 @@ def test_an_admin_starts_a_round_and_watches_it_reach_review(
     page.check("input[name=networks][value='unet/densenet121']")
     page.fill("input[name=folds]", "2")
     page.select_option("select[name=preset]", "tiny")
+    page.fill("input[name=epochs]", "3")  # not the preset's 30: the page, not the learning
     page.fill("input[name=reviewers_per_item]", "1")
     with page.expect_navigation(url="**/rounds/1/"):
         page.click("form button:has-text('Start round')")
     rnd = Round.objects.get()
     assert rnd.config["networks"] == [["unet", "densenet121"]] and rnd.config["folds"] == 2
+    assert rnd.config["overrides"]["epochs"] == 3
     page.locator("#runs tbody tr").first.wait_for()
     assert page.locator("#runs tbody tr").count() == 2  # one network × two folds
     shot(page, "started")

@@ -28,6 +28,10 @@ from tests.workers import ARTIFACTS, celery_workers
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 ROUND_TIMEOUT = 20 * 60
+# Each round's networks train this many epochs, not the tiny preset's 30: the loop's plumbing
+# (workers, predictions, review, redraw, export) is what this test checks, never how well the
+# networks learned, and each epoch of the 6 trainings costs the suite about a second.
+EPOCHS = 3
 
 
 @pytest.fixture
@@ -120,6 +124,7 @@ def test_two_stage_loop_to_export(worker, api, tmp_path):
             "stage": "I",
             "folds": 2,
             "preset": "tiny",
+            "epochs": EPOCHS,
             "networks": [["unet", "densenet121"], ["unetpp", "densenet121"]],
         },
         format="json",
@@ -136,6 +141,7 @@ def test_two_stage_loop_to_export(worker, api, tmp_path):
         {
             "stage": "II",
             "preset": "tiny",
+            "epochs": EPOCHS,
             "networks": [["unet", "densenet121"], ["dla", "densenet121"]],
         },
         format="json",

@@ -62,6 +62,7 @@ def test_stage_one_to_export_on_hosts_that_share_only_postgres_redis_and_s3(
             "stage": "I",
             "folds": 2,
             "preset": "tiny",
+            "epochs": 3,  # not the preset's 30: this test checks where files go
             "networks": [["unet", "densenet121"]],
         },
         format="json",

@@ -9,7 +9,7 @@ from django.core.files import File
 from django.core.management import call_command
 
 from annotation import imaging, services
-from annotation.models import GroundTruth, ImageClass, Mask, Round
+from annotation.models import GroundTruth, ImageClass, Mask, Role, Round
 from annotation.phantoms import make_phantom
 from annotation.services import runs
 from config import storage
@@ -27,20 +27,81 @@ def _stage_one_images(make_image, drawer, n: int = 6) -> None:
         make_image(covid=False, patient=f"C{i}")
 
 
-@pytest.fixture
-def pretrained(make_image, drawer, admin_user, eager_tasks, django_capture_on_commit_callbacks):
-    """A finished tiny pretraining of DenseNet-121 on the platform's images, run by the real
-    task (eagerly, once its row is committed)."""
-    _stage_one_images(make_image, drawer)
-    with django_capture_on_commit_callbacks(execute=True):
-        row = services.encoder_pretrain_start(
-            encoder="densenet121",
-            preset="tiny",
-            started_by=admin_user,
-            overrides={"epochs": 3, "batch_size": 4},
+@pytest.fixture(scope="class")
+def shared(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One finished tiny pretraining of DenseNet-121 on the platform's images, run by the real
+    task (eagerly, once its row is committed), for every test of `TestFromOnePretraining`.
+
+    A pretraining costs most of a minute on two CPU cores, so the class shares one: its rows
+    live in a transaction of the class's own that each test's transaction nests in (and rolls
+    back to), and its files in a media folder of the class's own; both go when the class ends.
+    """
+    from django.db import transaction
+    from django.test import TestCase, override_settings
+
+    from config.celery import app
+    from tests.conftest import make_user
+
+    root = tmp_path_factory.mktemp("pretrained")
+    media = root / "media"
+    with (
+        django_db_blocker.unblock(),
+        override_settings(
+            MEDIA_ROOT=str(media),
+            MASKLOOP_WORK_DIR=root / "work",
+            MASKLOOP_CACHE_DIR=root / "cache",
+            MASKLOOP_SCREEN_MIN_SIDE=32,  # as the conftest's screening_small_images
+            MASKLOOP_NEAR_DUPLICATE_DISTANCE=4,
+        ),
+    ):
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            admin = make_user("pretrainer", Role.ADMIN)
+            drawer = make_user("pretrain-drawer", Role.MD)
+            _stage_one_images(_shared_image(), drawer)
+            app.loader.import_default_modules()  # as the eager_tasks fixture
+            app.conf.update(task_always_eager=True, task_eager_propagates=True)
+            try:
+                with TestCase.captureOnCommitCallbacks(execute=True):
+                    row = services.encoder_pretrain_start(
+                        encoder="densenet121",
+                        preset="tiny",
+                        started_by=admin,
+                        overrides={"epochs": 3, "batch_size": 4},
+                    )
+            finally:
+                app.conf.update(task_always_eager=False, task_eager_propagates=False)
+            row.refresh_from_db()
+            yield {"row": row, "admin": admin, "media": str(media)}
+        finally:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
+def _shared_image():
+    """`make_image` for the class's transaction (the conftest's is per test): phantoms of
+    seeds no other test here uses, imported through the real service."""
+    from annotation.phantoms import md_drawing
+
+    seeds = iter(range(700, 800))
+
+    def make(*, covid: bool = True, patient: str = "", manual_by=None):
+        n = next(seeds)
+        phantom = make_phantom(n, size=64, covid=covid)
+        image = services.image_create(
+            data=imaging.encode_png(phantom.image),
+            name=f"phantom_{n:04d}.png",
+            source="tests",
+            image_class=ImageClass.COVID if covid else ImageClass.NORMAL,
+            patient_id=patient,
         )
-    row.refresh_from_db()
-    return row
+        if manual_by is not None:
+            drawing = md_drawing(phantom.infection, n)
+            services.mask_draw(image=image, author=manual_by, data=imaging.encode_mask(drawing))
+        return image
+
+    return make
 
 
 def _file_layers(name: str) -> dict[str, list[np.ndarray]]:
@@ -49,111 +110,132 @@ def _file_layers(name: str) -> dict[str, list[np.ndarray]]:
     return _file_layers(str(storage.local_copy(name)))
 
 
-def test_the_pretraining_task_stores_an_encoder_and_a_round_starts_from_it(
-    pretrained, admin_user, api
-) -> None:
-    import tensorflow as tf
+class TestFromOnePretraining:
+    """The tests that need a finished pretraining share the class's one (see `shared`)."""
 
-    from training.nets.builders import build_model, encoder_of
-    from training.nets.fit import initial_model
+    @pytest.fixture(autouse=True)
+    def media_root(self, settings, tmp_path, shared):
+        """Overrides the conftest's: the media folder is the class's, where its encoder's file
+        lies; work and cache folders stay the test's own."""
+        settings.MEDIA_ROOT = shared["media"]
+        settings.MASKLOOP_WORK_DIR = tmp_path / "work"
+        settings.MASKLOOP_CACHE_DIR = tmp_path / "cache"
+        return settings.MEDIA_ROOT
 
-    row = pretrained
-    assert row.status == P.SUCCEEDED, row.failure_reason
-    assert row.weights.name.startswith("encoders/") or "pretrain-" in row.weights.name
-    assert len(row.image_ids) == 8  # labelled or not: every image a round may use
-    assert row.epoch == row.epochs == 3 and len(row.loss_history) == 3
-    assert row.metrics["layers"] > 100 and row.metrics["method"] == "simmim"
+    @pytest.fixture
+    def pretrained(self, shared, eager_tasks):
+        """The class's pretraining, tasks run at once as where it was made."""
+        return PretrainedEncoder.objects.get(pk=shared["row"].pk)
 
-    response = api(admin_user).post(
-        "/api/rounds/",
-        {
-            "stage": "I",
-            "preset": "tiny",
-            "folds": 2,
-            "networks": [["unet", "densenet121"], ["unet", "resnet50"]],
-            "pretrained_encoder": row.pk,
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.json()
-    rnd = Round.objects.get(number=response.json()["number"])
-    assert rnd.config["start_weights"]["pretrained"] == row.pk
-    assert rnd.config["start_weights"]["encoders"] == ["densenet121"]
-    by_encoder = {run.encoder: run for run in rnd.training_runs.filter(fold=0)}
-    assert by_encoder["densenet121"].config["encoder_weights"] == row.weights.name
-    assert by_encoder["resnet50"].config["encoder_weights"] is None  # from scratch, recorded
+    @pytest.fixture
+    def admin(self, shared):
+        return shared["admin"]
 
-    # The round's network as its training starts: every encoder layer is the pretrained one.
-    tf.keras.backend.clear_session()
-    model, report = initial_model(training_services.resolved_config(by_encoder["densenet121"]))
-    assert report is not None and report["matched"] == report["layers"] == row.metrics["layers"]
-    stored = _file_layers(row.weights.name)
-    fresh = build_model("unet", "densenet121", input_size=32)
-    differing = 0
-    for layer, fresh_layer in zip(encoder_of(model).layers, encoder_of(fresh).layers, strict=True):
-        if not layer.weights:
-            continue
-        for got, want in zip(layer.get_weights(), stored[layer.name], strict=True):
-            np.testing.assert_array_equal(got, want)
-        differing += any(
-            not np.array_equal(a, b)
-            for a, b in zip(layer.get_weights(), fresh_layer.get_weights(), strict=True)
+    def test_the_pretraining_task_stores_an_encoder_and_a_round_starts_from_it(
+        self, pretrained, admin, api
+    ) -> None:
+        import tensorflow as tf
+
+        from training.nets.builders import build_model, encoder_of
+        from training.nets.fit import initial_model
+
+        row = pretrained
+        assert row.status == P.SUCCEEDED, row.failure_reason
+        assert row.weights.name.startswith("encoders/") or "pretrain-" in row.weights.name
+        assert len(row.image_ids) == 8  # labelled or not: every image a round may use
+        assert row.epoch == row.epochs == 3 and len(row.loss_history) == 3
+        assert row.metrics["layers"] > 100 and row.metrics["method"] == "simmim"
+
+        response = api(admin).post(
+            "/api/rounds/",
+            {
+                "stage": "I",
+                "preset": "tiny",
+                "folds": 2,
+                "networks": [["unet", "densenet121"], ["unet", "resnet50"]],
+                "pretrained_encoder": row.pk,
+            },
+            format="json",
         )
-    assert differing > 0.9 * report["layers"]
+        assert response.status_code == 201, response.json()
+        rnd = Round.objects.get(number=response.json()["number"])
+        assert rnd.config["start_weights"]["pretrained"] == row.pk
+        assert rnd.config["start_weights"]["encoders"] == ["densenet121"]
+        by_encoder = {run.encoder: run for run in rnd.training_runs.filter(fold=0)}
+        assert by_encoder["densenet121"].config["encoder_weights"] == row.weights.name
+        assert by_encoder["resnet50"].config["encoder_weights"] is None  # from scratch, recorded
 
+        # The round's network as its training starts: every encoder layer is the pretrained one.
+        tf.keras.backend.clear_session()
+        model, report = initial_model(training_services.resolved_config(by_encoder["densenet121"]))
+        assert report is not None and report["matched"] == report["layers"] == row.metrics["layers"]
+        stored = _file_layers(row.weights.name)
+        fresh = build_model("unet", "densenet121", input_size=32)
+        differing = 0
+        for layer, fresh_layer in zip(
+            encoder_of(model).layers, encoder_of(fresh).layers, strict=True
+        ):
+            if not layer.weights:
+                continue
+            for got, want in zip(layer.get_weights(), stored[layer.name], strict=True):
+                np.testing.assert_array_equal(got, want)
+            differing += any(
+                not np.array_equal(a, b)
+                for a, b in zip(layer.get_weights(), fresh_layer.get_weights(), strict=True)
+            )
+        assert differing > 0.9 * report["layers"]
 
-def test_a_round_trains_from_the_pretrained_encoder_and_says_how_many_layers_matched(
-    pretrained, admin_user, django_capture_on_commit_callbacks
-) -> None:
-    with django_capture_on_commit_callbacks(execute=True):
-        rnd = services.round_start(
-            stage=Round.Stage.STAGE_I,
-            started_by=admin_user,
-            preset="tiny",
-            folds=2,
-            networks=[("unet", "densenet121")],
-            overrides={"epochs": 1},
-            pretrained_encoder=pretrained.pk,
+    def test_a_round_trains_from_the_pretrained_encoder_and_says_how_many_layers_matched(
+        self, pretrained, admin, django_capture_on_commit_callbacks
+    ) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            rnd = services.round_start(
+                stage=Round.Stage.STAGE_I,
+                started_by=admin,
+                preset="tiny",
+                folds=2,
+                networks=[("unet", "densenet121")],
+                overrides={"epochs": 1},
+                pretrained_encoder=pretrained.pk,
+            )
+        rnd.refresh_from_db()
+        assert rnd.status == Round.Status.REVIEWING, rnd.failure_reason
+        for run in rnd.training_runs.all():
+            start = run.model_version.metrics["start_weights"]
+            assert start["matched"] == start["layers"] == pretrained.metrics["layers"]
+            assert run.model_version.config["encoder_weights"] == pretrained.weights.name
+
+    def test_starting_weights_that_cannot_apply_are_refused_in_a_sentence(
+        self, pretrained, admin, api
+    ) -> None:
+        client = api(admin)
+        resnet_only = client.post(
+            "/api/rounds/",
+            {
+                "stage": "I",
+                "networks": [["unet", "resnet50"]],
+                "pretrained_encoder": pretrained.pk,
+            },
+            format="json",
         )
-    rnd.refresh_from_db()
-    assert rnd.status == Round.Status.REVIEWING, rnd.failure_reason
-    for run in rnd.training_runs.all():
-        start = run.model_version.metrics["start_weights"]
-        assert start["matched"] == start["layers"] == pretrained.metrics["layers"]
-        assert run.model_version.config["encoder_weights"] == pretrained.weights.name
-
-
-def test_starting_weights_that_cannot_apply_are_refused_in_a_sentence(
-    pretrained, admin_user, api
-) -> None:
-    client = api(admin_user)
-    resnet_only = client.post(
-        "/api/rounds/",
-        {
-            "stage": "I",
-            "networks": [["unet", "resnet50"]],
-            "pretrained_encoder": pretrained.pk,
-        },
-        format="json",
-    )
-    assert resnet_only.status_code == 400
-    assert (
-        "densenet121 encoder, and none of the round's networks uses one"
-        in (resnet_only.json()["detail"])
-    )
-    queued = PretrainedEncoder.objects.create(encoder="densenet121", config={}, epochs=1)
-    unfinished = client.post(
-        "/api/rounds/", {"stage": "I", "pretrained_encoder": queued.pk}, format="json"
-    )
-    assert unfinished.status_code == 400
-    assert f"pretrained encoder #{queued.pk} is queued, not done" in unfinished.json()["detail"]
-    both = client.post(
-        "/api/rounds/",
-        {"stage": "I", "pretrained_encoder": pretrained.pk, "weights_file": "/w/notop.h5"},
-        format="json",
-    )
-    assert both.status_code == 400 and "not both" in both.json()["detail"]
-    assert not Round.objects.exists()
+        assert resnet_only.status_code == 400
+        assert (
+            "densenet121 encoder, and none of the round's networks uses one"
+            in (resnet_only.json()["detail"])
+        )
+        queued = PretrainedEncoder.objects.create(encoder="densenet121", config={}, epochs=1)
+        unfinished = client.post(
+            "/api/rounds/", {"stage": "I", "pretrained_encoder": queued.pk}, format="json"
+        )
+        assert unfinished.status_code == 400
+        assert f"pretrained encoder #{queued.pk} is queued, not done" in unfinished.json()["detail"]
+        both = client.post(
+            "/api/rounds/",
+            {"stage": "I", "pretrained_encoder": pretrained.pk, "weights_file": "/w/notop.h5"},
+            format="json",
+        )
+        assert both.status_code == 400 and "not both" in both.json()["detail"]
+        assert not Round.objects.exists()
 
 
 def test_a_local_weights_file_still_starts_a_round(
