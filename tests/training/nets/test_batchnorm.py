@@ -61,3 +61,40 @@ def test_no_batch_changes_nothing():
     model = small_network()
     assert recalibrate(model, []).batches == 0
     np.testing.assert_array_equal(model.get_layer("second").moving_variance.numpy(), [1, 1, 1])
+
+
+MIRRORED = """
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from training.nets.batchnorm import recalibrate
+
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    x = tf.keras.Input((4, 4, 2))
+    model = tf.keras.Model(x, tf.keras.layers.Conv2D(1, 1)(tf.keras.layers.BatchNormalization()(x)))
+    model.compile(optimizer="adam", loss="mse")
+data = (3 + 2 * np.random.default_rng(0).standard_normal((16, 4, 4, 2))).astype("float32")
+model.fit(data, np.zeros((16, 4, 4, 1), "float32"), batch_size=8, epochs=1, verbose=0)
+result = recalibrate(model, [data[:8], data[8:]])
+bn = model.layers[1]
+assert result.batches == 2, result
+np.testing.assert_allclose(bn.moving_mean.numpy(), data.reshape(-1, 2).mean(0), rtol=1e-5)
+print("ok")
+"""
+
+
+def test_it_works_on_a_model_mirrored_over_several_devices():
+    # fit trains under MirroredStrategy on a multi-GPU host; two logical CPUs stand in for the
+    # GPUs (they must be set before TensorFlow starts: a process of its own).
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import training.nets\n" + MIRRORED],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
