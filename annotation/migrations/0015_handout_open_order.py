@@ -3,6 +3,19 @@
 from django.db import migrations, models
 
 
+class AddIndexOnPostgreSQL(migrations.AddIndex):
+    """An index PostgreSQL builds and SQLite (the demo's embedded database) cannot: SQLite has
+    no NULLS LAST in an index. The models keep it either way; SQLite's demo sizes need none."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("annotation", "0014_jobs_pacs_pull_attempts"),
@@ -17,7 +30,7 @@ class Migration(migrations.Migration):
                 name="item_open_created",
             ),
         ),
-        migrations.AddIndex(
+        AddIndexOnPostgreSQL(
             model_name="reviewitem",
             index=models.Index(
                 models.F("round"),
