@@ -5,7 +5,9 @@ from django.db import migrations, models
 
 class AddIndexOnPostgreSQL(migrations.AddIndex):
     """An index PostgreSQL builds and SQLite (the demo's embedded database) cannot: SQLite has
-    no NULLS LAST in an index. The models keep it either way; SQLite's demo sizes need none."""
+    no NULLS LAST in an index. The models keep it either way; SQLite's demo sizes need none.
+    A later migration that drops or changes this index must skip SQLite the same way: there
+    the index was never built."""
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         if schema_editor.connection.vendor == "postgresql":
